@@ -1,0 +1,3 @@
+from usersctl.cli import main
+
+main()

@@ -1,0 +1,154 @@
+"""The root Typer app: global options, and the one error ladder that maps every failure to
+its exit code and a single line on stderr."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Annotated, Any, NoReturn
+
+import typer
+from typer._click import exceptions as click_exceptions  # typer >= 0.29 vendors click
+from typer.core import TyperGroup
+
+from usersctl import __version__
+from usersctl.cli.state import AppState
+from usersctl.cli.text import printable
+from usersctl.errors import UsersctlError
+
+EXIT_CODES = """\
+Exit codes:
+  0  success
+  1  unexpected error (a bug; --debug shows the traceback), or a prompt answered "no"
+  2  usage error: bad option, missing argument, no password source
+  3  user not found
+  4  conflict: email already taken
+  5  invalid data: bad email, empty name, weak password
+  6  password verification failed, or the user is disabled
+  7  database unavailable: cannot connect, driver missing, not a database, read-only, busy
+  8  schema mismatch: run `usersctl db upgrade` (or the database is newer than usersctl)
+"""
+
+
+def _debug_requested() -> bool:
+    return "--debug" in sys.argv[1:] or os.environ.get("USERSCTL_DEBUG", "").lower() in {
+        "1",
+        "true",
+        "yes",
+        "on",
+    }
+
+
+def _fail(message: str, code: int, exc: BaseException | None = None) -> NoReturn:
+    if exc is not None and _debug_requested():
+        traceback.print_exception(exc, file=sys.stderr)
+    typer.echo(f"error: {printable(message)}", err=True)
+    sys.exit(code)
+
+
+class UsersctlGroup(TyperGroup):
+    """Runs commands with the error ladder around them (also for CliRunner)."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(
+                args=args,
+                prog_name=prog_name or "usersctl",
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        except UsersctlError as exc:
+            _fail(exc.message, exc.exit_code, exc)
+        except click_exceptions.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _fail(exc.format_message() + hint, exc.exit_code)
+        except click_exceptions.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except typer.Abort:
+            _fail("aborted, nothing changed", 1)
+        except BrokenPipeError:
+            # The reader went away (`usersctl list | head`): not an error worth a message.
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            sys.exit(0)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            detail = f": {first}" if first else ""
+            _fail(
+                f"unexpected error ({type(exc).__name__}{detail}); this is a bug, rerun with "
+                "--debug for the traceback",
+                1,
+                exc,
+            )
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+app = typer.Typer(
+    cls=UsersctlGroup,
+    name="usersctl",
+    help="Administer the users of an application's database.\n\n"
+    "Examples:\n\n\b\n"
+    "  usersctl create --name 'Ada Lovelace' --email ada@example.com --random-password\n"
+    "  usersctl list --role admin -o json\n"
+    "  usersctl db upgrade\n\n\b\n" + EXIT_CODES,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"usersctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="USERSCTL_DATABASE_URL",
+            show_envvar=True,
+            help="SQLAlchemy URL of the users database [default: SQLite in the user data folder].",
+            metavar="URL",
+        ),
+    ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="USERSCTL_DEBUG",
+            show_envvar=True,
+            help="Show the traceback of unexpected errors.",
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    from usersctl.config import load_settings
+
+    ctx.obj = AppState(settings=load_settings(database_url=database_url, debug=debug))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,192 @@
+"""`usersctl db ...` and `usersctl migrate`: thin forwarding to usersctl.migrations."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from usersctl.cli.options import Output
+from usersctl.cli.progress import progress_bar
+from usersctl.cli.render import OutputFormat, Renderer
+from usersctl.cli.state import get_state, stdin_is_terminal
+from usersctl.errors import SchemaMismatch, UsageError
+
+db_app = typer.Typer(
+    name="db",
+    help="Schema migrations (embedded Alembic): upgrade, downgrade, current, history, "
+    "check, stamp.",
+    no_args_is_help=True,
+)
+
+Revision = Annotated[
+    str, typer.Argument(metavar="REV", help="Revision id (0001), 'head' or 'base'.")
+]
+
+
+def _describe_revision(revision: str | None) -> str:
+    return revision or "base (no schema)"
+
+
+def run_upgrade(ctx: typer.Context, revision: str) -> None:
+    from usersctl import migrations
+
+    database = get_state(ctx).database()
+    with progress_bar("Hashing plaintext passwords") as progress:
+        result = migrations.upgrade(database, revision, progress)
+    if result.adopted:
+        typer.echo(
+            "Adopted the tutorial database: stamped revision 0001, then upgraded "
+            "(plaintext passwords are now argon2id hashes; no plaintext copy is left).",
+            err=True,
+        )
+    if result.before == result.after:
+        typer.echo(
+            f"Already at revision {_describe_revision(result.after)}; nothing to do.", err=True
+        )
+    else:
+        typer.echo(
+            f"Upgraded {database.display_url} from {_describe_revision(result.before)} "
+            f"to {_describe_revision(result.after)}.",
+            err=True,
+        )
+
+
+@db_app.command("upgrade")
+def upgrade(
+    ctx: typer.Context,
+    revision: Annotated[
+        str, typer.Argument(metavar="[REV]", help="Target revision [default: head].")
+    ] = "head",
+) -> None:
+    """Upgrade the schema (default: to head). Adopts a tutorial users.db.
+
+    \b
+    Example:
+      usersctl db upgrade
+    """
+    run_upgrade(ctx, revision)
+
+
+@db_app.command("downgrade")
+def downgrade(
+    ctx: typer.Context,
+    revision: Revision,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask; required when stdin is not a terminal.")
+    ] = False,
+) -> None:
+    """Downgrade the schema to REV. Refuses where the data would be lost; 'base' drops the table.
+
+    \b
+    Example:
+      usersctl db downgrade 0001 --yes
+    """
+    from usersctl import migrations
+
+    database = get_state(ctx).database()
+    if not yes:
+        if not stdin_is_terminal():
+            raise UsageError("refusing to downgrade without --yes when stdin is not a terminal")
+        if not typer.confirm(f"Downgrade {database.display_url} to {revision}?", default=False):
+            raise typer.Abort()
+    result = migrations.downgrade(database, revision)
+    if result.before == result.after:
+        typer.echo(
+            f"Already at revision {_describe_revision(result.after)}; nothing to do.", err=True
+        )
+    else:
+        typer.echo(
+            f"Downgraded {database.display_url} from {_describe_revision(result.before)} "
+            f"to {_describe_revision(result.after)}.",
+            err=True,
+        )
+
+
+@db_app.command("current")
+def current(ctx: typer.Context, output: Output = OutputFormat.plain) -> None:
+    """Print the database's schema revision and how it relates to this usersctl's head.
+
+    \b
+    Example:
+      usersctl db current
+    """
+    from usersctl import migrations
+    from usersctl.revision import HEAD
+
+    status = migrations.current(get_state(ctx).database())
+    Renderer(output).one(
+        {"revision": status.revision, "head": HEAD, "state": status.state.value},
+        fields=["revision", "head", "state"],
+    )
+
+
+@db_app.command("history")
+def history(output: Output = OutputFormat.table) -> None:
+    """List the migrations this usersctl ships, oldest first.
+
+    \b
+    Example:
+      usersctl db history -o json
+    """
+    from usersctl import migrations
+
+    rows = [
+        {"revision": r.revision, "down_revision": r.down_revision, "message": r.message}
+        for r in migrations.history()
+    ]
+    Renderer(output).many(rows, fields=["revision", "down_revision", "message"])
+
+
+@db_app.command("check")
+def check(ctx: typer.Context) -> None:
+    """Exit 0 if the database is at head and matches the models, 8 otherwise. Changes nothing.
+
+    \b
+    Example:
+      usersctl db check || usersctl db upgrade
+    """
+    from usersctl import migrations
+    from usersctl.revision import HEAD, State, mismatch_message
+
+    database = get_state(ctx).database()
+    status = migrations.current(database)
+    if status.state is State.EMPTY:
+        raise SchemaMismatch("database has no schema yet: run `usersctl db upgrade`")
+    if status.state is not State.CURRENT:
+        raise SchemaMismatch(mismatch_message(status))
+    differences = migrations.schema_differences(database)
+    if differences:
+        raise SchemaMismatch(
+            f"database is stamped {HEAD} but its tables differ from the models: {differences[0]}"
+            + (f" (and {len(differences) - 1} more)" if len(differences) > 1 else "")
+        )
+    typer.echo(f"Database is at head ({HEAD}) and matches the models.", err=True)
+
+
+@db_app.command("stamp")
+def stamp(ctx: typer.Context, revision: Revision) -> None:
+    """Record REV as the schema revision without running migrations.
+
+    \b
+    Example:
+      usersctl db stamp 0002
+    """
+    from usersctl import migrations
+
+    result = migrations.stamp(get_state(ctx).database(), revision)
+    typer.echo(
+        f"Stamped revision {_describe_revision(result.after)} "
+        f"(was {_describe_revision(result.before)}).",
+        err=True,
+    )
+
+
+def migrate(ctx: typer.Context) -> None:
+    """Upgrade the schema to head (same as `usersctl db upgrade head`).
+
+    \b
+    Example:
+      usersctl migrate
+    """
+    run_upgrade(ctx, "head")

@@ -1,0 +1,23 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from usersctl.cli.render import OutputFormat
+
+Output = Annotated[
+    OutputFormat,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output format: table (for people), json, jsonl, csv or plain (tab separated).",
+        case_sensitive=False,
+    ),
+]
+UserRef = Annotated[str, typer.Argument(metavar="USER", help="User id (42) or email.")]
+UserRefs = Annotated[
+    list[str], typer.Argument(metavar="USER...", help="User ids or emails.", show_default=False)
+]

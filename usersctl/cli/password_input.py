@@ -1,0 +1,82 @@
+"""Where a password comes from: a hidden prompt, one line of stdin, or generated.
+
+Never from argv (it would show in `ps` and shell history), never echoed, never logged.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Annotated
+
+import typer
+
+from usersctl.cli.state import stdin_is_terminal
+from usersctl.errors import InvalidData, UsageError
+
+MAX_LINE = 1024
+
+PasswordStdin = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin",
+        help="Read the password from the first line of standard input.",
+    ),
+]
+RandomPassword = Annotated[
+    bool,
+    typer.Option(
+        "--random-password",
+        help="Generate a strong random password and print it once.",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class PasswordInput:
+    value: str
+    generated: bool = False
+
+
+def read_stdin_line() -> str:
+    """One line of stdin without its line ending; more than MAX_LINE characters is an error."""
+    try:
+        line = sys.stdin.readline(MAX_LINE + 2)
+    except UnicodeDecodeError:
+        raise InvalidData("the password on standard input is not valid UTF-8") from None
+    if line == "":
+        raise InvalidData("no password on standard input (expected one line)")
+    line = line.removesuffix("\n").removesuffix("\r")
+    if len(line) > MAX_LINE:
+        raise InvalidData(f"password too long: at most {MAX_LINE} characters are allowed")
+    return line
+
+
+def new_password(*, password_stdin: bool, random_password: bool) -> PasswordInput:
+    """The password to set. Raises UsageError (exit 2) when there is no source."""
+    from usersctl import passwords
+
+    if password_stdin and random_password:
+        raise UsageError("--password-stdin and --random-password cannot be used together")
+    if random_password:
+        return PasswordInput(passwords.generate_password(), generated=True)
+    if password_stdin:
+        value = read_stdin_line()
+    elif stdin_is_terminal():
+        value = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        raise UsageError(
+            "no password source: stdin is not a terminal; use --password-stdin or --random-password"
+        )
+    passwords.check_policy(value)
+    return PasswordInput(value)
+
+
+def existing_password(*, password_stdin: bool) -> str:
+    """The password to check (verify-password): prompt without confirmation, or stdin."""
+    if password_stdin:
+        return read_stdin_line()
+    if stdin_is_terminal():
+        value: str = typer.prompt("Password", hide_input=True)
+        return value
+    raise UsageError("no password source: stdin is not a terminal; use --password-stdin")

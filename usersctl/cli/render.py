@@ -1,0 +1,175 @@
+"""Every output format lives here: table, json, jsonl, csv, plain.
+
+Data goes to stdout, messages to stderr. Values from the database are never parsed as
+Rich markup (cells are `rich.text.Text`) nor passed raw to a terminal in table or plain
+output (control characters become visible escapes). Piped tables never wrap, cut or
+ellipsize a value: off a terminal the table is laid out at its natural width.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import IO, Any
+
+from usersctl.cli.text import printable
+
+FIELDS = ("id", "name", "email", "role", "active", "created_at", "updated_at")
+
+Record = Mapping[str, Any]
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+    plain = "plain"
+
+
+def iso_utc(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def user_record(user: Any) -> dict[str, Any]:
+    """The public view of a user (ORM object or UserPublic); never the password hash."""
+    active = user.is_active if hasattr(user, "is_active") else user.active
+    return {
+        "id": user.id,
+        "name": user.name,
+        "email": user.email,
+        "role": user.role,
+        "active": bool(active),
+        "created_at": iso_utc(user.created_at),
+        "updated_at": iso_utc(user.updated_at),
+    }
+
+
+# json.dumps leaves DEL, C1 controls and the JS line separators raw with ensure_ascii=False;
+# escape them so JSON on a terminal is as inert as the other formats (still lossless).
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def to_json(value: Any, *, indent: int | None = None) -> str:
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    return _JSON_UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+class Renderer:
+    """Writes records in one format to `out` (stdout by default)."""
+
+    def __init__(self, fmt: OutputFormat, out: IO[str] | None = None) -> None:
+        self.fmt = fmt
+        self.out = out if out is not None else sys.stdout
+
+    def one(self, record: Record, *, fields: Iterable[str] = FIELDS) -> None:
+        """A single object: a json object, a one-row csv/jsonl/plain, a field/value table."""
+        fields = list(fields)
+        if self.fmt is OutputFormat.json:
+            self.out.write(to_json({k: record.get(k) for k in fields}, indent=2) + "\n")
+        elif self.fmt is OutputFormat.table:
+            self._vertical_table(record, fields)
+        else:
+            self.many([record], fields=fields)
+
+    def many(self, records: Iterable[Record], *, fields: Iterable[str] = FIELDS) -> int:
+        """Many objects, streamed (except the table, which must measure its columns)."""
+        fields = list(fields)
+        writer = {
+            OutputFormat.json: self._json_array,
+            OutputFormat.jsonl: self._jsonl,
+            OutputFormat.csv: self._csv,
+            OutputFormat.plain: self._plain,
+            OutputFormat.table: self._table,
+        }[self.fmt]
+        return writer(records, fields)
+
+    def _json_array(self, records: Iterable[Record], fields: list[str]) -> int:
+        count = 0
+        self.out.write("[")
+        for record in records:
+            self.out.write(",\n  " if count else "\n  ")
+            self.out.write(to_json({k: record.get(k) for k in fields}))
+            count += 1
+        self.out.write("\n]\n" if count else "]\n")
+        return count
+
+    def _jsonl(self, records: Iterable[Record], fields: list[str]) -> int:
+        count = 0
+        for record in records:
+            self.out.write(to_json({k: record.get(k) for k in fields}) + "\n")
+            count += 1
+        return count
+
+    def _csv(self, records: Iterable[Record], fields: list[str]) -> int:
+        writer = csv.writer(self.out, lineterminator="\n")
+        writer.writerow(fields)
+        count = 0
+        for record in records:
+            writer.writerow([_text_value(record.get(k)) for k in fields])
+            count += 1
+        return count
+
+    def _plain(self, records: Iterable[Record], fields: list[str]) -> int:
+        count = 0
+        for record in records:
+            cells = (printable(_text_value(record.get(k))) for k in fields)
+            self.out.write("\t".join(cell.replace("\t", "\\t") for cell in cells) + "\n")
+            count += 1
+        return count
+
+    def _console(self) -> Any:
+        from rich.console import Console
+
+        if self.out.isatty():
+            return Console(file=self.out)
+        # Not a terminal: as wide as the content needs, no colour, nothing cut or wrapped.
+        return Console(file=self.out, width=100_000, no_color=True, highlight=False)
+
+    def _table(self, records: Iterable[Record], fields: list[str]) -> int:
+        from rich import box
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for name in fields:
+            table.add_column(name, overflow="fold", no_wrap=not self.out.isatty())
+        count = 0
+        for record in records:
+            table.add_row(*(Text(printable(_text_value(record.get(k)))) for k in fields))
+            count += 1
+        if count:
+            self._console().print(table, soft_wrap=False)
+        return count
+
+    def _vertical_table(self, record: Record, fields: list[str]) -> None:
+        from rich import box
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(box=box.SIMPLE, show_header=False, show_edge=False, pad_edge=False)
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold", no_wrap=not self.out.isatty())
+        for name in fields:
+            table.add_row(name, Text(printable(_text_value(record.get(name)))))
+        self._console().print(table)
+
+    def line(self, text: str) -> None:
+        """A bare line of data (a count, a revision): the same in every format."""
+        self.out.write(text + "\n")
+
+
+def records(users: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    for user in users:
+        yield user_record(user)

@@ -1,0 +1,65 @@
+"""Per-invocation state on `ctx.obj`: resolved settings and a lazily opened database."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import typer
+
+from usersctl.config import Settings
+
+if TYPE_CHECKING:
+    from usersctl.database import Database
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    _database: Database | None = field(default=None, repr=False)
+    _checked: bool = False
+
+    def database(self) -> Database:
+        """The database, without any schema check (for the `db` commands)."""
+        if self._database is None:
+            from usersctl.database import Database
+
+            self._database = Database(self.settings)
+        return self._database
+
+    def ready_database(self) -> Database:
+        """The database at head: an empty one is migrated now, any other mismatch is exit 8."""
+        database = self.database()
+        if not self._checked:
+            from usersctl.revision import State, read_status, require_current
+
+            with database.translate_errors(), database.engine.connect() as connection:
+                status = read_status(connection)
+            require_current(status)
+            if status.state is State.EMPTY:
+                from usersctl import migrations
+
+                result = migrations.ensure_head(database)
+                if result.changed:
+                    typer.echo(
+                        f"Initialised the database at {database.display_url} "
+                        f"(schema revision {result.after}).",
+                        err=True,
+                    )
+            self._checked = True
+        return database
+
+
+def get_state(ctx: typer.Context) -> AppState:
+    state = ctx.find_root().obj
+    if not isinstance(state, AppState):  # pragma: no cover - the root callback always sets it
+        raise RuntimeError("usersctl state missing")
+    return state
+
+
+def stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,326 @@
+"""User commands: create, list, get, update, passwd, verify-password, disable, enable, delete.
+
+Each command parses, validates input before opening a transaction, calls crud inside one
+transaction, and renders after the commit, so nothing is reported that did not happen.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from usersctl.cli.options import Output, UserRef, UserRefs
+from usersctl.cli.password_input import (
+    PasswordInput,
+    PasswordStdin,
+    RandomPassword,
+    existing_password,
+    new_password,
+)
+from usersctl.cli.render import OutputFormat, Renderer, records, user_record
+from usersctl.cli.state import get_state, stdin_is_terminal
+from usersctl.cli.text import printable
+from usersctl.errors import UsageError
+
+SORT_HELP = "Sort by id, name, email, role, active, created_at or updated_at; prefix - to reverse."
+
+
+def _show_user(
+    user_data: dict[str, Any], output: OutputFormat, password: PasswordInput | None = None
+) -> None:
+    """Print one user; a generated password appears exactly once, in the same document."""
+    renderer = Renderer(output)
+    if password is None or not password.generated:
+        renderer.one(user_data)
+        return
+    if output is OutputFormat.table:
+        renderer.one(user_data)
+        typer.echo("Generated password (shown only this once):", err=True)
+        renderer.line(password.value)
+    else:
+        renderer.one({**user_data, "password": password.value}, fields=[*user_data, "password"])
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="create")(create)
+    app.command(name="list")(list_)
+    app.command(name="get")(get)
+    app.command(name="update")(update)
+    app.command(name="passwd")(passwd)
+    app.command(name="verify-password")(verify_password)
+    app.command(name="disable")(disable)
+    app.command(name="enable")(enable)
+    app.command(name="delete")(delete)
+
+
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", "-n", help="Display name (1-200 characters).")],
+    email: Annotated[str, typer.Option("--email", "-e", help="Email; unique, case-insensitive.")],
+    role: Annotated[str, typer.Option("--role", "-r", help="Role, e.g. user or admin.")] = "user",
+    disabled: Annotated[
+        bool, typer.Option("--disabled", help="Create the account locked (cannot log in).")
+    ] = False,
+    password_stdin: PasswordStdin = False,
+    random_password: RandomPassword = False,
+    if_not_exists: Annotated[
+        bool,
+        typer.Option(
+            "--if-not-exists",
+            help="If the email is taken, print that user and exit 0 instead of failing.",
+        ),
+    ] = False,
+    output: Output = OutputFormat.table,
+) -> None:
+    """Create one user and print it.
+
+    \b
+    Example:
+      usersctl create --name 'Ada Lovelace' --email ada@example.com --random-password
+    """
+    from usersctl import crud
+    from usersctl.passwords import hash_password
+    from usersctl.schemas import UserCreate, parse
+
+    user_in = parse(
+        UserCreate, {"name": name, "email": email, "role": role, "is_active": not disabled}
+    )
+    password = new_password(password_stdin=password_stdin, random_password=random_password)
+    password_hash = hash_password(password.value)
+    database = get_state(ctx).ready_database()
+    with database.session(write=True) as session:
+        user, created = crud.create_user(
+            session=session,
+            user_in=user_in,
+            password_hash=password_hash,
+            if_not_exists=if_not_exists,
+        )
+        shown = user_record(user)
+    if not created:
+        typer.echo(f"User {printable(shown['email'])} already exists; left unchanged.", err=True)
+    _show_user(shown, output, password if created else None)
+
+
+def list_(
+    ctx: typer.Context,
+    role: Annotated[str | None, typer.Option("--role", "-r", help="Only this role.")] = None,
+    active: Annotated[
+        bool | None,
+        typer.Option("--active/--disabled", help="Only active, or only disabled, users."),
+    ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option("--search", "-s", help="Case-insensitive substring of name or email."),
+    ] = None,
+    sort: Annotated[str, typer.Option("--sort", help=SORT_HELP)] = "id",
+    limit: Annotated[int | None, typer.Option("--limit", min=0, help="At most N users.")] = None,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the first N.")] = 0,
+    output: Output = OutputFormat.table,
+) -> None:
+    """List users, ordered by id unless --sort says otherwise.
+
+    \b
+    Example:
+      usersctl list --role admin --active --sort -created_at -o json
+    """
+    from usersctl import crud
+
+    descending = sort.startswith("-")
+    field = sort.removeprefix("-")
+    if field not in crud.SORT_FIELDS:
+        raise UsageError(f"cannot sort by {field!r}: choose one of {', '.join(crud.SORT_FIELDS)}")
+    database = get_state(ctx).ready_database()
+    with database.session(write=False) as session:
+        users = session.scalars(
+            crud.user_query(
+                role=role,
+                active=active,
+                search=search,
+                sort=field,
+                descending=descending,
+                limit=limit,
+                offset=offset,
+            )
+        )
+        count = Renderer(output).many(records(users))
+    if count == 0 and output is OutputFormat.table:
+        typer.echo("No users.", err=True)
+
+
+def get(ctx: typer.Context, user: UserRef, output: Output = OutputFormat.table) -> None:
+    """Show one user.
+
+    \b
+    Example:
+      usersctl get ada@example.com -o json
+    """
+    from usersctl import crud
+
+    database = get_state(ctx).ready_database()
+    with database.session(write=False) as session:
+        shown = user_record(crud.get_user(session=session, ref=user))
+    Renderer(output).one(shown)
+
+
+def update(
+    ctx: typer.Context,
+    user: UserRef,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="New name.")] = None,
+    email: Annotated[str | None, typer.Option("--email", "-e", help="New email.")] = None,
+    role: Annotated[str | None, typer.Option("--role", "-r", help="New role.")] = None,
+    output: Output = OutputFormat.table,
+) -> None:
+    """Change a user's name, email or role, and print the user.
+
+    \b
+    Example:
+      usersctl update ada@example.com --role admin
+    """
+    from usersctl import crud
+    from usersctl.schemas import UserUpdate, parse
+
+    given = {k: v for k, v in {"name": name, "email": email, "role": role}.items() if v is not None}
+    if not given:
+        raise UsageError("nothing to change: give --name, --email and/or --role")
+    user_in = parse(UserUpdate, given)
+    database = get_state(ctx).ready_database()
+    with database.session(write=True) as session:
+        target = crud.get_user(session=session, ref=user)
+        shown = user_record(crud.update_user(session=session, user=target, user_in=user_in))
+    Renderer(output).one(shown)
+
+
+def passwd(
+    ctx: typer.Context,
+    user: UserRef,
+    password_stdin: PasswordStdin = False,
+    random_password: RandomPassword = False,
+    output: Output = OutputFormat.table,
+) -> None:
+    """Set a new password for a user.
+
+    \b
+    Example:
+      printf '%s\\n' "$NEW_PASSWORD" | usersctl passwd ada@example.com --password-stdin
+    """
+    from usersctl import crud
+    from usersctl.passwords import hash_password
+
+    password = new_password(password_stdin=password_stdin, random_password=random_password)
+    password_hash = hash_password(password.value)
+    database = get_state(ctx).ready_database()
+    with database.session(write=True) as session:
+        target = crud.get_user(session=session, ref=user)
+        crud.set_password_hash(session=session, user=target, password_hash=password_hash)
+        shown = user_record(target)
+    typer.echo(f"Password changed for {printable(shown['email'])}.", err=True)
+    _show_user(shown, output, password)
+
+
+def verify_password(
+    ctx: typer.Context, user: UserRef, password_stdin: PasswordStdin = False
+) -> None:
+    """Check a password: exit 0 if it matches an active user, 6 if not.
+
+    Unknown users, wrong passwords and disabled accounts all fail the same way (exit 6, same
+    message, about the same time), so the answer does not reveal which accounts exist.
+
+    \b
+    Example:
+      printf '%s\\n' "$PASSWORD" | usersctl verify-password ada@example.com --password-stdin
+    """
+    from usersctl import crud
+
+    password = existing_password(password_stdin=password_stdin)
+    database = get_state(ctx).ready_database()
+    with database.session(write=True) as session:
+        crud.verify_password(session=session, ref=user, password=password)
+    typer.echo("Password verified.", err=True)
+
+
+def _set_active(ctx: typer.Context, users: list[str], active: bool, output: OutputFormat) -> None:
+    from usersctl import crud
+
+    database = get_state(ctx).ready_database()
+    with database.session(write=True) as session:
+        targets = crud.get_users(session=session, refs=users)
+        shown = [
+            user_record(u) for u in crud.set_active(session=session, users=targets, active=active)
+        ]
+    Renderer(output).many(shown)
+
+
+def disable(ctx: typer.Context, users: UserRefs, output: Output = OutputFormat.table) -> None:
+    """Lock users out (they can no longer log in). All or nothing: one unknown USER changes none.
+
+    \b
+    Example:
+      usersctl disable ada@example.com 42
+    """
+    _set_active(ctx, users, False, output)
+
+
+def enable(ctx: typer.Context, users: UserRefs, output: Output = OutputFormat.table) -> None:
+    """Unlock users. All or nothing: one unknown USER changes none.
+
+    \b
+    Example:
+      usersctl enable ada@example.com
+    """
+    _set_active(ctx, users, True, output)
+
+
+def _confirm_delete(ctx: typer.Context, users: list[str], missing_ok: bool) -> None:
+    """Ask before deleting, in a read transaction: no lock is held while a person thinks."""
+    from usersctl import crud
+
+    database = get_state(ctx).ready_database()
+    with database.session(write=False) as session:
+        targets = [
+            user_record(u)
+            for u in crud.get_users(session=session, refs=users, missing_ok=missing_ok)
+        ]
+    if not targets:
+        return
+    listing = ", ".join(f"{printable(u['email'])} (id {u['id']})" for u in targets[:5])
+    more = f" and {len(targets) - 5} more" if len(targets) > 5 else ""
+    if not typer.confirm(f"Delete {len(targets)} user(s): {listing}{more}?", default=False):
+        raise typer.Abort()
+
+
+def delete(
+    ctx: typer.Context,
+    users: UserRefs,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask; required when stdin is not a terminal.")
+    ] = False,
+    missing_ok: Annotated[
+        bool, typer.Option("--missing-ok", help="Ignore users that do not exist (exit 0).")
+    ] = False,
+    output: Output = OutputFormat.table,
+) -> None:
+    """Delete users and print what was deleted. Asks first on a terminal.
+
+    All or nothing: one unknown USER (without --missing-ok) deletes none.
+
+    \b
+    Example:
+      usersctl delete ada@example.com --yes
+    """
+    from usersctl import crud
+
+    if not yes:
+        if not stdin_is_terminal():
+            raise UsageError("refusing to delete without --yes when stdin is not a terminal")
+        _confirm_delete(ctx, users, missing_ok)
+    database = get_state(ctx).ready_database()
+    with database.session(write=True) as session:
+        targets = crud.get_users(session=session, refs=users, missing_ok=missing_ok)
+        shown = [user_record(u) for u in targets]
+        crud.delete_users(session=session, users=targets)
+    if not shown:
+        typer.echo("Nothing to delete.", err=True)
+    elif output is OutputFormat.table:
+        typer.echo(f"Deleted {len(shown)} user(s).", err=True)
+    Renderer(output).many(shown)

@@ -1,0 +1,106 @@
+"""Settings: command-line flag > environment > config file > built-in default.
+
+Resolved once in the root callback, never at import time, so `--help` works with any
+environment. This is a small typed resolver rather than pydantic-settings: importing
+pydantic-settings costs ~110 ms (it pulls in asyncio), more than the whole start-up budget
+for the commands that scripts call in loops. See README, "Departures from DESIGN.md".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from usersctl.errors import UsageError
+
+ENV_PREFIX = "USERSCTL_"
+DEFAULT_BUSY_TIMEOUT = 10.0
+_CONFIG_KEYS = {"database_url", "busy_timeout"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    debug: bool = False
+    url_is_default: bool = False
+
+
+def config_path() -> Path:
+    """`USERSCTL_CONFIG`, else `$XDG_CONFIG_HOME/usersctl/config.toml` (~/.config by default)."""
+    explicit = os.environ.get("USERSCTL_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "usersctl" / "config.toml"
+
+
+def default_database_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("usersctl", appauthor=False)) / "users.db"
+
+
+def _read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
+    if not path.exists():
+        if required:
+            raise UsageError(f"config file {path} does not exist (USERSCTL_CONFIG)")
+        return {}
+    import tomllib
+
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}") from None
+    unknown = sorted(set(data) - _CONFIG_KEYS)
+    if unknown:
+        raise UsageError(
+            f"config file {path}: unknown key {unknown[0]!r} "
+            f"(known: {', '.join(sorted(_CONFIG_KEYS))})"
+        )
+    return data
+
+
+def _as_timeout(value: object, where: str) -> float:
+    try:
+        timeout = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise UsageError(f"{where}: busy_timeout must be a number of seconds") from None
+    if not 0 <= timeout <= 3600:
+        raise UsageError(f"{where}: busy_timeout must be between 0 and 3600 seconds")
+    return timeout
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_settings(*, database_url: str | None = None, debug: bool = False) -> Settings:
+    """Resolve settings. `database_url` is the command-line flag (None when not given)."""
+    env = os.environ
+    path = config_path()
+    file_values = _read_config_file(path, required="USERSCTL_CONFIG" in env)
+
+    url = database_url or env.get("USERSCTL_DATABASE_URL") or file_values.get("database_url")
+    if url is not None and not isinstance(url, str):
+        raise UsageError(f"config file {path}: database_url must be a string")
+    url_is_default = not url
+    if not url:
+        url = "sqlite:///" + str(default_database_path())
+
+    if "USERSCTL_BUSY_TIMEOUT" in env:
+        timeout = _as_timeout(env["USERSCTL_BUSY_TIMEOUT"], "USERSCTL_BUSY_TIMEOUT")
+    elif "busy_timeout" in file_values:
+        timeout = _as_timeout(file_values["busy_timeout"], f"config file {path}")
+    else:
+        timeout = DEFAULT_BUSY_TIMEOUT
+
+    return Settings(
+        database_url=url,
+        busy_timeout=timeout,
+        debug=debug or _truthy(env.get("USERSCTL_DEBUG")),
+        url_is_default=url_is_default,
+    )

@@ -1,0 +1,202 @@
+"""Engine and sessions. SQLite's pragmas, locking and file permissions live here.
+
+SQLite is opened with WAL, foreign keys, secure_delete (deleted rows are overwritten, so
+neither a removed user nor an old plaintext password lingers in free pages), synchronous
+FULL (durable commits) and a busy timeout. Write transactions begin IMMEDIATE so that two
+writers queue on the lock instead of failing half-way with "database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InternalError,
+    NoSuchModuleError,
+    NotSupportedError,
+    ProgrammingError,
+)
+from sqlalchemy.orm import Session
+
+from usersctl.config import Settings
+from usersctl.errors import Conflict, DatabaseUnavailable, UsageError
+
+_DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
+_READ_ONLY = "usersctl_read_only"
+
+
+def display_url(url: URL | str) -> str:
+    """The URL with its password masked, for every message that names a database."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return "<unparseable database URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+def _prepare_sqlite_file(path: Path, *, create_parent: bool) -> None:
+    """Create the database file (0600) and, for the default location, its folder (0700)."""
+    if path.exists():
+        return
+    parent = path.parent
+    if not parent.is_dir():
+        if not create_parent:
+            raise DatabaseUnavailable(
+                f"cannot create database {path}: folder {parent} does not exist"
+            )
+        try:
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot create folder {parent}: {exc.strerror}") from None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot create database {path}: {exc.strerror}") from None
+    os.close(fd)
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # transactions are begun below, explicitly
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA secure_delete=ON")
+            cursor.execute("PRAGMA synchronous=FULL")
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                try:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                except dbapi_connection.OperationalError:
+                    pass  # a read-only file: reads still work, writes fail with a clear error
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        options = connection.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return  # VACUUM and checkpoints must run outside a transaction
+        if options.get(_READ_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(settings: Settings) -> Engine:
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError:
+        raise UsageError(
+            f"invalid database URL {display_url(settings.database_url)!r}: "
+            "expected e.g. sqlite:////path/users.db or postgresql+psycopg://user@host/db"
+        ) from None
+    connect_args: dict[str, Any] = {}
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        path = _sqlite_path(url)
+        if path is not None:
+            _prepare_sqlite_file(path, create_parent=settings.url_is_default)
+        connect_args["timeout"] = settings.busy_timeout
+    elif backend == "postgresql":
+        connect_args["connect_timeout"] = max(1, int(settings.busy_timeout))
+    try:
+        engine = create_engine(url, hide_parameters=True, connect_args=connect_args)
+    except NoSuchModuleError:
+        raise UsageError(f"unsupported database URL scheme {url.drivername!r}") from None
+    except ImportError as exc:
+        extra = _DRIVER_EXTRAS.get(backend)
+        hint = f": pip install 'usersctl[{extra}]'" if extra else ""
+        raise DatabaseUnavailable(
+            f"database driver for {url.drivername} is not installed ({exc.name}){hint}"
+        ) from None
+    if backend == "sqlite":
+        _install_sqlite_hooks(engine)
+    return engine
+
+
+def describe_db_error(exc: DBAPIError, engine: Engine, busy_timeout: float) -> str:
+    """Turn a driver error into one line an admin can act on (never with a password)."""
+    url = engine.url
+    where = display_url(url)
+    raw = str(exc.orig) if exc.orig is not None else str(exc)
+    text = raw.lower()
+    if url.get_backend_name() == "sqlite":
+        where = url.database or where
+        if "locked" in text or "busy" in text:
+            return (
+                f"database busy: {where} stayed locked by another process for the whole "
+                f"busy timeout ({busy_timeout:g}s); retry later or raise USERSCTL_BUSY_TIMEOUT"
+            )
+        if "file is not a database" in text or "malformed" in text:
+            return f"{where} is not a usable SQLite database ({raw})"
+        if "readonly" in text or "read-only" in text:
+            return f"database {where} is read-only (check file and folder permissions)"
+        if "unable to open" in text:
+            return f"cannot open database {where} (check the path and its permissions)"
+        if "disk is full" in text or "disk i/o" in text:
+            return f"cannot write database {where}: {raw}"
+    first_line = raw.strip().splitlines()[0] if raw.strip() else type(exc.orig).__name__
+    if url.password:
+        first_line = first_line.replace(str(url.password), "***")
+    return f"database {where} unavailable: {first_line}"
+
+
+class Database:
+    """The engine plus error translation: every driver failure becomes a UsersctlError."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings)
+
+    @property
+    def display_url(self) -> str:
+        return display_url(self.engine.url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.url.get_backend_name() == "sqlite"
+
+    @contextmanager
+    def translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except IntegrityError:
+            raise Conflict("conflict: a unique value (email) is already taken") from None
+        except (ProgrammingError, DataError, NotSupportedError, InternalError):
+            raise  # a bug in usersctl, not the database's state: exit 1 with --debug detail
+        except DBAPIError as exc:  # OperationalError, DatabaseError, InterfaceError
+            raise DatabaseUnavailable(
+                describe_db_error(exc, self.engine, self.settings.busy_timeout)
+            ) from None
+
+    @contextmanager
+    def session(self, *, write: bool) -> Iterator[Session]:
+        """A session in one transaction: committed when the block succeeds, else rolled back."""
+        bind = self.engine if write else self.engine.execution_options(**{_READ_ONLY: True})
+        with self.translate_errors(), Session(bind, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,41 @@
+"""Domain errors. Each carries the exit code the CLI reports for it (see README)."""
+
+from __future__ import annotations
+
+
+class UsersctlError(Exception):
+    """Base of every error usersctl reports to the user in one line."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(UsersctlError):
+    exit_code = 2
+
+
+class NotFound(UsersctlError):
+    exit_code = 3
+
+
+class Conflict(UsersctlError):
+    exit_code = 4
+
+
+class InvalidData(UsersctlError):
+    exit_code = 5
+
+
+class VerificationFailed(UsersctlError):
+    exit_code = 6
+
+
+class DatabaseUnavailable(UsersctlError):
+    exit_code = 7
+
+
+class SchemaMismatch(UsersctlError):
+    exit_code = 8

@@ -1,0 +1,213 @@
+"""Embedded Alembic: the Config is built in code and the live connection handed to env.py.
+
+Each operation runs in one transaction on the connection usersctl opened (on SQLite a
+BEGIN IMMEDIATE one), so a crash leaves the database at the old revision or the new one,
+and two processes upgrading at once queue instead of colliding. The scripts ship inside the
+package (usersctl/_alembic in a wheel; the top-level alembic/ in a source checkout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection
+
+from usersctl.database import Database
+from usersctl.errors import SchemaMismatch, UsageError
+from usersctl.models import Base
+from usersctl.revision import (
+    HEAD,
+    KNOWN_REVISIONS,
+    State,
+    Status,
+    mismatch_message,
+    read_status,
+)
+
+ProgressFactory = Callable[[int], Callable[[int], None]]
+"""Given a total, returns a function that advances a progress display by n steps."""
+
+
+def script_location() -> Path:
+    packaged = Path(__file__).resolve().parent / "_alembic"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "alembic"
+
+
+def make_config(
+    connection: Connection | None = None, progress: ProgressFactory | None = None
+) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(script_location()))
+    config.attributes["connection"] = connection
+    config.attributes["progress"] = progress
+    return config
+
+
+def script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(make_config())
+
+
+@dataclass(frozen=True)
+class Revision:
+    revision: str
+    down_revision: str | None
+    message: str
+
+
+def history() -> list[Revision]:
+    """Every revision, oldest first."""
+    scripts = script_directory()
+    revisions = [
+        Revision(
+            revision=script.revision,
+            down_revision=script.down_revision if isinstance(script.down_revision, str) else None,
+            message=(script.doc or "").strip().splitlines()[0] if script.doc else "",
+        )
+        for script in scripts.walk_revisions()
+    ]
+    return list(reversed(revisions))
+
+
+def _resolve(revision: str) -> str | None:
+    """Check a revision name or alias (head, base, 0001) before touching the database."""
+    if revision == "base":
+        return None
+    try:
+        script = script_directory().get_revision(revision)
+    except CommandError as exc:
+        raise UsageError(f"unknown revision {revision!r}: {exc}") from None
+    if script is None:
+        raise UsageError(f"unknown revision {revision!r}")
+    return script.revision
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    before: str | None
+    after: str | None
+    adopted: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after or self.adopted
+
+
+def _scrub(db: Database) -> None:
+    """Leave no copy of replaced data (old plaintext passwords) in free pages or the WAL."""
+    with db.engine.connect() as connection:
+        autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+        if db.is_sqlite:
+            autocommit.exec_driver_sql("VACUUM")
+            autocommit.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        elif db.engine.url.get_backend_name() == "postgresql":
+            autocommit.exec_driver_sql("VACUUM FULL users")
+
+
+def _run(
+    db: Database,
+    operation: Callable[[Config, Status], MigrationResult],
+    progress: ProgressFactory | None = None,
+) -> MigrationResult:
+    with db.translate_errors():
+        with db.engine.connect() as connection:
+            with connection.begin():
+                status = read_status(connection)
+                if status.state in (State.FOREIGN, State.AHEAD):
+                    raise SchemaMismatch(mismatch_message(status))
+                try:
+                    result = operation(make_config(connection, progress), status)
+                except CommandError as exc:
+                    raise UsageError(str(exc).splitlines()[0]) from None
+        if result.changed and result.before is not None:
+            _scrub(db)
+    return result
+
+
+def upgrade(
+    db: Database, revision: str = "head", progress: ProgressFactory | None = None
+) -> MigrationResult:
+    """Upgrade to `revision`; a tutorial database is first adopted (stamped 0001)."""
+    target = _resolve(revision)
+
+    def operation(config: Config, status: Status) -> MigrationResult:
+        adopted = status.state is State.TUTORIAL
+        if target is not None and status.revision in KNOWN_REVISIONS:
+            if KNOWN_REVISIONS.index(target) < KNOWN_REVISIONS.index(status.revision):
+                raise UsageError(
+                    f"{target} is older than the current revision {status.revision}: "
+                    f"use `usersctl db downgrade {target}`"
+                )
+        if adopted:
+            command.stamp(config, "0001")
+        before = "0001" if adopted else status.revision
+        command.upgrade(config, target or "base")
+        return MigrationResult(before, _current(config), adopted)
+
+    return _run(db, operation, progress)
+
+
+def downgrade(db: Database, revision: str) -> MigrationResult:
+    target = _resolve(revision)
+
+    def operation(config: Config, status: Status) -> MigrationResult:
+        if status.state is State.TUTORIAL:
+            raise SchemaMismatch(mismatch_message(status))
+        current_index = KNOWN_REVISIONS.index(status.revision) if status.revision else -1
+        target_index = KNOWN_REVISIONS.index(target) if target else -1
+        if target_index > current_index:
+            raise UsageError(
+                f"{target} is newer than the current revision "
+                f"{status.revision or 'base'}: use `usersctl db upgrade {target}`"
+            )
+        command.downgrade(config, target or "base")
+        return MigrationResult(status.revision, _current(config))
+
+    return _run(db, operation)
+
+
+def stamp(db: Database, revision: str) -> MigrationResult:
+    """Record `revision` without running migrations (for databases migrated by other means)."""
+    target = _resolve(revision)
+
+    def operation(config: Config, status: Status) -> MigrationResult:
+        command.stamp(config, target or "base", purge=True)
+        return MigrationResult(status.revision, target)
+
+    result = _run(db, operation)
+    return MigrationResult(result.before, result.after)
+
+
+def _current(config: Config) -> str | None:
+    connection = config.attributes["connection"]
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def current(db: Database) -> Status:
+    with db.translate_errors(), db.engine.connect() as connection:
+        return read_status(connection)
+
+
+def schema_differences(db: Database) -> list[Any]:
+    """What Alembic's autogenerate finds between the models and the database (ideally [])."""
+    with db.translate_errors(), db.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+
+def ensure_head(db: Database, progress: ProgressFactory | None = None) -> MigrationResult:
+    """Bring an empty database to head (what every command does on first use)."""
+    return upgrade(db, "head", progress)
+
+
+__all__ = ["HEAD", "MigrationResult", "Revision", "current", "downgrade", "history", "stamp"]
