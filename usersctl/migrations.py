@@ -118,6 +118,7 @@ def _run(
     db: Database,
     operation: Callable[[Config, Status], MigrationResult],
     progress: ProgressFactory | None = None,
+    scrub: bool = False,
 ) -> MigrationResult:
     with db.translate_errors():
         with db.engine.connect() as connection:
@@ -129,9 +130,14 @@ def _run(
                     result = operation(make_config(connection, progress), status)
                 except CommandError as exc:
                     raise UsageError(str(exc).splitlines()[0]) from None
-        if result.changed and result.before is not None:
+        if scrub and _hashed_plaintext(result):
             _scrub(db)
     return result
+
+
+def _hashed_plaintext(result: MigrationResult) -> bool:
+    """Did this upgrade run 0002, the migration that replaces plaintext passwords?"""
+    return result.before == "0001" and result.after in KNOWN_REVISIONS[1:]
 
 
 def upgrade(
@@ -154,7 +160,7 @@ def upgrade(
         command.upgrade(config, target or "base")
         return MigrationResult(before, _current(config), adopted)
 
-    return _run(db, operation, progress)
+    return _run(db, operation, progress, scrub=True)
 
 
 def downgrade(db: Database, revision: str) -> MigrationResult:
@@ -184,8 +190,7 @@ def stamp(db: Database, revision: str) -> MigrationResult:
         command.stamp(config, target or "base", purge=True)
         return MigrationResult(status.revision, target)
 
-    result = _run(db, operation)
-    return MigrationResult(result.before, result.after)
+    return _run(db, operation)
 
 
 def _current(config: Config) -> str | None:

@@ -15,7 +15,7 @@ from usersctl.errors import SchemaMismatch, UsageError
 db_app = typer.Typer(
     name="db",
     help="Schema migrations (embedded Alembic): upgrade, downgrade, current, history, "
-    "check, stamp.",
+    "check, stamp.\n\n\b\nExample:\n  usersctl db current && usersctl db upgrade",
     no_args_is_help=True,
 )
 
@@ -104,7 +104,7 @@ def downgrade(
 
 
 @db_app.command("current")
-def current(ctx: typer.Context, output: Output = OutputFormat.plain) -> None:
+def current(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
     """Print the database's schema revision and how it relates to this usersctl's head.
 
     \b

@@ -1,0 +1,229 @@
+"""Migrations: revisions in sync, round trips with data, tutorial adoption, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, String, create_engine, inspect, text
+from sqlalchemy.orm import Session, declarative_base
+from typer.testing import CliRunner
+
+from conftest import Cli, assert_error
+from usersctl import migrations
+from usersctl.config import load_settings
+from usersctl.database import Database
+from usersctl.revision import HEAD, KNOWN_REVISIONS
+
+PLAINTEXT = "PlainTutorialSecret-7"
+
+TutorialBase = declarative_base()
+
+
+class TutorialUser(TutorialBase):  # type: ignore[misc, valid-type]
+    """The seed tutorial's model, verbatim: what its `create_all` made."""
+
+    __tablename__ = "users"
+    id = Column(Integer, primary_key=True, index=True)
+    name = Column(String, nullable=False)
+    email = Column(String, unique=True, index=True, nullable=False)
+    password = Column(String, nullable=False)
+
+
+def make_tutorial_db(url: str, rows: list[tuple[str, str, str]]) -> None:
+    engine = create_engine(url)
+    TutorialBase.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all(TutorialUser(name=n, email=e, password=p) for n, e, p in rows)
+        session.commit()
+    engine.dispose()
+
+
+def stored(url: str, sql: str) -> list[tuple[object, ...]]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = [tuple(row) for row in connection.execute(text(sql))]
+    engine.dispose()
+    return rows
+
+
+def tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    names = set(inspect(engine).get_table_names())
+    engine.dispose()
+    return names
+
+
+def sqlite_file_bytes(url: str) -> bytes:
+    path = Path(url.removeprefix("sqlite:///"))
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+
+@pytest.fixture
+def fresh(empty_db_url: str) -> Cli:
+    return Cli(url=empty_db_url, runner=CliRunner())
+
+
+def test_known_revisions_match_the_scripts() -> None:
+    scripts = migrations.script_directory()
+    assert scripts.get_current_head() == HEAD
+    assert tuple(r.revision for r in migrations.history()) == KNOWN_REVISIONS
+
+
+def test_models_and_migrations_agree(cli: Cli) -> None:
+    database = Database(load_settings(database_url=cli.url))
+    assert migrations.schema_differences(database) == []
+    database.dispose()
+    result = cli("db", "check")
+    assert result.exit_code == 0, result.stderr
+    assert "matches the models" in result.stderr
+
+
+def test_first_command_on_empty_database_brings_it_to_head(fresh: Cli) -> None:
+    result = fresh("list", "-o", "json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "[]\n"
+    assert f"schema revision {HEAD}" in result.stderr
+    assert fresh.ok("db", "current", "-o", "plain").stdout == f"{HEAD}\t{HEAD}\tcurrent\n"
+
+
+def test_base_head_base_head_with_rows(fresh: Cli) -> None:
+    fresh.ok("db", "upgrade", "0001")
+    assert fresh.ok("db", "current", "-o", "plain").stdout.startswith("0001\t")
+    engine = create_engine(fresh.url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO users (name, email, password) VALUES (:n, :e, :p)"),
+            [
+                {"n": " Ada ", "e": "Ada@Example.com", "p": PLAINTEXT},
+                {"n": "Bob", "e": "bob@example.com", "p": "short"},
+            ],
+        )
+    engine.dispose()
+
+    fresh.ok("db", "upgrade")
+    users = fresh.json("list")
+    assert [(u["name"], u["email"]) for u in users] == [
+        ("Ada", "ada@example.com"),
+        ("Bob", "bob@example.com"),
+    ]
+    hashes = stored(fresh.url, "SELECT password_hash FROM users ORDER BY id")
+    assert all(str(h).startswith("$argon2id$") for (h,) in hashes)
+    fresh.ok("verify-password", "ada@example.com", "--password-stdin", input=PLAINTEXT + "\n")
+
+    fresh.ok("db", "downgrade", "0001", "--yes")
+    assert "password_hash" not in {c["name"] for c in _columns(fresh.url)}
+    # The downgrade keeps each user and their *hash*; it never writes plaintext back.
+    assert stored(fresh.url, "SELECT password FROM users ORDER BY id") == hashes
+
+    fresh.ok("db", "upgrade")
+    assert stored(fresh.url, "SELECT password_hash FROM users ORDER BY id") == hashes
+    fresh.ok("verify-password", "ada@example.com", "--password-stdin", input=PLAINTEXT + "\n")
+
+    fresh.ok("db", "downgrade", "base", "--yes")
+    assert tables(fresh.url) <= {"alembic_version"}
+    fresh.ok("db", "upgrade", "head")
+    assert fresh.json("list") == []
+    fresh.ok("db", "check")
+
+
+def _columns(url: str) -> list[dict[str, object]]:
+    engine = create_engine(url)
+    columns = inspect(engine).get_columns("users")
+    engine.dispose()
+    return list(columns)
+
+
+def test_tutorial_database_is_refused_then_adopted(fresh: Cli, engine_name: str) -> None:
+    make_tutorial_db(
+        fresh.url,
+        [("Ada Lovelace", "ada@example.com", PLAINTEXT), ("Bob", "BOB@example.com", "pw")],
+    )
+    assert_error(fresh("list"), 8, "tutorial", "usersctl db upgrade")
+    assert "alembic_version" not in tables(fresh.url)
+
+    result = fresh("db", "upgrade")
+    assert result.exit_code == 0, result.stderr
+    assert "Adopted the tutorial database" in result.stderr
+    assert f"from 0001 to {HEAD}" in result.stderr
+    emails = [u["email"] for u in fresh.json("list")]
+    assert emails == ["ada@example.com", "bob@example.com"]
+    fresh.ok("verify-password", "ada@example.com", "--password-stdin", input=PLAINTEXT + "\n")
+    assert fresh("verify-password", "2", "--password-stdin", input="wrong\n").exit_code == 6
+    assert PLAINTEXT not in str(stored(fresh.url, "SELECT * FROM users"))
+    if engine_name == "sqlite":
+        # No copy in free pages, the WAL or a journal: the whole file set is scrubbed.
+        assert PLAINTEXT.encode() not in sqlite_file_bytes(fresh.url)
+
+
+def test_upgrade_refuses_to_merge_accounts_and_changes_nothing(fresh: Cli) -> None:
+    make_tutorial_db(
+        fresh.url, [("Ada", "ada@example.com", "x" * 9), ("Ada 2", "ADA@example.com", "y" * 9)]
+    )
+    before = stored(fresh.url, "SELECT * FROM users ORDER BY id")
+    assert_error(fresh("db", "upgrade"), 5, "share email", "nothing changed")
+    assert stored(fresh.url, "SELECT * FROM users ORDER BY id") == before
+    assert (
+        "alembic_version" not in tables(fresh.url)
+        or stored(fresh.url, "SELECT version_num FROM alembic_version") == []
+    )
+
+
+def test_downgrade_refuses_to_lose_roles_or_locks(cli: Cli, seed: object) -> None:
+    cli.create("Root", "root@example.com", "--role", "admin")
+    assert_error(cli("db", "downgrade", "0001", "--yes"), 5, "cannot downgrade", "nothing changed")
+    assert cli.ok("db", "current", "-o", "plain").stdout.startswith(f"{HEAD}\t")
+    assert cli.json("get", "root@example.com")["role"] == "admin"
+
+
+def test_downgrade_needs_yes_without_a_terminal(cli: Cli) -> None:
+    assert_error(cli("db", "downgrade", "0001"), 2, "--yes")
+    assert cli.ok("db", "current", "-o", "plain").stdout.startswith(f"{HEAD}\t")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("db", "upgrade", "0001"), "use `usersctl db downgrade 0001`"),
+        (("db", "upgrade", "nope"), "unknown revision"),
+        (("db", "stamp", "nope"), "unknown revision"),
+        (("db", "downgrade", "nope", "--yes"), "unknown revision"),
+    ],
+)
+def test_bad_revision_arguments_are_usage_errors(
+    cli: Cli, args: tuple[str, ...], fragment: str
+) -> None:
+    assert_error(cli(*args), 2, fragment)
+    assert cli.ok("db", "current", "-o", "plain").stdout.startswith(f"{HEAD}\t")
+
+
+def test_stamp_and_current_and_history(cli: Cli) -> None:
+    history = cli.json("db", "history")
+    assert [h["revision"] for h in history] == list(KNOWN_REVISIONS)
+    assert history[1]["down_revision"] == "0001"
+    result = cli("db", "stamp", "0001")
+    assert result.exit_code == 0
+    assert "Stamped revision 0001 (was 0002)" in result.stderr
+    current = cli.json("db", "current")
+    assert current == {"revision": "0001", "head": HEAD, "state": "behind"}
+    assert_error(cli("get", "1"), 8, "usersctl db upgrade")
+    assert_error(cli("db", "check"), 8, "0001")
+    cli.ok("db", "stamp", "head")
+    assert cli.json("db", "current")["state"] == "current"
+
+
+def test_migrate_is_upgrade_head(fresh: Cli) -> None:
+    result = fresh("migrate")
+    assert result.exit_code == 0, result.stderr
+    assert f"to {HEAD}" in result.stderr
+    again = fresh("migrate")
+    assert "nothing to do" in again.stderr
+
+
+def test_newer_database_is_refused_by_every_command(cli: Cli) -> None:
+    engine = create_engine(cli.url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    for args in (("list",), ("db", "upgrade"), ("db", "check")):
+        assert_error(cli(*args), 8, "newer")
