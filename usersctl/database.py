@@ -74,10 +74,17 @@ def _prepare_sqlite_file(path: Path, *, create_parent: bool) -> None:
     os.close(fd)
 
 
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _install_sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # transactions are begun below, explicitly
+        # SQLite's lower() folds ASCII only; make `list --search ÉLODIE` find "Élodie" as
+        # PostgreSQL and MariaDB do.
+        dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA foreign_keys=ON")

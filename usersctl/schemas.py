@@ -1,19 +1,21 @@
-"""Pydantic schemas for what users may give: UserCreate and UserUpdate.
+"""Pydantic schemas: what users may give (UserCreate, UserUpdate) and what is ever shown
+of a user (UserPublic: never the password hash).
 
-Validation of user input lives here and only here. What is *shown* of a user is
-`usersctl.cli.render.user_record` (never the hash): a plain dict, so that read-only
-commands do not import pydantic at all. email-validator loads on first use.
+Validation of user input lives here and only here. email-validator is imported on first
+use, so the commands that only read never pay for it.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Field,
     StringConstraints,
     ValidationError,
 )
@@ -39,11 +41,11 @@ def clean_name(value: str) -> str:
 
 
 def normalize_email(value: str) -> str:
-    """Syntax check (no DNS), normalized by email-validator, then lowercased entirely."""
+    """Trimmed, syntax-checked (no DNS), normalized by email-validator, then lowercased."""
     from email_validator import EmailNotValidError, validate_email
 
     try:
-        result = validate_email(value, check_deliverability=False)
+        result = validate_email(value.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
     return result.normalized.lower()
@@ -73,6 +75,20 @@ class UserUpdate(BaseModel):
     name: Name | None = None
     email: Email | None = None
     role: Role | None = None
+
+
+class UserPublic(BaseModel):
+    """The public view of a user, the only shape any output format renders."""
+
+    model_config = ConfigDict(from_attributes=True, populate_by_name=True)
+
+    id: int
+    name: str
+    email: str
+    role: str
+    active: bool = Field(validation_alias="is_active")
+    created_at: datetime
+    updated_at: datetime
 
 
 def _describe(error: Any) -> str:

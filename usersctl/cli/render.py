@@ -37,17 +37,17 @@ def iso_utc(value: datetime) -> str:
 
 
 def user_record(user: Any) -> dict[str, Any]:
-    """The public view of a user (ORM object or UserPublic); never the password hash."""
-    active = user.is_active if hasattr(user, "is_active") else user.active
-    return {
-        "id": user.id,
-        "name": user.name,
-        "email": user.email,
-        "role": user.role,
-        "active": bool(active),
-        "created_at": iso_utc(user.created_at),
-        "updated_at": iso_utc(user.updated_at),
-    }
+    """A user (ORM object) through the public schema, as output-ready values.
+
+    Call it inside the session. Only UserPublic's fields exist here: never the hash.
+    """
+    from usersctl.schemas import UserPublic
+
+    public = UserPublic.model_validate(user)
+    record = public.model_dump()
+    record["created_at"] = iso_utc(public.created_at)
+    record["updated_at"] = iso_utc(public.updated_at)
+    return record
 
 
 # json.dumps leaves DEL, C1 controls and the JS line separators raw with ensure_ascii=False;
