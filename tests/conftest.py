@@ -1,8 +1,8 @@
 """Fixtures: every test gets its own database, copied from a template migrated once.
 
-Engines: SQLite always; PostgreSQL when USERSCTL_TEST_POSTGRES_URL names a server (an
-account allowed to CREATE DATABASE). Without it the PostgreSQL cases skip on a laptop and
-fail when CI is set, so CI can never pass by skipping them.
+Engines: SQLite always; PostgreSQL when USERSCTL_TEST_POSTGRES_URL and MariaDB when
+USERSCTL_TEST_MYSQL_URL name a server (an account allowed to CREATE DATABASE). Without them
+those cases skip on a laptop and fail when CI is set, so CI never passes by skipping them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner, Result
 
@@ -25,27 +25,36 @@ from usersctl.cli import app
 from usersctl.config import load_settings
 from usersctl.database import Database
 
-POSTGRES_ENV = "USERSCTL_TEST_POSTGRES_URL"
-ENGINES = ("sqlite", "postgresql")
-# A real argon2id hash of "correct horse battery", made once: seeding users through SQL
-# with it keeps tests fast; tests of hashing itself go through the CLI.
+SERVER_ENVS = {
+    "postgresql": "USERSCTL_TEST_POSTGRES_URL",
+    "mariadb": "USERSCTL_TEST_MYSQL_URL",
+}
+POSTGRES_ENV = SERVER_ENVS["postgresql"]
+ENGINES = ("sqlite", "postgresql", "mariadb")
+# Seeded users get a real argon2id hash of this password, made once per session.
 SEED_PASSWORD = "correct horse battery"
 
 
-def postgres_admin_url() -> str | None:
-    url = os.environ.get(POSTGRES_ENV)
+def server_admin_url(engine: str) -> str | None:
+    """The test server's URL for `engine`; None (skip) on a laptop, a failure under CI."""
+    variable = SERVER_ENVS[engine]
+    url = os.environ.get(variable)
     if not url:
         if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {POSTGRES_ENV} is not: the PostgreSQL suite must run")
+            pytest.fail(f"CI is set but {variable} is not: the {engine} suite must run")
         return None
     return url
+
+
+def postgres_admin_url() -> str | None:
+    return server_admin_url("postgresql")
 
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No developer config, database or debug flag leaks into a test."""
     for name in list(os.environ):
-        if name.startswith("USERSCTL_") and name != POSTGRES_ENV:
+        if name.startswith("USERSCTL_") and name not in SERVER_ENVS.values():
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
@@ -74,45 +83,81 @@ def seed_hash() -> str:
     return hash_password(SEED_PASSWORD)
 
 
-class PostgresServer:
-    """Creates one database per test from a template migrated once per session."""
+class DatabaseServer:
+    """One database per test on a real server, copied from a template migrated once.
+
+    PostgreSQL copies with CREATE DATABASE ... TEMPLATE; MariaDB has no templates, so its
+    tables are copied with CREATE TABLE ... LIKE and INSERT ... SELECT.
+    """
 
     def __init__(self, admin_url: str) -> None:
         self.admin_url = make_url(admin_url)
         self.engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        self.template = f"usersctl_tmpl_{uuid.uuid4().hex[:8]}"
+        self.kind = self.engine.dialect.name  # "postgresql", "mysql" or "mariadb"
+        self.quote = self.engine.dialect.identifier_preparer.quote
         self.created: list[str] = []
+        self.template = self.create("usersctl_tmpl")
+        _migrate(self.url_for(self.template))
+        self.template_tables = self._tables(self.template)
 
     def url_for(self, database: str) -> str:
         return self.admin_url.set(database=database).render_as_string(hide_password=False)
 
-    def create(self, name: str, template: str | None = None) -> str:
+    def _tables(self, database: str) -> list[str]:
+        engine = create_engine(self.url_for(database))
+        names = inspect(engine).get_table_names()
+        engine.dispose()
+        return names
+
+    def create(self, prefix: str, *, from_template: bool = False) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
         with self.engine.connect() as connection:
-            clause = f" TEMPLATE {template}" if template else ""
-            connection.execute(text(f'CREATE DATABASE "{name}"{clause}'))
+            if self.kind == "postgresql":
+                clause = f" TEMPLATE {self.quote(self.template)}" if from_template else ""
+                connection.execute(text(f"CREATE DATABASE {self.quote(name)}{clause}"))
+            else:
+                connection.execute(
+                    text(
+                        f"CREATE DATABASE {self.quote(name)} "
+                        "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                    )
+                )
+                for table in self.template_tables if from_template else []:
+                    target = f"{self.quote(name)}.{self.quote(table)}"
+                    source = f"{self.quote(self.template)}.{self.quote(table)}"
+                    connection.execute(text(f"CREATE TABLE {target} LIKE {source}"))
+                    connection.execute(text(f"INSERT INTO {target} SELECT * FROM {source}"))
         self.created.append(name)
-        return self.url_for(name)
+        return name
 
     def drop(self, name: str) -> None:
+        force = " WITH (FORCE)" if self.kind == "postgresql" else ""
         with self.engine.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f"DROP DATABASE IF EXISTS {self.quote(name)}{force}"))
+        self.created.remove(name)
 
     def close(self) -> None:
-        for name in self.created:
+        for name in list(self.created):
             self.drop(name)
         self.engine.dispose()
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer | None]:
-    admin = postgres_admin_url()
-    if admin is None:
-        yield None
-        return
-    server = PostgresServer(admin)
-    _migrate(server.create(server.template))
-    yield server
-    server.close()
+def database_servers() -> Iterator[dict[str, DatabaseServer]]:
+    """Servers are started lazily, on first use by a test of their engine."""
+    servers: dict[str, DatabaseServer] = {}
+    yield servers
+    for server in servers.values():
+        server.close()
+
+
+def _server(engine: str, servers: dict[str, DatabaseServer]) -> DatabaseServer:
+    if engine not in servers:
+        url = server_admin_url(engine)
+        if url is None:
+            pytest.skip(f"no {engine} server ({SERVER_ENVS[engine]} not set)")
+        servers[engine] = DatabaseServer(url)
+    return servers[engine]
 
 
 @pytest.fixture(params=ENGINES)
@@ -125,7 +170,7 @@ def db_url(
     engine_name: str,
     tmp_path: Path,
     sqlite_template: Path,
-    postgres_server: PostgresServer | None,
+    database_servers: dict[str, DatabaseServer],
 ) -> Iterator[str]:
     """A migrated, empty database of its own for this test."""
     if engine_name == "sqlite":
@@ -134,26 +179,24 @@ def db_url(
         path.chmod(0o600)
         yield f"sqlite:///{path}"
         return
-    if postgres_server is None:
-        pytest.skip(f"no PostgreSQL server ({POSTGRES_ENV} not set)")
-    name = f"usersctl_t_{uuid.uuid4().hex[:12]}"
-    yield postgres_server.create(name, template=postgres_server.template)
-    postgres_server.drop(name)
+    server = _server(engine_name, database_servers)
+    name = server.create("usersctl_t", from_template=True)
+    yield server.url_for(name)
+    server.drop(name)
 
 
 @pytest.fixture
 def empty_db_url(
-    engine_name: str, tmp_path: Path, postgres_server: PostgresServer | None
+    engine_name: str, tmp_path: Path, database_servers: dict[str, DatabaseServer]
 ) -> Iterator[str]:
     """A database with no tables at all (SQLite: a path that does not exist yet)."""
     if engine_name == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
         return
-    if postgres_server is None:
-        pytest.skip(f"no PostgreSQL server ({POSTGRES_ENV} not set)")
-    name = f"usersctl_e_{uuid.uuid4().hex[:12]}"
-    yield postgres_server.create(name)
-    postgres_server.drop(name)
+    server = _server(engine_name, database_servers)
+    name = server.create("usersctl_e")
+    yield server.url_for(name)
+    server.drop(name)
 
 
 @dataclass

@@ -127,6 +127,9 @@ def make_engine(settings: Settings) -> Engine:
         connect_args["timeout"] = settings.busy_timeout
     elif backend == "postgresql":
         connect_args["connect_timeout"] = max(1, int(settings.busy_timeout))
+    elif backend in ("mysql", "mariadb"):
+        connect_args["connect_timeout"] = max(1, int(settings.busy_timeout))
+        connect_args["charset"] = "utf8mb4"
     try:
         engine = create_engine(url, hide_parameters=True, connect_args=connect_args)
     except NoSuchModuleError:

@@ -14,13 +14,20 @@ ROLE_LENGTH = 32
 HASH_LENGTH = 255
 
 
+_NAIVE_DIALECTS = {"sqlite", "mysql", "mariadb"}
+
+
 def utcnow() -> datetime:
     """Now, in UTC, to the second (what every output format shows)."""
     return datetime.now(UTC).replace(microsecond=0)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware UTC timestamp on every engine (SQLite stores it naive, as UTC)."""
+    """A timezone-aware UTC timestamp on every engine.
+
+    PostgreSQL stores `timestamptz`; SQLite and MariaDB have no time zone in their DATETIME,
+    so they store naive UTC and get UTC attached on the way out.
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -31,7 +38,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.replace(tzinfo=None) if dialect.name in _NAIVE_DIALECTS else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

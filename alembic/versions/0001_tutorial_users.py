@@ -30,6 +30,10 @@ def upgrade() -> None:
         sa.Column("email", TUTORIAL_VARCHAR, nullable=False),
         sa.Column("password", TUTORIAL_VARCHAR, nullable=False),
         sa.PrimaryKeyConstraint("id"),
+        # MariaDB/MySQL only: byte-exact comparison, so the unique email index never treats
+        # "josé@x" and "jose@x" as one (usersctl lowercases emails itself).
+        mysql_charset="utf8mb4",
+        mysql_collate="utf8mb4_bin",
     )
     op.create_index("ix_users_id", "users", ["id"], unique=False)
     op.create_index("ix_users_email", "users", ["email"], unique=True)
