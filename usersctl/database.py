@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -39,7 +39,7 @@ def display_url(url: URL | str) -> str:
     """The URL with its password masked, for every message that names a database."""
     try:
         parsed = make_url(url) if isinstance(url, str) else url
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return "<unparseable database URL>"
     return parsed.render_as_string(hide_password=True)
 
@@ -113,7 +113,8 @@ def _install_sqlite_hooks(engine: Engine) -> None:
 def make_engine(settings: Settings) -> Engine:
     try:
         url = make_url(settings.database_url)
-    except ArgumentError:
+        url.port  # noqa: B018 - a non-numeric port raises here, not when connecting
+    except (ArgumentError, ValueError):
         raise UsageError(
             f"invalid database URL {display_url(settings.database_url)!r}: "
             "expected e.g. sqlite:////path/users.db or postgresql+psycopg://user@host/db"
@@ -200,10 +201,20 @@ class Database:
                 describe_db_error(exc, self.engine, self.settings.busy_timeout)
             ) from None
 
+    def _bind(self, *, write: bool) -> Engine:
+        return self.engine if write else self.engine.execution_options(**{_READ_ONLY: True})
+
+    @contextmanager
+    def connect(self, *, write: bool) -> Iterator[Connection]:
+        """A connection in one transaction (a read one takes no SQLite write lock)."""
+        with self.translate_errors(), self._bind(write=write).connect() as connection:
+            with connection.begin():
+                yield connection
+
     @contextmanager
     def session(self, *, write: bool) -> Iterator[Session]:
         """A session in one transaction: committed when the block succeeds, else rolled back."""
-        bind = self.engine if write else self.engine.execution_options(**{_READ_ONLY: True})
+        bind = self._bind(write=write)
         with self.translate_errors(), Session(bind, expire_on_commit=False) as session:
             with session.begin():
                 yield session

@@ -199,13 +199,13 @@ def _current(config: Config) -> str | None:
 
 
 def current(db: Database) -> Status:
-    with db.translate_errors(), db.engine.connect() as connection:
+    with db.connect(write=False) as connection:
         return read_status(connection)
 
 
 def schema_differences(db: Database) -> list[Any]:
     """What Alembic's autogenerate finds between the models and the database (ideally [])."""
-    with db.translate_errors(), db.engine.connect() as connection:
+    with db.connect(write=False) as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         return list(compare_metadata(context, Base.metadata))
 

@@ -32,17 +32,18 @@ Exit codes:
 """
 
 
-def _debug_requested() -> bool:
-    return "--debug" in sys.argv[1:] or os.environ.get("USERSCTL_DEBUG", "").lower() in {
-        "1",
-        "true",
-        "yes",
-        "on",
-    }
+def _debug_requested(args: Sequence[str]) -> bool:
+    """--debug or USERSCTL_DEBUG, read from the raw arguments: the failure may come before
+    (or from) option parsing. Only the root command has a --debug option."""
+    if "--debug" in args:
+        return True
+    return os.environ.get("USERSCTL_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _fail(message: str, code: int, exc: BaseException | None = None) -> NoReturn:
-    if exc is not None and _debug_requested():
+def _fail(
+    message: str, code: int, exc: BaseException | None = None, *, debug: bool = False
+) -> NoReturn:
+    if exc is not None and debug:
         traceback.print_exception(exc, file=sys.stderr)
     typer.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
@@ -59,6 +60,8 @@ class UsersctlGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        debug = _debug_requested(args)
         try:
             result = super().main(
                 args=args,
@@ -68,7 +71,10 @@ class UsersctlGroup(TyperGroup):
                 **extra,
             )
         except UsersctlError as exc:
-            _fail(exc.message, exc.exit_code, exc)
+            _fail(exc.message, exc.exit_code, exc, debug=debug)
+        except click_exceptions.NoArgsIsHelpError as exc:
+            typer.echo(exc.format_message(), err=True)  # the help text itself, as it is
+            sys.exit(exc.exit_code)
         except click_exceptions.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             _fail(exc.format_message() + hint, exc.exit_code)
@@ -89,6 +95,7 @@ class UsersctlGroup(TyperGroup):
                 "--debug for the traceback",
                 1,
                 exc,
+                debug=debug,
             )
         sys.exit(result if isinstance(result, int) else 0)
 
@@ -144,9 +151,9 @@ def root(
         ),
     ] = False,
 ) -> None:
-    from usersctl.config import load_settings
-
-    ctx.obj = AppState(settings=load_settings(database_url=database_url, debug=debug))
+    # Settings are resolved on first use, so `usersctl create --help` works even with a
+    # broken config file; every command that touches the database reports it (exit 2).
+    ctx.obj = AppState(database_url=database_url, debug=debug)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from usersctl.config import Settings
+from usersctl.config import Settings, load_settings
 
 if TYPE_CHECKING:
     from usersctl.database import Database
@@ -16,9 +16,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class AppState:
-    settings: Settings
+    database_url: str | None = None  # the --database-url flag, if given
+    debug: bool = False
+    _settings: Settings | None = field(default=None, repr=False)
     _database: Database | None = field(default=None, repr=False)
     _checked: bool = False
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(database_url=self.database_url, debug=self.debug)
+        return self._settings
 
     def database(self) -> Database:
         """The database, without any schema check (for the `db` commands)."""
@@ -34,7 +42,7 @@ class AppState:
         if not self._checked:
             from usersctl.revision import State, read_status, require_current
 
-            with database.translate_errors(), database.engine.connect() as connection:
+            with database.connect(write=False) as connection:
                 status = read_status(connection)
             require_current(status)
             if status.state is State.EMPTY:

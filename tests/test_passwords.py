@@ -1,0 +1,374 @@
+"""Password policy and hashing: argon2id parameters, re-hashing, bcrypt upgrade, secrecy,
+timing that does not reveal which accounts exist, and a round-trip property."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import argon2
+import bcrypt
+import pytest
+import typer.main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from conftest import SEED_PASSWORD, Cli, Seeder, assert_error
+from usersctl import passwords
+from usersctl.cli import app
+from usersctl.errors import InvalidData
+
+# OWASP's minimum for argon2id (DESIGN.md): m=19 MiB, t=2, p=1.
+MIN_MEMORY_KIB = 19456
+MIN_TIME_COST = 2
+MIN_PARALLELISM = 1
+
+# Distinctive enough that finding it anywhere in output can only mean it leaked.
+SECRET = "Quokka-Zebra-7731-pepper!"
+
+_PHC = re.compile(
+    r"\$(?P<variant>argon2id|argon2i|argon2d)\$v=(?P<version>\d+)"
+    r"\$m=(?P<m>\d+),t=(?P<t>\d+),p=(?P<p>\d+)"
+    r"\$(?P<salt>[A-Za-z0-9+/]+)\$(?P<digest>[A-Za-z0-9+/]+)"
+)
+
+
+@dataclass(frozen=True)
+class Phc:
+    variant: str
+    version: int
+    memory_kib: int
+    time_cost: int
+    parallelism: int
+    salt: str
+    digest: str
+
+
+def parse_phc(value: str) -> Phc:
+    match = _PHC.fullmatch(value)
+    assert match is not None, f"not an argon2 PHC string: {value[:20]}..."
+    return Phc(
+        variant=match["variant"],
+        version=int(match["version"]),
+        memory_kib=int(match["m"]),
+        time_cost=int(match["t"]),
+        parallelism=int(match["p"]),
+        salt=match["salt"],
+        digest=match["digest"],
+    )
+
+
+def assert_current_argon2id(value: str) -> Phc:
+    phc = parse_phc(value)
+    assert phc.variant == "argon2id"
+    assert phc.version == 19
+    assert phc.memory_kib >= MIN_MEMORY_KIB
+    assert phc.time_cost >= MIN_TIME_COST
+    assert phc.parallelism >= MIN_PARALLELISM
+    assert len(phc.salt) >= 22  # at least 16 random bytes
+    assert not argon2.PasswordHasher().check_needs_rehash(value)
+    return phc
+
+
+def stored_hash(url: str, user_id: int) -> str:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            value = connection.execute(
+                text("SELECT password_hash FROM users WHERE id = :id"), {"id": user_id}
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return str(value)
+
+
+def set_stored_hash(url: str, user_id: int, value: str) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text("UPDATE users SET password_hash = :hash WHERE id = :id"),
+                {"hash": value, "id": user_id},
+            )
+    finally:
+        engine.dispose()
+
+
+def verify(cli: Cli, ref: str, password: str) -> int:
+    result = cli("verify-password", ref, "--password-stdin", input=password + "\n")
+    assert SECRET not in result.stdout + result.stderr
+    if result.exit_code != 0:
+        assert_error(result, 6, "password verification failed")
+    return result.exit_code
+
+
+@pytest.fixture
+def ada(seed: Seeder) -> int:
+    [user_id] = seed([{"name": "Ada Lovelace", "email": "ada@example.com"}])
+    return user_id
+
+
+# ---------------- unit: the hashing policy
+
+
+def test_hash_is_argon2id_with_at_least_owasp_parameters() -> None:
+    first = assert_current_argon2id(passwords.hash_password("a fine password"))
+    second = assert_current_argon2id(passwords.hash_password("a fine password"))
+    assert first.salt != second.salt  # salted: equal passwords, different hashes
+    assert first.digest != second.digest
+
+
+def test_dummy_hash_uses_the_current_parameters() -> None:
+    dummy = assert_current_argon2id(passwords.DUMMY_HASH)
+    current = parse_phc(passwords.hash_password("a fine password"))
+    assert (dummy.memory_kib, dummy.time_cost, dummy.parallelism) == (
+        current.memory_kib,
+        current.time_cost,
+        current.parallelism,
+    )
+    assert passwords.verify(passwords.DUMMY_HASH, "any guess at all") == (False, None)
+
+
+@pytest.mark.parametrize("length", [8, 9, 1023, 1024])
+def test_policy_accepts_lengths_in_range(length: int) -> None:
+    passwords.check_policy("p" * length)
+
+
+@pytest.mark.parametrize(("length", "fragment"), [(0, "short"), (7, "short"), (1025, "long")])
+def test_policy_rejects_lengths_out_of_range(length: int, fragment: str) -> None:
+    password = ("Zq" * 600)[:length]
+    with pytest.raises(InvalidData, match=f"password too {fragment}") as caught:
+        passwords.hash_password(password)
+    if password:
+        assert password not in caught.value.message
+
+
+def test_generated_passwords_are_strong_and_distinct() -> None:
+    generated = {passwords.generate_password() for _ in range(50)}
+    assert len(generated) == 50
+    for password in generated:
+        assert len(password) >= 20
+        passwords.check_policy(password)
+
+
+def test_verify_reports_when_to_rehash() -> None:
+    weak = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("pw-weak-1")
+    matches, new_hash = passwords.verify(weak, "pw-weak-1")
+    assert matches and new_hash is not None
+    assert_current_argon2id(new_hash)
+    assert passwords.verify(weak, "pw-weak-2") == (False, None)
+    current = passwords.hash_password("pw-current")
+    assert passwords.verify(current, "pw-current") == (True, None)
+    assert passwords.verify("not a hash at all", "pw-current") == (False, None)
+
+
+# ---------------- CLI: stored hashes
+
+
+def test_created_user_gets_a_current_argon2id_hash(cli: Cli) -> None:
+    created = cli.create("Ada Lovelace", "ada@example.com", password=SECRET)
+    value = stored_hash(cli.url, created["id"])
+    assert_current_argon2id(value)
+    assert SECRET not in value
+    argon2.PasswordHasher().verify(value, SECRET)
+
+
+def test_verify_rehashes_weaker_argon2_parameters(cli: Cli, ada: int) -> None:
+    password = "weak-params-password"
+    weak = argon2.PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(password)
+    set_stored_hash(cli.url, ada, weak)
+
+    assert verify(cli, str(ada), "not-the-password") == 6
+    assert stored_hash(cli.url, ada) == weak  # a failed attempt changes nothing
+
+    assert verify(cli, "ada@example.com", password) == 0
+    upgraded = stored_hash(cli.url, ada)
+    assert upgraded != weak
+    assert_current_argon2id(upgraded)
+    argon2.PasswordHasher().verify(upgraded, password)
+
+    assert verify(cli, str(ada), password) == 0
+    assert stored_hash(cli.url, ada) == upgraded  # current parameters: left alone
+
+
+def _bcrypt_hash(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+def test_bcrypt_hash_verifies_and_is_upgraded_to_argon2id(cli: Cli, ada: int) -> None:
+    password = "imported-from-bcrypt"
+    legacy = _bcrypt_hash(password)
+    set_stored_hash(cli.url, ada, legacy)
+
+    assert verify(cli, str(ada), password) == 0
+    upgraded = stored_hash(cli.url, ada)
+    assert not upgraded.startswith("$2")
+    assert_current_argon2id(upgraded)
+    assert verify(cli, str(ada), password) == 0
+    assert verify(cli, str(ada), password + "x") == 6
+
+
+def test_wrong_password_on_bcrypt_fails_and_keeps_the_hash(cli: Cli, ada: int) -> None:
+    legacy = _bcrypt_hash("imported-from-bcrypt")
+    set_stored_hash(cli.url, ada, legacy)
+    assert verify(cli, str(ada), "imported-from-bcrypT") == 6
+    assert stored_hash(cli.url, ada) == legacy
+
+
+def test_disabled_user_with_the_right_password_is_not_rehashed(cli: Cli, seed: Seeder) -> None:
+    [user_id] = seed([{"name": "Off", "email": "off@example.com", "is_active": False}])
+    legacy = _bcrypt_hash(SEED_PASSWORD)
+    set_stored_hash(cli.url, user_id, legacy)
+    assert verify(cli, str(user_id), SEED_PASSWORD) == 6
+    assert stored_hash(cli.url, user_id) == legacy
+
+
+def test_longest_allowed_password_round_trips(cli: Cli, ada: int) -> None:
+    password = ("Long-Pw-" * 200)[:1024]
+    cli.ok("passwd", str(ada), "--password-stdin", input=password + "\n")
+    assert verify(cli, str(ada), password) == 0
+    assert verify(cli, str(ada), password[:-1]) == 6
+
+
+# ---------------- CLI: the password never shows
+
+
+def _assert_secret_absent(*texts: str) -> None:
+    for output in texts:
+        assert SECRET not in output
+
+
+OUTPUTS = ("table", "json", "jsonl", "csv", "plain")
+
+
+def test_password_never_printed(cli: Cli) -> None:
+    stdin = SECRET + "\n"
+    results = []
+    for output in OUTPUTS:
+        email = f"{output}@example.com"
+        create = cli(
+            "create", "--name", "Ada", "--email", email, "--password-stdin", "-o", output,
+            input=stdin,
+        )  # fmt: skip
+        assert create.exit_code == 0, create.stderr
+        passwd = cli("passwd", email, "--password-stdin", "-o", output, input=stdin)
+        assert passwd.exit_code == 0, passwd.stderr
+        results += [create, passwd]
+    good = cli("verify-password", "json@example.com", "--password-stdin", input=stdin)
+    assert good.exit_code == 0, good.stderr
+    bad = cli("verify-password", "json@example.com", "--password-stdin", input=SECRET + "x\n")
+    assert bad.exit_code == 6
+    taken = cli(
+        "create", "--name", "Ada", "--email", "json@example.com", "--password-stdin",
+        input=stdin,
+    )  # fmt: skip
+    assert taken.exit_code == 4
+    missing = cli("passwd", "nobody@example.com", "--password-stdin", input=stdin)
+    assert missing.exit_code == 3
+    debug = cli(
+        "verify-password", "json@example.com", "--password-stdin",
+        input=SECRET + "x\n", env={"USERSCTL_DEBUG": "1"},
+    )  # fmt: skip
+    assert debug.exit_code == 6
+    for result in (*results, good, bad, taken, missing, debug):
+        _assert_secret_absent(result.stdout, result.stderr)
+    listed = cli.json("list")
+    assert len(listed) == len(OUTPUTS)
+    for user in listed:
+        _assert_secret_absent(*map(str, user.values()))
+
+
+def test_too_short_password_is_not_echoed(cli: Cli) -> None:
+    short = "Qz7#kp!"
+    result = cli(
+        "create", "--name", "Ada", "--email", "ada@example.com", "--password-stdin",
+        input=short + "\n",
+    )  # fmt: skip
+    assert_error(result, 5, "password too short")
+    assert short not in result.stdout + result.stderr
+
+
+def _command_paths() -> list[tuple[str, ...]]:
+    """Every command and group of the app, the root included."""
+    found: list[tuple[str, ...]] = [()]
+
+    def walk(group: object, prefix: tuple[str, ...]) -> None:
+        for name, command in getattr(group, "commands", {}).items():
+            found.append((*prefix, name))
+            walk(command, (*prefix, name))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+COMMAND_PATHS = _command_paths()
+
+
+def test_command_paths_cover_the_password_commands() -> None:
+    assert {("create",), ("passwd",), ("verify-password",)} <= set(COMMAND_PATHS)
+
+
+@pytest.mark.parametrize("form", [["--password", SECRET], [f"--password={SECRET}"]])
+@pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda p: " ".join(p) or "usersctl")
+def test_no_command_accepts_a_password_argument(
+    tmp_path: Path, path: tuple[str, ...], form: list[str]
+) -> None:
+    database = tmp_path / "users.db"
+    result = CliRunner().invoke(
+        app, [*path, *form], env={"USERSCTL_DATABASE_URL": f"sqlite:///{database}"}
+    )
+    assert_error(result, 2, "No such option: --password")
+    assert SECRET not in result.stdout + result.stderr
+    assert not database.exists()
+
+
+# ---------------- timing: unknown users cost what known ones do
+
+
+def _median_seconds(cli: Cli, ref: str, runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = cli("verify-password", ref, "--password-stdin", input="wrong password!\n")
+        samples.append(time.perf_counter() - start)
+        assert result.exit_code == 6
+    return statistics.median(samples)
+
+
+def test_unknown_user_takes_as_long_as_a_wrong_password(cli: Cli, ada: int) -> None:
+    _median_seconds(cli, "ada@example.com", 1)  # warm up imports and connections
+    _median_seconds(cli, "nobody@example.com", 1)
+    known: list[float] = []
+    unknown: list[float] = []
+    for _ in range(3):  # interleaved, so drift affects both alike
+        known.append(_median_seconds(cli, "ada@example.com", 2))
+        unknown.append(_median_seconds(cli, "nobody@example.com", 2))
+    ratio = statistics.median(unknown) / statistics.median(known)
+    assert 0.5 <= ratio <= 2.0, (ratio, known, unknown)
+
+
+# ---------------- property: any acceptable password round-trips
+
+PASSWORDS = st.text(
+    alphabet=st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp")),
+    min_size=8,
+    max_size=64,
+)
+
+
+def test_any_password_set_with_passwd_then_verifies(cli: Cli, ada: int) -> None:
+    @settings(max_examples=15, deadline=None, database=None)
+    @given(password=PASSWORDS)
+    def round_trip(password: str) -> None:
+        cli.ok("passwd", str(ada), "--password-stdin", input=password + "\n")
+        # Exactly this string was hashed (nothing stripped or re-encoded on the way in)...
+        argon2.PasswordHasher().verify(stored_hash(cli.url, ada), password)
+        # ...and it is what verify-password accepts.
+        assert verify(cli, "ada@example.com", password) == 0
+
+    round_trip()
