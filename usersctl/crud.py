@@ -7,19 +7,33 @@ fails part-way (one of several USER arguments missing, say) changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
 from usersctl.errors import Conflict, NotFound, UsageError, VerificationFailed
-from usersctl.models import User
+from usersctl.models import User, UTCDateTime, users_table, utcnow
+from usersctl.timestamps import iso_from_sqlite_text, iso_utc
 
-if TYPE_CHECKING:  # pydantic stays out of the read-only commands' start-up
-    from usersctl.schemas import UserCreate, UserUpdate
+if TYPE_CHECKING:
+    from usersctl.schemas import UserCreate, UserImport, UserUpdate
 
 SORT_FIELDS = ("id", "name", "email", "role", "active", "created_at", "updated_at")
 _SORT_COLUMNS = {
@@ -159,8 +173,8 @@ def update_user(*, session: Session, user: User, user_in: UserUpdate) -> User:
         other = find_user(session, new_email)
         if other is not None:
             raise Conflict(f"email already taken: {new_email} (user {other.id})")
-    for field, value in changes.items():
-        setattr(user, field, value)
+    for name, value in changes.items():
+        setattr(user, name, value)
     _flush_unique(session, new_email or user.email)
     return user
 
@@ -209,3 +223,155 @@ def verify_password(*, session: Session, ref: str, password: str) -> Verificatio
     if new_hash is not None:
         set_password_hash(session=session, user=user, password_hash=new_hash)
     return Verification(user=user, rehashed=new_hash is not None)
+
+
+def count_users(
+    *,
+    session: Session,
+    role: str | None = None,
+    active: bool | None = None,
+    search: str | None = None,
+) -> int:
+    query = user_query(role=role, active=active, search=search)
+    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+
+def export_rows(
+    *, session: Session, include_hashes: bool, batch: int = 2000
+) -> Iterator[tuple[Any, ...]]:
+    """Every user, by id, streamed in batches so memory stays flat, as tuples of
+    (id, name, email, role, active, created_at, updated_at[, password_hash]) with the
+    timestamps already in the ISO-8601 UTC form every output uses."""
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    stamps: tuple[Any, ...] = (User.created_at, User.updated_at)
+    if sqlite:  # the stored text, reshaped by slicing: no datetime built per value
+        stamps = tuple(type_coerce(column, String()) for column in stamps)
+    columns = (User.id, User.name, User.email, User.role, User.is_active, *stamps)
+    if include_hashes:
+        columns = (*columns, User.password_hash)
+    convert = iso_from_sqlite_text if sqlite else iso_utc
+    query = select(*columns).order_by(User.id)
+    result = session.connection().execution_options(yield_per=batch).execute(query)
+    for part in result.partitions():
+        for row in part:
+            yield (*row[:4], bool(row[4]), convert(row[5]), convert(row[6]), *row[7:])
+
+
+@dataclass
+class ImportPlan:
+    """What an import does: (line, row) to create, to update (with the user id), to skip."""
+
+    create: list[tuple[int, UserImport]] = field(default_factory=list)
+    update: list[tuple[int, UserImport, int]] = field(default_factory=list)
+    skip: list[tuple[int, UserImport, int]] = field(default_factory=list)
+
+
+def _existing_ids(session: Session, emails: Sequence[str], chunk: int = 500) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for start in range(0, len(emails), chunk):
+        part = emails[start : start + chunk]
+        query = select(User.email, User.id).where(User.email.in_(part))
+        # (a Result has .keys(), so dict.update would take it for a mapping)
+        found.update((email, user_id) for email, user_id in session.execute(query))
+    return found
+
+
+def plan_import(
+    *, session: Session, rows: Sequence[tuple[int, UserImport]], on_conflict: str, restore: bool
+) -> ImportPlan:
+    """Sort rows into create / update / skip against the database; raise on conflicts."""
+    if restore and session.scalar(select(func.count()).select_from(User)):
+        raise Conflict("--restore needs an empty users table (it keeps ids and timestamps)")
+    existing = _existing_ids(session, [row.email for _, row in rows])
+    plan = ImportPlan()
+    conflicts: list[str] = []
+    for line, row in rows:
+        user_id = existing.get(row.email)
+        if user_id is None:
+            plan.create.append((line, row))
+        elif on_conflict == "skip":
+            plan.skip.append((line, row, user_id))
+        elif on_conflict == "update":
+            plan.update.append((line, row, user_id))
+        else:
+            conflicts.append(f"line {line}: email already taken: {row.email} (user {user_id})")
+    if conflicts:
+        shown = tuple(conflicts[:50])
+        more = (f"... and {len(conflicts) - 50} more",) if len(conflicts) > 50 else ()
+        raise Conflict(
+            f"{len(conflicts)} email(s) already exist; nothing imported "
+            "(use --on-conflict skip or update)",
+            shown + more,
+        )
+    return plan
+
+
+def _import_stamp(session: Session) -> BindParameter[Any]:
+    """The bind for an import's one timestamp. SQLite's DATETIME turns each row's value
+    into text in Python; there the value is converted once (_import_stamp_value) and bound
+    as plain text, which saves a third of a 100,000-row import."""
+    if session.get_bind().dialect.name == "sqlite":
+        return type_coerce(bindparam("b_import_time"), String())  # type: ignore[return-value]
+    return bindparam("b_import_time", type_=UTCDateTime())
+
+
+def _import_stamp_value(session: Session, now: datetime) -> Any:
+    dialect = session.get_bind().dialect
+    if dialect.name != "sqlite":
+        return now
+    process = UTCDateTime().bind_processor(dialect)
+    return process(now) if process else now
+
+
+def apply_import(
+    *, session: Session, plan: ImportPlan, hashes: Mapping[str, str], restore: bool
+) -> None:
+    """Write a plan in the caller's transaction. `hashes` maps each row's email (unique in
+    a validated import) to its password hash."""
+    now = utcnow()
+
+    def values(line: int, row: UserImport) -> dict[str, Any]:
+        return {
+            "name": row.name,
+            "email": row.email,
+            "role": row.role,
+            "is_active": row.active,
+            "password_hash": hashes[row.email],
+        }
+
+    if plan.create:
+        table = users_table
+        if restore:
+            rows = [
+                {
+                    **values(line, row),
+                    "created_at": row.created_at or now,
+                    "updated_at": row.updated_at or now,
+                    **({"id": row.id} if row.id is not None else {}),
+                }
+                for line, row in plan.create
+            ]
+            session.execute(insert(table), rows)
+        else:
+            # Core executemany: the ORM's per-object bookkeeping would double the cost.
+            statement = insert(table).values(
+                created_at=_import_stamp(session), updated_at=_import_stamp(session)
+            )
+            stamp = _import_stamp_value(session, now)
+            session.execute(
+                statement,
+                [{**values(line, row), "b_import_time": stamp} for line, row in plan.create],
+            )
+    if plan.update:
+        session.execute(
+            update(User),
+            [
+                {"id": user_id, **values(line, row), "updated_at": now}
+                for line, row, user_id in plan.update
+            ],
+        )
+    if restore and session.get_bind().dialect.name == "postgresql":
+        # Ids were given explicitly: move the sequence past them.
+        sequence = func.pg_get_serial_sequence(User.__tablename__, "id")
+        session.execute(select(func.setval(sequence, select(func.max(User.id)).scalar_subquery())))
+    session.flush()

@@ -8,9 +8,10 @@ class UsersctlError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, details: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details  # one line each, shown before the error line (bad rows)
 
 
 class UsageError(UsersctlError):

@@ -15,7 +15,6 @@ Create Date: 2026-11-24
 """
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 from alembic import context, op
@@ -62,23 +61,17 @@ def _check_upgradable(rows: Sequence[sa.Row[tuple[int, str, str]]]) -> None:
         )
 
 
-def _hash_all(plaintexts: list[str]) -> list[str]:
-    """Hash on every core (argon2 releases the GIL), reporting progress if asked to."""
-
-    def one(value: str) -> str:
-        if passwords.is_supported_hash(value):
-            return value  # already a hash (left by a downgrade): keep it
-        return passwords.hash_password(value, enforce_policy=False)
-
+def _hash_all(values: list[str]) -> list[str]:
+    """Hash the plaintext values on every core; values that already are hashes (left by a
+    downgrade) are kept."""
+    todo = [i for i, value in enumerate(values) if not passwords.is_supported_hash(value)]
     factory = _progress()
-    advance = factory(len(plaintexts)) if factory and plaintexts else None
-    results: list[str] = []
-    with ThreadPoolExecutor() as pool:
-        for hashed in pool.map(one, plaintexts):
-            results.append(hashed)
-            if advance:
-                advance(1)
-    return results
+    advance = factory(len(todo)) if factory and todo else None
+    hashed = passwords.hash_many([values[i] for i in todo], enforce_policy=False, advance=advance)
+    result = list(values)
+    for index, value in zip(todo, hashed, strict=True):
+        result[index] = value
+    return result
 
 
 def upgrade() -> None:

@@ -25,7 +25,7 @@ Exit codes:
   2  usage error: bad option, missing argument, no password source
   3  user not found
   4  conflict: email already taken
-  5  invalid data: bad email, empty name, weak password
+  5  invalid data: bad email, empty name, weak password, bad import rows (with line numbers)
   6  password verification failed, or the user is disabled
   7  database unavailable: cannot connect, driver missing, not a database, read-only, busy
   8  schema mismatch: run `usersctl db upgrade` (or the database is newer than usersctl)
@@ -41,10 +41,17 @@ def _debug_requested(args: Sequence[str]) -> bool:
 
 
 def _fail(
-    message: str, code: int, exc: BaseException | None = None, *, debug: bool = False
+    message: str,
+    code: int,
+    exc: BaseException | None = None,
+    *,
+    debug: bool = False,
+    details: Sequence[str] = (),
 ) -> NoReturn:
     if exc is not None and debug:
         traceback.print_exception(exc, file=sys.stderr)
+    for line in details:
+        typer.echo(printable(line), err=True)
     typer.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
@@ -71,7 +78,7 @@ class UsersctlGroup(TyperGroup):
                 **extra,
             )
         except UsersctlError as exc:
-            _fail(exc.message, exc.exit_code, exc, debug=debug)
+            _fail(exc.message, exc.exit_code, exc, debug=debug, details=exc.details)
         except click_exceptions.NoArgsIsHelpError as exc:
             typer.echo(exc.format_message(), err=True)  # the help text itself, as it is
             sys.exit(exc.exit_code)

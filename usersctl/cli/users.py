@@ -116,6 +116,9 @@ def list_(
     sort: Annotated[str, typer.Option("--sort", help=SORT_HELP)] = "id",
     limit: Annotated[int | None, typer.Option("--limit", min=0, help="At most N users.")] = None,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the first N.")] = 0,
+    count: Annotated[
+        bool, typer.Option("--count", help="Print only the number of matching users.")
+    ] = False,
     output: Output = OutputFormat.table,
 ) -> None:
     """List users, ordered by id unless --sort says otherwise.
@@ -131,6 +134,11 @@ def list_(
     if field not in crud.SORT_FIELDS:
         raise UsageError(f"cannot sort by {field!r}: choose one of {', '.join(crud.SORT_FIELDS)}")
     database = get_state(ctx).ready_database()
+    if count:
+        with database.session(write=False) as session:
+            total = crud.count_users(session=session, role=role, active=active, search=search)
+        Renderer(output).line(str(total))
+        return
     with database.session(write=False) as session:
         users = session.scalars(
             crud.user_query(
@@ -141,10 +149,10 @@ def list_(
                 descending=descending,
                 limit=limit,
                 offset=offset,
-            )
+            ).execution_options(yield_per=1000)  # jsonl/csv/plain stream; memory stays flat
         )
-        count = Renderer(output).many(records(users))
-    if count == 0 and output is OutputFormat.table:
+        shown = Renderer(output).many(records(users))
+    if shown == 0 and output is OutputFormat.table:
         typer.echo("No users.", err=True)
 
 

@@ -1,0 +1,231 @@
+"""`usersctl import` and `usersctl export`: bulk moves in and out, all or nothing."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+import typer
+
+from usersctl.cli.options import Output
+from usersctl.cli.progress import progress_bar
+from usersctl.cli.render import FIELDS, OutputFormat, Renderer
+from usersctl.cli.state import get_state
+from usersctl.errors import UsageError
+
+
+class BulkFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+    jsonl = "jsonl"
+
+
+class OnConflict(StrEnum):
+    error = "error"
+    skip = "skip"
+    update = "update"
+
+
+FormatOption = Annotated[
+    BulkFormat | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="csv, json (one array) or jsonl. Default: from the file name's extension.",
+        case_sensitive=False,
+    ),
+]
+
+
+@contextmanager
+def _open_input(source: str) -> Any:
+    if source == "-":
+        yield sys.stdin
+        return
+    try:
+        handle = open(source, encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror}") from None
+    with handle:
+        yield handle
+
+
+def import_(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(metavar="FILE|-", help="File to read, or - for stdin.")],
+    fmt: FormatOption = None,
+    on_conflict: Annotated[
+        OnConflict,
+        typer.Option(
+            "--on-conflict",
+            help="For emails already in the database: error (nothing is imported), skip them, "
+            "or update them.",
+            case_sensitive=False,
+        ),
+    ] = OnConflict.error,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Validate and report what would change; write nothing."),
+    ] = False,
+    restore: Annotated[
+        bool,
+        typer.Option(
+            "--restore",
+            help="Keep id, created_at and updated_at from the input (into an empty database).",
+        ),
+    ] = False,
+    output: Output = OutputFormat.table,
+) -> None:
+    """Create or update users from CSV, JSON or JSONL, in one transaction: all or nothing.
+
+    Columns: name, email, role, active, and password (plaintext, hashed on import) or
+    password_hash (argon2 or bcrypt, kept). Every column `export` writes is accepted.
+    Every bad row is reported with its line number before anything is written.
+
+    \b
+    Example:
+      usersctl import hr-onboarding.csv --on-conflict skip --dry-run
+    """
+    from usersctl import bulk, crud
+    from usersctl.passwords import hash_many
+
+    chosen = bulk.guess_format(source, fmt.value if fmt else None)
+    with _open_input(source) as stream:
+        parsed = bulk.validate(bulk.read_records(stream, chosen))
+    bulk.check(parsed)
+    database = get_state(ctx).ready_database()
+
+    if dry_run:
+        with database.session(write=False) as session:
+            plan = crud.plan_import(
+                session=session, rows=parsed.rows, on_conflict=on_conflict, restore=restore
+            )
+    else:
+        hashes = {row.email: row.password_hash for _, row in parsed.rows if row.password_hash}
+        plaintext = [(row.email, row.password) for _, row in parsed.rows if row.password]
+        with progress_bar("Hashing passwords") as factory:
+            advance = factory(len(plaintext)) if factory and plaintext else None
+            hashed = hash_many([password for _, password in plaintext], advance=advance)
+        hashes.update((email, value) for (email, _), value in zip(plaintext, hashed, strict=True))
+        with database.session(write=True) as session:
+            plan = crud.plan_import(
+                session=session, rows=parsed.rows, on_conflict=on_conflict, restore=restore
+            )
+            crud.apply_import(session=session, plan=plan, hashes=hashes, restore=restore)
+
+    summary = {
+        "created": len(plan.create),
+        "updated": len(plan.update),
+        "skipped": len(plan.skip),
+        "dry_run": dry_run,
+    }
+    if dry_run:
+        typer.echo("Dry run: nothing was written.", err=True)
+    Renderer(output).one(summary, fields=list(summary))
+
+
+def export_records(rows: Any, include_hashes: bool) -> Any:
+    """Rows from crud.export_rows as output records (the public fields, plus the hash)."""
+    fields = [*FIELDS, "password_hash"] if include_hashes else list(FIELDS)
+    for row in rows:
+        yield dict(zip(fields, row, strict=True))
+
+
+@contextmanager
+def _atomic_file(path: Path, *, private: bool) -> Any:
+    """Write to a temporary file beside `path`, renamed into place only on success."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: folder {folder} does not exist")
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        if not private:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+        with open(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def export(
+    ctx: typer.Context,
+    fmt: FormatOption = None,
+    include_hashes: Annotated[
+        bool,
+        typer.Option(
+            "--include-hashes",
+            help="Add password_hash (needed for a full restore). A file is then created 0600.",
+        ),
+    ] = False,
+    output_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-file",
+            help="Write here (atomically: a failed export leaves no partial file) "
+            "instead of stdout.",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Stream every user, by id, as CSV, JSON or JSONL. `import` of it restores them.
+
+    \b
+    Example:
+      usersctl export --include-hashes --output-file users-$(date +%F).jsonl
+    """
+    from usersctl import crud
+
+    if fmt is not None:
+        chosen = fmt.value
+    elif output_file is not None:
+        from usersctl.bulk import guess_format
+
+        chosen = guess_format(str(output_file), None)
+    else:
+        chosen = "jsonl"
+    fields = [*FIELDS, "password_hash"] if include_hashes else list(FIELDS)
+    database = get_state(ctx).ready_database()
+    with database.session(write=False) as session:
+        if output_file is None:
+            rows = crud.export_rows(session=session, include_hashes=include_hashes)
+            Renderer(OutputFormat(chosen)).many(export_records(rows, include_hashes), fields=fields)
+            return
+        with _atomic_file(output_file, private=include_hashes) as handle:
+            count = _export_to(handle, session, chosen, include_hashes, fields)
+    typer.echo(f"Exported {count} user(s) to {output_file}.", err=True)
+
+
+def _export_to(
+    handle: IO[str], session: Any, fmt: str, include_hashes: bool, fields: list[str]
+) -> int:
+    from usersctl import crud
+
+    rows: Any = crud.export_rows(session=session, include_hashes=include_hashes)
+    with progress_bar("Exporting") as factory:
+        if factory is not None:
+            advance = factory(crud.count_users(session=session))
+            rows = _counting(rows, advance)
+        return Renderer(OutputFormat(fmt), handle).many(
+            export_records(rows, include_hashes), fields=fields
+        )
+
+
+def _counting(rows: Any, advance: Any, every: int = 1000) -> Any:
+    pending = 0
+    for row in rows:
+        yield row
+        pending += 1
+        if pending == every:
+            advance(pending)
+            pending = 0
+    if pending:
+        advance(pending)
