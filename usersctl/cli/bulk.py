@@ -129,13 +129,6 @@ def import_(
     Renderer(output).one(summary, fields=list(summary))
 
 
-def export_records(rows: Any, include_hashes: bool) -> Any:
-    """Rows from crud.export_rows as output records (the public fields, plus the hash)."""
-    fields = [*FIELDS, "password_hash"] if include_hashes else list(FIELDS)
-    for row in rows:
-        yield dict(zip(fields, row, strict=True))
-
-
 @contextmanager
 def _atomic_file(path: Path, *, private: bool) -> Any:
     """Write to a temporary file beside `path`, renamed into place only on success."""
@@ -197,7 +190,7 @@ def export(
     with database.session(write=False) as session:
         if output_file is None:
             rows = crud.export_rows(session=session, include_hashes=include_hashes)
-            Renderer(OutputFormat(chosen)).many(export_records(rows, include_hashes), fields=fields)
+            Renderer(OutputFormat(chosen)).many(rows, fields=fields, exact=True)
             return
         with _atomic_file(output_file, private=include_hashes) as handle:
             count = _export_to(handle, session, chosen, include_hashes, fields)
@@ -214,9 +207,7 @@ def _export_to(
         if factory is not None:
             advance = factory(crud.count_users(session=session))
             rows = _counting(rows, advance)
-        return Renderer(OutputFormat(fmt), handle).many(
-            export_records(rows, include_hashes), fields=fields
-        )
+        return Renderer(OutputFormat(fmt), handle).many(rows, fields=fields, exact=True)
 
 
 def _counting(rows: Any, advance: Any, every: int = 1000) -> Any:

@@ -1,0 +1,689 @@
+"""Bulk benchmark: `usersctl import` and `usersctl export` against plain sqlite3 yardsticks.
+
+    python bench/bulk.py [--runs 3] [--rows-import 100000] [--rows-export 1000000]
+
+Builds its own data in a temporary directory (JSONL and CSV import files with one
+precomputed argon2id hash for every row; an export database filled with the stdlib
+sqlite3 module), then times --runs whole processes of each command (time.perf_counter
+around the child; runs of a group are interleaved so that drift in machine load hits every
+command alike), measures each child's peak memory, and prints medians next to yardsticks
+measured in the same run. See bench/README.md for what each line means. Always exits 0:
+this is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PASSWORD = "correct horse battery"
+
+IMPORT_TARGET = 40_000  # rows/s, whole process
+IMPORT_AIM = 100_000
+EXPORT_TARGET = 0.15  # x the rows/s of `sqlite3 -json`
+EXPORT_AIM = 0.4
+EXPORT_MAX_MIB = 150.0
+
+# The import yardstick: the same JSONL file into an identical fresh table, nothing else
+# (no validation, no duplicate check), one executemany and one commit.
+SQLITE_IMPORT = """\
+import json
+import sqlite3
+import sys
+from datetime import UTC, datetime
+
+now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+connection = sqlite3.connect(sys.argv[2])
+with open(sys.argv[1], encoding="utf-8") as lines:
+    records = map(json.loads, lines)
+    connection.executemany(
+        "INSERT INTO users (name, email, password_hash, role, is_active, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            (r["name"], r["email"], r["password_hash"], r.get("role", "user"),
+             r.get("active", True), now, now)
+            for r in records
+        ),
+    )
+connection.commit()
+connection.close()
+"""
+
+# The export yardstick in Python: the same lines usersctl writes (same keys, booleans,
+# ISO-8601 UTC timestamps), one json.dumps per row.
+SQLITE_EXPORT = """\
+import json
+import sqlite3
+import sys
+
+connection = sqlite3.connect(sys.argv[1])
+write = sys.stdout.write
+query = (
+    "SELECT id, name, email, role, is_active, created_at, updated_at FROM users ORDER BY id"
+)
+for id_, name, email, role, active, created, updated in connection.execute(query):
+    record = {
+        "id": id_,
+        "name": name,
+        "email": email,
+        "role": role,
+        "active": bool(active),
+        "created_at": f"{created[:10]}T{created[11:19]}Z",
+        "updated_at": f"{updated[:10]}T{updated[11:19]}Z",
+    }
+    write(json.dumps(record) + "\\n")
+"""
+
+
+# Peak memory of a child process. The obvious ways are wrong:
+# - resource.getrusage(RUSAGE_CHILDREN).ru_maxrss is the maximum over *every* child this
+#   benchmark has reaped, so after one bigger process a smaller one is invisible and a
+#   before/after delta reads 0;
+# - even os.wait4() on one child is biased: Linux keeps the high-water mark of the
+#   memory image a process had before execve() (for a vfork/posix_spawn child: the
+#   parent's), so every child of a parent that once used 100 MiB reports >= 100 MiB;
+# - polling /proc/PID/status VmHWM can miss the growth after the last poll.
+# So every measured command runs under a small launcher that fork-execs it and reports
+# wait4()'s ru_maxrss for it: GNU time (`/usr/bin/time -f %M`, about 1 MiB itself) when
+# present and sane, else a bare Python launcher (python -I -S, about 8 MiB). A peak is
+# then exact above the launcher's own footprint, which is printed as the "floor" (what
+# `true` measures); a value at the floor means "at most that".
+LAUNCHER = """\
+import os, sys, time
+start = time.perf_counter()
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+elapsed = time.perf_counter() - start
+with open(sys.argv[1], "w") as out:
+    out.write(f"{elapsed!r} {usage.ru_maxrss}")
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+@dataclass
+class Meter:
+    kind: str  # "GNU time" or "python launcher"
+    prefix: list[str]
+    report: Path
+    floor_kib: int = 0
+
+    @classmethod
+    def choose(cls, folder: Path, env: dict[str, str]) -> Meter:
+        report = folder / "peak.txt"
+        launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER, str(report)]
+        chosen = cls("python launcher", launcher, report)
+        if Path("/usr/bin/time").is_file():
+            gnu = cls("GNU time", ["/usr/bin/time", "-f", "%M", "-o", str(report)], report)
+            # Old GNU time (1.7) reported 4x the real figure: check it on 64 MiB.
+            code = "b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096])"
+            try:
+                peak = gnu.measure([sys.executable, "-c", code], env, folder, read=False)
+            except (OSError, ValueError):
+                peak = None
+            if peak is not None and peak.returncode == 0 and 64 <= peak.peak_kib / 1024 <= 128:
+                chosen = gnu
+        chosen.floor_kib = chosen.measure(["true"], env, folder, read=False).peak_kib
+        return chosen
+
+    def measure(
+        self, argv: Sequence[str], env: dict[str, str], cwd: Path, *, read: bool
+    ) -> Measured:
+        """Run one whole process: wall time, peak RSS, and (read=True) its stdout lines.
+
+        stdout goes to /dev/null unless read=True; then it is read from a pipe, newlines
+        counted in 1 MiB chunks, the first and the last line kept.
+        """
+        self.report.unlink(missing_ok=True)
+        with tempfile.TemporaryFile() as errors:
+            start = time.perf_counter()
+            process = subprocess.Popen(
+                [*self.prefix, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if read else subprocess.DEVNULL,
+                stderr=errors,
+                env=env,
+                cwd=cwd,
+            )
+            lines, first, tail = 0, b"", b""
+            if read:
+                assert process.stdout is not None
+                while chunk := process.stdout.read(1 << 20):
+                    lines += chunk.count(b"\n")
+                    if len(first) < 4096:
+                        first += chunk[:4096]
+                    tail = (tail + chunk)[-4096:]
+                process.stdout.close()
+            returncode = process.wait()
+            seconds = time.perf_counter() - start
+            errors.seek(0)
+            stderr = errors.read().decode(errors="replace")
+        # GNU time writes "Command exited with non-zero status N" before the figure.
+        report = self.report.read_text().split() if self.report.is_file() else []
+        peak = int(report[-1]) if report else 0
+        if self.kind == "python launcher":
+            seconds = float(report[0]) if report else seconds  # without the launcher's start
+            peak = peak // 1024 if sys.platform == "darwin" else peak  # bytes there, else KiB
+        last = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        return Measured(seconds, peak, returncode, stderr, lines, first.split(b"\n", 1)[0], last)
+
+
+@dataclass
+class Measured:
+    seconds: float
+    peak_kib: int
+    returncode: int
+    stderr: str
+    lines: int = 0
+    first: bytes = b""
+    last: bytes = b""
+
+
+@dataclass
+class Command:
+    label: str
+    argv: Sequence[str]
+    rows: int
+    # Untimed, before each run: returns extra environment and the argv's {db} value.
+    prepare: Callable[[], tuple[dict[str, str], str]] | None = None
+    # Untimed, after each run: returns a problem, or None.
+    verify: Callable[[], str | None] | None = None
+    times: list[float] = field(default_factory=list)
+    peaks_kib: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    def run(
+        self, meter: Meter, env: dict[str, str], cwd: Path, *, timed: bool = True
+    ) -> Measured | None:
+        if self.error is not None:
+            return None
+        extra, database = self.prepare() if self.prepare else ({}, "")
+        argv = [part.format(db=database) for part in self.argv]
+        done = meter.measure(argv, {**env, **extra}, cwd, read=False)
+        problem = None
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+            problem = f"exit {done.returncode}: {last}"
+        elif self.verify is not None:
+            problem = self.verify()
+        if problem:
+            self.error = problem
+            return None
+        if timed:
+            self.times.append(done.seconds)
+            self.peaks_kib.append(done.peak_kib)
+        return done
+
+    @property
+    def median_s(self) -> float | None:
+        return statistics.median(self.times) if self.times and not self.error else None
+
+    @property
+    def rows_per_s(self) -> float | None:
+        median = self.median_s
+        return self.rows / median if median else None
+
+    @property
+    def peak_mib(self) -> float | None:
+        return max(self.peaks_kib) / 1024 if self.peaks_kib and not self.error else None
+
+
+def find_usersctl() -> Path:
+    beside = Path(sys.executable).parent / "usersctl"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("usersctl")
+    if not found:
+        sys.exit("usersctl is not installed: pip install -e . (in a virtual environment)")
+    return Path(found)
+
+
+def interpreter_for(script: Path) -> str:
+    """The Python that runs the console script (its venv has typer, sqlalchemy, argon2)."""
+    first = script.read_text(errors="replace").splitlines()[0] if script.is_file() else ""
+    if first.startswith("#!") and "python" in first:
+        candidate = first[2:].strip().split()[0]
+        if Path(candidate).is_file():
+            return candidate
+    return sys.executable
+
+
+def find_sqlite3_cli() -> str | None:
+    if Path("/usr/bin/sqlite3").is_file():
+        return "/usr/bin/sqlite3"
+    return shutil.which("sqlite3")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_quiet(argv: Sequence[str], env: dict[str, str], stdin: str | None = None) -> str:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        sys.exit(f"setup failed: {shlex.join(argv)} exited {done.returncode}\n{done.stderr}")
+    return done.stdout
+
+
+def package_versions(python: str, env: dict[str, str]) -> str:
+    code = (
+        "import sqlite3\n"
+        "from importlib.metadata import version as v\n"
+        "names = ('usersctl', 'typer', 'sqlalchemy', 'pydantic', 'argon2-cffi')\n"
+        "print(', '.join(f'{n} {v(n)}' for n in names) + f', SQLite {sqlite3.sqlite_version}')"
+    )
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env)
+    return done.stdout.strip() or "(unknown)"
+
+
+def user(i: int, password_hash: str) -> dict[str, object]:
+    return {
+        "name": f"User {i}",
+        "email": f"user{i}@example.com",
+        "role": "admin" if i % 50 == 0 else "user",
+        "active": i % 10 != 0,
+        "password_hash": password_hash,
+    }
+
+
+def write_import_files(folder: Path, count: int, password_hash: str) -> tuple[Path, Path]:
+    jsonl, csv_path = folder / "users.jsonl", folder / "users.csv"
+    columns = ["name", "email", "role", "active", "password_hash"]
+    with (
+        jsonl.open("w", encoding="utf-8", newline="") as json_out,
+        csv_path.open("w", encoding="utf-8", newline="") as csv_out,
+    ):
+        writer = csv.writer(csv_out, lineterminator="\n")
+        writer.writerow(columns)
+        for i in range(1, count + 1):
+            record = user(i, password_hash)
+            json_out.write(json.dumps(record) + "\n")
+            writer.writerow(
+                [str(record[c]).lower() if c == "active" else record[c] for c in columns]
+            )
+    return jsonl, csv_path
+
+
+def fill_export_database(database: Path, count: int, password_hash: str) -> None:
+    """`count` users straight into a usersctl-initialised database, in one transaction."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S.000000", time.gmtime())
+    rows = (
+        (
+            i,
+            f"User {i}",
+            f"user{i}@example.com",
+            password_hash,
+            role,
+            int(i % 10 != 0),
+            stamp,
+            stamp,
+        )
+        for i in range(1, count + 1)
+        for role in ["admin" if i % 50 == 0 else "user"]
+    )
+    connection = sqlite3.connect(database)
+    with connection:
+        connection.executemany(
+            "INSERT INTO users (id, name, email, password_hash, role, is_active, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    connection.close()
+
+
+def count_users(database: Path) -> int:
+    connection = sqlite3.connect(database)
+    try:
+        return int(connection.execute("SELECT count(*) FROM users").fetchone()[0])
+    finally:
+        connection.close()
+
+
+def remove_database(database: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+
+
+def check_export(done: Measured | None, rows: int) -> str:
+    """The line check of `usersctl export -f jsonl`: count, first id and last id."""
+    if done is None:
+        return "not checked (the command failed)"
+    problems = []
+    if done.lines != rows:
+        problems.append(f"{done.lines:,} lines, expected {rows:,}")
+    for name, line, want in (("first", done.first, 1), ("last", done.last, rows)):
+        if rows == 0:
+            break
+        try:
+            got = json.loads(line).get("id")
+        except (ValueError, AttributeError):
+            got = None
+        if got != want:
+            problems.append(f"{name} line has id {got!r}, expected {want}")
+    if problems:
+        return "FAIL: " + "; ".join(problems)
+    return f"OK: {done.lines:,} lines, ids 1..{rows:,}, every line one JSON object"
+
+
+def fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per command")
+    parser.add_argument("--rows-import", type=int, default=100_000, help="rows per import")
+    parser.add_argument("--rows-export", type=int, default=1_000_000, help="rows to export")
+    args = parser.parse_args(argv)
+    runs = max(1, args.runs)
+    rows_import = max(1, args.rows_import)
+    rows_export = max(1, args.rows_export)
+
+    usersctl = find_usersctl()
+    python = interpreter_for(usersctl)
+    sqlite3_cli = find_sqlite3_cli()
+    tmp = Path(tempfile.mkdtemp(prefix="usersctl-bulk-"))
+    try:
+        home = tmp / "home"
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("USERSCTL_", "XDG_")) and k != "PYTHONPROFILEIMPORTTIME"
+        }
+        env.update(
+            HOME=str(home),
+            XDG_CONFIG_HOME=str(home / ".config"),
+            XDG_DATA_HOME=str(home / ".local" / "share"),
+            XDG_CACHE_HOME=str(home / ".cache"),
+        )
+        exe = str(usersctl)
+        scripts = {"import": tmp / "sqlite_import.py", "export": tmp / "sqlite_export.py"}
+        scripts["import"].write_text(SQLITE_IMPORT)
+        scripts["export"].write_text(SQLITE_EXPORT)
+
+        def url(database: Path) -> dict[str, str]:
+            return {"USERSCTL_DATABASE_URL": f"sqlite:///{database}"}
+
+        print("setting up ...", file=sys.stderr)
+        meter = Meter.choose(tmp, env)
+        setup_start = time.perf_counter()
+        code = f"from argon2 import PasswordHasher; print(PasswordHasher().hash({PASSWORD!r}))"
+        password_hash = run_quiet([python, "-c", code], env).strip()
+        jsonl, csv_file = write_import_files(tmp, rows_import, password_hash)
+        export_db = tmp / "export.db"
+        run_quiet([exe, "db", "upgrade"], {**env, **url(export_db)})
+        fill_export_database(export_db, rows_export, password_hash)
+        setup_s = time.perf_counter() - setup_start
+
+        # Every import, the yardstick's too, goes into a new database that
+        # `usersctl db upgrade` has just initialised (untimed), checked and removed after.
+        fresh_count = 0
+        current: dict[str, Path] = {}
+
+        def fresh(key: str) -> Callable[[], tuple[dict[str, str], str]]:
+            def prepare() -> tuple[dict[str, str], str]:
+                nonlocal fresh_count
+                fresh_count += 1
+                database = tmp / f"import-{fresh_count}.db"
+                current[key] = database
+                run_quiet([exe, "db", "upgrade"], {**env, **url(database)})
+                return url(database), str(database)
+
+            return prepare
+
+        def imported(key: str) -> Callable[[], str | None]:
+            def verify() -> str | None:
+                database = current.pop(key)
+                found = count_users(database)
+                remove_database(database)
+                return None if found == rows_import else f"{found} users after import"
+
+            return verify
+
+        import_commands = [
+            Command(
+                "usersctl import users.jsonl",
+                [exe, "import", str(jsonl)],
+                rows_import,
+                fresh("jsonl"),
+                imported("jsonl"),
+            ),
+            Command(
+                "usersctl import users.csv",
+                [exe, "import", str(csv_file)],
+                rows_import,
+                fresh("csv"),
+                imported("csv"),
+            ),
+            Command(
+                "sqlite3 script import jsonl",
+                [python, str(scripts["import"]), str(jsonl), "{db}"],
+                rows_import,
+                fresh("script"),
+                imported("script"),
+            ),
+        ]
+        export_env = {**env, **url(export_db)}
+        export_commands = [
+            Command("usersctl export -f jsonl", [exe, "export", "-f", "jsonl"], rows_export),
+            Command(
+                "sqlite3 -json",
+                [sqlite3_cli or "sqlite3", "-json", str(export_db), "select * from users"],
+                rows_export,
+            ),
+            Command(
+                "sqlite3 script export jsonl",
+                [python, str(scripts["export"]), str(export_db)],
+                rows_export,
+            ),
+        ]
+        if sqlite3_cli is None:
+            export_commands[1].error = "sqlite3 CLI missing: apt-get install sqlite3"
+        commands = {c.label: c for c in import_commands + export_commands}
+
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        # One untimed warm-up of each (page cache, .pyc files), then interleaved runs.
+        print(f"import: {len(import_commands)} commands x {runs} runs ...", file=sys.stderr)
+        for command in import_commands:
+            command.run(meter, env, tmp, timed=False)
+        for _ in range(runs):
+            for command in import_commands:
+                command.run(meter, env, tmp)
+        print(f"export: {len(export_commands)} commands x {runs} runs ...", file=sys.stderr)
+        # The warm-up of `usersctl export` reads its output (the line check); the timed
+        # runs write to /dev/null like `usersctl export -f jsonl > /dev/null`.
+        check = meter.measure(export_commands[0].argv, export_env, tmp, read=True)
+        line_check = check_export(check if check.returncode == 0 else None, rows_export)
+        if check.returncode != 0:
+            last = (check.stderr.strip().splitlines() or ["(no message)"])[-1]
+            export_commands[0].error = f"exit {check.returncode}: {last}"
+        for command in export_commands[1:]:
+            command.run(meter, export_env, tmp, timed=False)
+        for _ in range(runs):
+            for command in export_commands:
+                command.run(meter, export_env, tmp)
+
+        print("usersctl bulk benchmark")
+        print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
+        print(
+            f"machine:  {cpu_model()}; nproc {os.cpu_count()} "
+            f"(usable {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'})"
+            f"; {platform.system()} {platform.release()}"
+        )
+        version = run_quiet([python, "-c", "import sys; print(sys.version.split()[0])"], env)
+        print(f"python:   {python} ({version.strip()} {platform.python_implementation()})")
+        print(f"packages: {package_versions(python, env)}")
+        print(f"sqlite3:  {sqlite3_cli or 'MISSING (apt-get install sqlite3)'}")
+        if load_before is not None:
+            load_after = os.getloadavg()[0]
+            busy = max(load_before, load_after) > 0.5 * (os.cpu_count() or 1)
+            print(
+                f"load:     1-min load average {load_before:.2f} before, {load_after:.2f} after"
+                + ("  (busy machine: absolute times are noisy, ratios less so)" if busy else "")
+            )
+        print(
+            f"data:     import {rows_import:,} rows (JSONL {jsonl.stat().st_size / 2**20:.1f} MiB,"
+            f" CSV {csv_file.stat().st_size / 2**20:.1f} MiB), export {rows_export:,} rows"
+            f" (database {export_db.stat().st_size / 2**20:.0f} MiB); set up in {setup_s:.1f}s"
+        )
+        print(
+            f"method:   median of {runs} runs per command, runs interleaved, 1 warm-up;"
+            " whole processes"
+        )
+        print(
+            f"memory:   peak = max RSS over the runs, from wait4() in {meter.kind}"
+            f" ({shlex.join(meter.prefix[:3]) if meter.kind == 'GNU time' else 'python -I -S'});"
+            f" floor {meter.floor_kib / 1024:.1f} MiB (what `true` reads)"
+        )
+        print()
+
+        headers = (
+            "case",
+            "median s",
+            "rows/s",
+            "peak MiB",
+            "yardstick",
+            "yardstick rows/s",
+            "ratio",
+            "target",
+            "result",
+        )
+        table: list[tuple[str, ...]] = []
+        failures: list[str] = []
+
+        def add(case_label: str, yard_label: str, target: str, judge: str | None) -> None:
+            case, yard = commands[case_label], commands[yard_label]
+            speed, yard_speed = case.rows_per_s, yard.rows_per_s
+            ratio = speed / yard_speed if speed is not None and yard_speed else None
+            peak = case.peak_mib
+            if case.error:
+                result = "ERROR"
+            elif judge == "import":
+                result = "PASS" if speed is not None and speed >= IMPORT_TARGET else "FAIL"
+                if result == "FAIL":
+                    failures.append(f"{case_label}: {fmt(speed, ',.0f')} rows/s < {target[3:]}")
+            elif judge == "export":
+                reasons = []
+                if yard.error:
+                    reasons.append(f"no yardstick ({yard.error})")
+                elif ratio is None or ratio < EXPORT_TARGET:
+                    reasons.append(f"ratio {fmt(ratio, '.3f')} < {EXPORT_TARGET}")
+                if peak is None or peak > EXPORT_MAX_MIB:
+                    reasons.append(f"peak {fmt(peak, '.1f')} MiB > {EXPORT_MAX_MIB:.0f}")
+                if not line_check.startswith("OK"):
+                    reasons.append(f"line check {line_check}")
+                result = "FAIL" if reasons else "PASS"
+                if yard.error and len(reasons) == 1:
+                    result = "n/a"
+                failures.extend(f"{case_label}: {reason}" for reason in reasons)
+            else:
+                result = "info"
+            table.append(
+                (
+                    case_label,
+                    fmt(case.median_s),
+                    fmt(speed, ",.0f"),
+                    fmt(peak, ".0f"),
+                    yard_label,
+                    fmt(yard_speed, ",.0f") if not yard.error else "ERROR",
+                    fmt(ratio, ".3f"),
+                    target,
+                    result,
+                )
+            )
+
+        import_target = f">= {IMPORT_TARGET:,} rows/s"
+        export_target = f">= {EXPORT_TARGET}x, <= {EXPORT_MAX_MIB:.0f} MiB"
+        add("usersctl import users.jsonl", "sqlite3 script import jsonl", import_target, "import")
+        add("usersctl import users.csv", "sqlite3 script import jsonl", import_target, "import")
+        add("usersctl export -f jsonl", "sqlite3 -json", export_target, "export")
+        add("usersctl export -f jsonl", "sqlite3 script export jsonl", "-", None)
+
+        widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
+        numeric = {1, 2, 3, 5, 6}
+
+        def line(cells: Sequence[str]) -> str:
+            return "  ".join(
+                c.rjust(w) if i in numeric else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ).rstrip()
+
+        print(line(headers))
+        print(line(["-" * w for w in widths]))
+        for cells in table:
+            print(line(cells))
+        print()
+        print("ratio = case rows/s / yardstick rows/s (higher is better for usersctl)")
+        print(f"export line check: {line_check}")
+        for problem in failures:
+            print(f"not met: {problem}")
+
+        aims = []
+        for label in ("usersctl import users.jsonl", "usersctl import users.csv"):
+            speed = commands[label].rows_per_s
+            reached = "reached" if speed and speed >= IMPORT_AIM else "not reached"
+            aims.append(f"{label.removeprefix('usersctl ')} {IMPORT_AIM:,} rows/s {reached}")
+        export, sqlite_json = commands["usersctl export -f jsonl"], commands["sqlite3 -json"]
+        if export.rows_per_s and sqlite_json.rows_per_s:
+            ratio = export.rows_per_s / sqlite_json.rows_per_s
+            reached = "reached" if ratio >= EXPORT_AIM else "not reached"
+            aims.append(f"export {EXPORT_AIM}x sqlite3 -json {reached}")
+        print(f"aims: {'; '.join(aims)}")
+        if sqlite3_cli is None:
+            print("sqlite3 CLI missing: install it (apt-get install sqlite3) for the yardstick")
+
+        print()
+        print("all commands (median / min / max s, peak MiB; $TMP is the temporary directory):")
+        label_width = max(len(label) for label in commands)
+        for command in commands.values():
+            fresh_db = str(tmp / "import-N.db")
+            shown = shlex.join(part.format(db=fresh_db) for part in command.argv)
+            if command.argv[0] == exe:
+                database = fresh_db if command.prepare is not None else str(export_db)
+                shown = f"USERSCTL_DATABASE_URL=sqlite:///{database} {shown}"
+            shown = shown.replace(str(tmp), "$TMP")
+            if command in export_commands:
+                shown += " > /dev/null"
+            if command.error:
+                print(f"  {command.label:<{label_width}}  ERROR {command.error}   {shown}")
+                continue
+            print(
+                f"  {command.label:<{label_width}}  {statistics.median(command.times):7.2f}"
+                f"  {min(command.times):7.2f}  {max(command.times):7.2f}"
+                f"  {max(command.peaks_kib) / 1024:6.0f}   {shown}"
+            )
+        print(
+            "  (before each import run, untimed: USERSCTL_DATABASE_URL=... usersctl db upgrade"
+            " into a new $TMP/import-N.db)"
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BrokenPipeError:  # `python bench/bulk.py | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    sys.exit(0)
