@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shlex
 import shutil
 import sqlite3
@@ -29,6 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import find_usersctl, fmt, interpreter_for, load_average, print_header, run_quiet
 
 PASSWORD = "correct horse battery"
 
@@ -242,58 +243,10 @@ class Command:
         return max(self.peaks_kib) / 1024 if self.peaks_kib and not self.error else None
 
 
-def find_usersctl() -> Path:
-    beside = Path(sys.executable).parent / "usersctl"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("usersctl")
-    if not found:
-        sys.exit("usersctl is not installed: pip install -e . (in a virtual environment)")
-    return Path(found)
-
-
-def interpreter_for(script: Path) -> str:
-    """The Python that runs the console script (its venv has typer, sqlalchemy, argon2)."""
-    first = script.read_text(errors="replace").splitlines()[0] if script.is_file() else ""
-    if first.startswith("#!") and "python" in first:
-        candidate = first[2:].strip().split()[0]
-        if Path(candidate).is_file():
-            return candidate
-    return sys.executable
-
-
 def find_sqlite3_cli() -> str | None:
     if Path("/usr/bin/sqlite3").is_file():
         return "/usr/bin/sqlite3"
     return shutil.which("sqlite3")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def run_quiet(argv: Sequence[str], env: dict[str, str], stdin: str | None = None) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        sys.exit(f"setup failed: {shlex.join(argv)} exited {done.returncode}\n{done.stderr}")
-    return done.stdout
-
-
-def package_versions(python: str, env: dict[str, str]) -> str:
-    code = (
-        "import sqlite3\n"
-        "from importlib.metadata import version as v\n"
-        "names = ('usersctl', 'typer', 'sqlalchemy', 'pydantic', 'argon2-cffi')\n"
-        "print(', '.join(f'{n} {v(n)}' for n in names) + f', SQLite {sqlite3.sqlite_version}')"
-    )
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env)
-    return done.stdout.strip() or "(unknown)"
 
 
 def user(i: int, password_hash: str) -> dict[str, object]:
@@ -383,10 +336,6 @@ def check_export(done: Measured | None, rows: int) -> str:
     if problems:
         return "FAIL: " + "; ".join(problems)
     return f"OK: {done.lines:,} lines, ids 1..{rows:,}, every line one JSON object"
-
-
-def fmt(value: float | None, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -501,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             export_commands[1].error = "sqlite3 CLI missing: apt-get install sqlite3"
         commands = {c.label: c for c in import_commands + export_commands}
 
-        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        load_before = load_average()
         # One untimed warm-up of each (page cache, .pyc files), then interleaved runs.
         print(f"import: {len(import_commands)} commands x {runs} runs ...", file=sys.stderr)
         for command in import_commands:
@@ -523,24 +472,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for command in export_commands:
                 command.run(meter, export_env, tmp)
 
-        print("usersctl bulk benchmark")
-        print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
-        print(
-            f"machine:  {cpu_model()}; nproc {os.cpu_count()} "
-            f"(usable {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'})"
-            f"; {platform.system()} {platform.release()}"
+        print_header(
+            "usersctl bulk benchmark",
+            python,
+            env,
+            load_before,
+            sqlite=True,
+            extra=[f"sqlite3:  {sqlite3_cli or 'MISSING (apt-get install sqlite3)'}"],
         )
-        version = run_quiet([python, "-c", "import sys; print(sys.version.split()[0])"], env)
-        print(f"python:   {python} ({version.strip()} {platform.python_implementation()})")
-        print(f"packages: {package_versions(python, env)}")
-        print(f"sqlite3:  {sqlite3_cli or 'MISSING (apt-get install sqlite3)'}")
-        if load_before is not None:
-            load_after = os.getloadavg()[0]
-            busy = max(load_before, load_after) > 0.5 * (os.cpu_count() or 1)
-            print(
-                f"load:     1-min load average {load_before:.2f} before, {load_after:.2f} after"
-                + ("  (busy machine: absolute times are noisy, ratios less so)" if busy else "")
-            )
         print(
             f"data:     import {rows_import:,} rows (JSONL {jsonl.stat().st_size / 2**20:.1f} MiB,"
             f" CSV {csv_file.stat().st_size / 2**20:.1f} MiB), export {rows_export:,} rows"
@@ -601,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             table.append(
                 (
                     case_label,
-                    fmt(case.median_s),
+                    fmt(case.median_s, ".2f"),
                     fmt(speed, ",.0f"),
                     fmt(peak, ".0f"),
                     yard_label,

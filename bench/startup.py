@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import shutil
 import sqlite3
@@ -25,6 +24,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import find_usersctl, fmt, interpreter_for, load_average, print_header, run_quiet
 
 PASSWORD = "correct horse battery"
 
@@ -101,43 +102,6 @@ class Row:
     target: float | None  # max ratio; None: shown for information
 
 
-def find_usersctl() -> Path:
-    beside = Path(sys.executable).parent / "usersctl"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return beside
-    found = shutil.which("usersctl")
-    if not found:
-        sys.exit("usersctl is not installed: pip install -e . (in a virtual environment)")
-    return Path(found)
-
-
-def interpreter_for(script: Path) -> str:
-    """The Python that runs the console script (its venv has typer, sqlalchemy, argon2)."""
-    first = script.read_text(errors="replace").splitlines()[0] if script.is_file() else ""
-    if first.startswith("#!") and "python" in first:
-        candidate = first[2:].strip().split()[0]
-        if Path(candidate).is_file():
-            return candidate
-    return sys.executable
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def run_quiet(argv: Sequence[str], env: dict[str, str], stdin: str | None = None) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        sys.exit(f"setup failed: {shlex.join(argv)} exited {done.returncode}\n{done.stderr}")
-    return done.stdout
-
-
 def seed(database: Path, python: str, env: dict[str, str], count: int) -> None:
     """Insert users straight into SQLite with one precomputed argon2id hash for all."""
     code = f"from argon2 import PasswordHasher; print(PasswordHasher().hash({PASSWORD!r}))"
@@ -156,20 +120,6 @@ def seed(database: Path, python: str, env: dict[str, str], count: int) -> None:
             rows,
         )
     connection.close()
-
-
-def package_versions(python: str, env: dict[str, str]) -> str:
-    code = (
-        "from importlib.metadata import version as v\n"
-        "names = ('usersctl', 'typer', 'sqlalchemy', 'pydantic', 'argon2-cffi')\n"
-        "print(', '.join(f'{n} {v(n)}' for n in names))"
-    )
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env)
-    return done.stdout.strip() or "(unknown)"
-
-
-def fmt(value: float | None, spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -244,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             Row("usersctl create --password-stdin", "sa.orm + argon2 hash + typer", 1.3),
         ]
 
-        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        load_before = load_average()
         # One untimed warm-up of everything (page cache, .pyc files), then interleaved runs.
         for command in commands.values():
             command.run(-1, env, tmp)
@@ -254,23 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for command in commands.values():
                 command.run(index, env, tmp)
 
-        print("usersctl start-up benchmark")
-        print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
-        print(
-            f"machine:  {cpu_model()}; nproc {os.cpu_count()} "
-            f"(usable {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'})"
-            f"; {platform.system()} {platform.release()}"
-        )
-        version = run_quiet([python, "-c", "import sys; print(sys.version.split()[0])"], env)
-        print(f"python:   {python} ({version.strip()} {platform.python_implementation()})")
-        print(f"packages: {package_versions(python, env)}")
-        if load_before is not None:
-            load_after = os.getloadavg()[0]
-            busy = max(load_before, load_after) > 0.5 * (os.cpu_count() or 1)
-            print(
-                f"load:     1-min load average {load_before:.2f} before, {load_after:.2f} after"
-                + ("  (busy machine: absolute times are noisy, ratios less so)" if busy else "")
-            )
+        print_header("usersctl start-up benchmark", python, env, load_before)
         print(
             f"data:     SQLite, {args.users} users (set up in {setup_s:.1f}s); "
             f"median of {runs} runs per command, runs interleaved, 1 warm-up"
@@ -295,9 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             table.append(
                 (
                     row.case,
-                    fmt(case.median_ms),
+                    fmt(case.median_ms, ".1f"),
                     row.yardstick,
-                    fmt(yard.median_ms),
+                    fmt(yard.median_ms, ".1f"),
                     fmt(ratio, ".2f"),
                     f"<= {row.target}" if row.target is not None else "-",
                     result,

@@ -102,7 +102,6 @@ def crashing_list(monkeypatch: pytest.MonkeyPatch) -> None:
     import usersctl.crud
 
     monkeypatch.setattr(usersctl.crud, "user_query", _boom)
-    monkeypatch.setattr(usersctl.crud, "list_users", _boom)
 
 
 def _assert_traceback_then_one_line(result: Result) -> None:

@@ -106,30 +106,6 @@ def create_user(
     return user, True
 
 
-def list_users(
-    *,
-    session: Session,
-    role: str | None = None,
-    active: bool | None = None,
-    search: str | None = None,
-    sort: str = "id",
-    descending: bool = False,
-    limit: int | None = None,
-    offset: int = 0,
-) -> Sequence[User]:
-    return session.scalars(
-        user_query(
-            role=role,
-            active=active,
-            search=search,
-            sort=sort,
-            descending=descending,
-            limit=limit,
-            offset=offset,
-        )
-    ).all()
-
-
 def user_query(
     *,
     role: str | None = None,
