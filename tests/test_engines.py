@@ -44,7 +44,7 @@ def test_unique_violation_from_a_racing_writer_is_a_conflict(
     """The window between "is the email free?" and INSERT: the database's unique index
     must decide, and its violation must come out as exit 4, not a traceback."""
     cli.create("Ada", "ada@example.com")
-    monkeypatch.setattr(crud, "find_user", lambda session, ref: None)
+    monkeypatch.setattr(crud, "find_user", lambda session, ref, **_: None)
     result = cli(
         "create", "--name", "Racer", "--email", "ada@example.com", "--password-stdin",
         input=SEED_PASSWORD + "\n",

@@ -460,8 +460,19 @@ def test_unsupported_driver_is_a_clear_usage_error() -> None:
     importlib.util.find_spec("MySQLdb") is not None, reason="the MySQL driver is installed"
 )
 def test_missing_driver_names_the_extra() -> None:
-    result = invoke("mysql://user:pw@127.0.0.1/users", "list")
-    assert_fails(result, 7, "driver for mysql is not installed", "pip install 'usersctl[mysql]'")
+    # mysqlclient (SQLAlchemy's default MySQL driver) is not what usersctl ships.
+    result = invoke("mysql+mysqldb://user:pw@127.0.0.1/users", "list")
+    assert_fails(
+        result,
+        7,
+        "driver for mysql+mysqldb is not installed",
+        "use mysql+pymysql:// (pip install 'usersctl[mysql]')",
+    )
+
+
+def test_bare_engine_urls_use_the_drivers_usersctl_ships() -> None:
+    result = invoke("mysql://user:pw@127.0.0.1:1/users", "list")
+    assert_fails(result, 7, "mysql+pymysql://user:***@127.0.0.1:1/users unavailable")
 
 
 def test_unparseable_url_is_a_usage_error() -> None:

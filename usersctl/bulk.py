@@ -92,6 +92,8 @@ def _json_records(stream: TextIO) -> Iterator[Record]:
         raise InvalidData("line 1: a JSON import must be one array of objects")
     position = _skip_space(text, position + 1)
     if position < len(text) and text[position] == "]":
+        if _skip_space(text, position + 1) < len(text):
+            raise InvalidData("unexpected content after the JSON array")
         return
     while True:
         line = text.count("\n", 0, position) + 1
@@ -105,6 +107,10 @@ def _json_records(stream: TextIO) -> Iterator[Record]:
             position = _skip_space(text, position + 1)
             continue
         if position < len(text) and text[position] == "]":
+            end = _skip_space(text, position + 1)
+            if end < len(text):
+                line = text.count("\n", 0, end) + 1
+                raise InvalidData(f"line {line}: unexpected content after the JSON array")
             return
         line = text.count("\n", 0, position) + 1
         raise InvalidData(f"line {line}: expected ',' or ']' in the JSON array")
@@ -150,6 +156,7 @@ def validate(records: Iterator[Record]) -> ParsedImport:
 
     parsed = ParsedImport()
     first_line: dict[str, int] = {}
+    id_line: dict[int, int] = {}
 
     def problem(line: int, message: str) -> None:
         parsed.bad_rows += 1
@@ -170,6 +177,11 @@ def validate(records: Iterator[Record]) -> ParsedImport:
                 record.line, f"duplicate email {row.email} (first on line {first_line[row.email]})"
             )
             continue
+        if row.id is not None:
+            if row.id in id_line:
+                problem(record.line, f"duplicate id {row.id} (first on line {id_line[row.id]})")
+                continue
+            id_line[row.id] = record.line
         first_line[row.email] = record.line
         parsed.rows.append((record.line, row))  # id and timestamps are used only by --restore
     return parsed

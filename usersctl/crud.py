@@ -17,6 +17,7 @@ from sqlalchemy import (
     Select,
     String,
     bindparam,
+    false,
     func,
     insert,
     or_,
@@ -47,31 +48,42 @@ _SORT_COLUMNS = {
 }
 
 
+MAX_ID = 2**31 - 1  # the INTEGER primary key on every engine
+
+
 def _lookup_clause(ref: str) -> ColumnElement[bool]:
     ref = ref.strip()
     if ref.isdecimal() and ref.isascii():
-        return User.id == int(ref)
+        number = int(ref)
+        return User.id == number if number <= MAX_ID else false()  # no such id can exist
     return User.email == ref.lower()  # emails are stored lowercased
 
 
-def find_user(session: Session, ref: str) -> User | None:
-    """A user by id (`42`) or email (case-insensitive), or None."""
-    return session.scalars(select(User).where(_lookup_clause(ref))).one_or_none()
+def find_user(session: Session, ref: str, *, lock: bool = False) -> User | None:
+    """A user by id (`42`) or email (case-insensitive), or None. With `lock`, the row is
+    locked until the transaction ends (PostgreSQL/MariaDB; SQLite's writer lock covers it),
+    so a concurrent delete cannot slip between reading and changing it."""
+    query = select(User).where(_lookup_clause(ref))
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
 
 
-def get_user(*, session: Session, ref: str) -> User:
-    user = find_user(session, ref)
+def get_user(*, session: Session, ref: str, lock: bool = False) -> User:
+    user = find_user(session, ref, lock=lock)
     if user is None:
         raise NotFound(f"user not found: {ref}")
     return user
 
 
-def get_users(*, session: Session, refs: Sequence[str], missing_ok: bool = False) -> list[User]:
+def get_users(
+    *, session: Session, refs: Sequence[str], missing_ok: bool = False, lock: bool = False
+) -> list[User]:
     """Resolve several USER arguments, each once, in the order given."""
     found: dict[int, User] = {}
     missing: list[str] = []
     for ref in refs:
-        user = find_user(session, ref)
+        user = find_user(session, ref, lock=lock)
         if user is None:
             missing.append(ref)
         else:
@@ -101,8 +113,16 @@ def create_user(
             return existing, False
         raise Conflict(f"email already taken: {user_in.email} (user {existing.id})")
     user = User(**user_in.model_dump(), password_hash=password_hash)
-    session.add(user)
-    _flush_unique(session, user_in.email)
+    try:
+        with session.begin_nested():  # a savepoint: losing a race must not end the transaction
+            session.add(user)
+            session.flush()
+    except IntegrityError:
+        # Another process created the same email between our check and our insert.
+        winner = find_user(session, user_in.email, lock=True)  # a locking read sees it
+        if if_not_exists and winner is not None:
+            return winner, False
+        raise Conflict(f"email already taken: {user_in.email}") from None
     return user, True
 
 
@@ -176,16 +196,16 @@ def delete_users(*, session: Session, users: Sequence[User]) -> None:
 
 @dataclass(frozen=True)
 class Verification:
-    user: User | None
-    rehashed: bool
+    user_id: int
+    stored_hash: str
+    new_hash: str | None  # set when the stored hash should be upgraded
 
 
 def verify_password(*, session: Session, ref: str, password: str) -> Verification:
-    """Raise VerificationFailed unless `password` matches an active user.
+    """Raise VerificationFailed unless `password` matches an active user. Reads only.
 
     An unknown user costs the same argon2 work as a known one, and every failure raises
-    the same error, so neither the answer nor its timing tells which accounts exist. A
-    hash made with older parameters (or bcrypt) is replaced after a successful match.
+    the same error, so neither the answer nor its timing tells which accounts exist.
     """
     from usersctl import passwords  # argon2 loads only for commands that hash
 
@@ -196,9 +216,21 @@ def verify_password(*, session: Session, ref: str, password: str) -> Verificatio
     matches, new_hash = passwords.verify(user.password_hash, password)
     if not matches or not user.is_active:
         raise VerificationFailed("password verification failed")
-    if new_hash is not None:
-        set_password_hash(session=session, user=user, password_hash=new_hash)
-    return Verification(user=user, rehashed=new_hash is not None)
+    return Verification(user_id=user.id, stored_hash=user.password_hash, new_hash=new_hash)
+
+
+def upgrade_hash(*, session: Session, verification: Verification) -> bool:
+    """Store the upgraded hash after a successful verification, unless the password changed
+    meanwhile (compare-and-set). Not an edit by anyone: updated_at stays as it was."""
+    if verification.new_hash is None:
+        return False
+    result = session.execute(
+        update(User)
+        .where(User.id == verification.user_id, User.password_hash == verification.stored_hash)
+        .values(password_hash=verification.new_hash, updated_at=User.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def count_users(
@@ -310,6 +342,15 @@ def _import_stamp_value(session: Session, now: datetime) -> Any:
     return process(now) if process else now
 
 
+_DEFAULTED = {"role": "role", "is_active": "active"}  # column: the import field behind it
+
+
+def _given(values: dict[str, Any], row: UserImport) -> dict[str, Any]:
+    """`values` without the columns whose import field the row did not set itself."""
+    skip = {column for column, name in _DEFAULTED.items() if name not in row.model_fields_set}
+    return {column: value for column, value in values.items() if column not in skip}
+
+
 def apply_import(
     *, session: Session, plan: ImportPlan, hashes: Mapping[str, str], restore: bool
 ) -> None:
@@ -338,7 +379,13 @@ def apply_import(
                 }
                 for line, row in plan.create
             ]
-            session.execute(insert(table), rows)
+            # executemany needs one key set per statement: rows with an id, rows without.
+            for group in (
+                [r for r in rows if "id" in r],
+                [r for r in rows if "id" not in r],
+            ):
+                if group:
+                    session.execute(insert(table), group)
         else:
             # Core executemany: the ORM's per-object bookkeeping would double the cost.
             statement = insert(table).values(
@@ -350,10 +397,12 @@ def apply_import(
                 [{**values(line, row), "b_import_time": stamp} for line, row in plan.create],
             )
     if plan.update:
+        # Only what the row gives: a file without a role or active column must not demote
+        # an admin or unlock a disabled account.
         session.execute(
             update(User),
             [
-                {"id": user_id, **values(line, row), "updated_at": now}
+                {"id": user_id, **_given(values(line, row), row), "updated_at": now}
                 for line, row, user_id in plan.update
             ],
         )

@@ -27,9 +27,10 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from usersctl.config import Settings
-from usersctl.errors import Conflict, DatabaseUnavailable, UsageError
+from usersctl.errors import Conflict, DatabaseUnavailable, NotFound, UsageError
 
 _DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 _READ_ONLY = "usersctl_read_only"
@@ -41,7 +42,18 @@ def display_url(url: URL | str) -> str:
         parsed = make_url(url) if isinstance(url, str) else url
     except (ArgumentError, ValueError):
         return "<unparseable database URL>"
+    if "password" in parsed.query:  # e.g. postgresql+psycopg://u@h/db?password=...
+        parsed = parsed.update_query_dict({"password": "***"})
     return parsed.render_as_string(hide_password=True)
+
+
+# The drivers the extras install, for URLs that name only the engine (SQLAlchemy would
+# otherwise pick psycopg2 / mysqlclient, which usersctl does not ship).
+_DEFAULT_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+}
 
 
 def _sqlite_path(url: URL) -> Path | None:
@@ -114,6 +126,7 @@ def make_engine(settings: Settings) -> Engine:
     try:
         url = make_url(settings.database_url)
         url.port  # noqa: B018 - a non-numeric port raises here, not when connecting
+        url = url.set(drivername=_DEFAULT_DRIVERS.get(url.drivername, url.drivername))
     except (ArgumentError, ValueError):
         raise UsageError(
             f"invalid database URL {display_url(settings.database_url)!r}: "
@@ -137,7 +150,11 @@ def make_engine(settings: Settings) -> Engine:
         raise UsageError(f"unsupported database URL scheme {url.drivername!r}") from None
     except ImportError as exc:
         extra = _DRIVER_EXTRAS.get(backend)
-        hint = f": pip install 'usersctl[{extra}]'" if extra else ""
+        hint = ""
+        if extra and url.drivername in _DEFAULT_DRIVERS.values():
+            hint = f": pip install 'usersctl[{extra}]'"
+        elif extra:
+            hint = f"; use {_DEFAULT_DRIVERS[backend]}:// (pip install 'usersctl[{extra}]')"
         raise DatabaseUnavailable(
             f"database driver for {url.drivername} is not installed ({exc.name}){hint}"
         ) from None
@@ -168,8 +185,9 @@ def describe_db_error(exc: DBAPIError, engine: Engine, busy_timeout: float) -> s
         if "disk is full" in text or "disk i/o" in text:
             return f"cannot write database {where}: {raw}"
     first_line = raw.strip().splitlines()[0] if raw.strip() else type(exc.orig).__name__
-    if url.password:
-        first_line = first_line.replace(str(url.password), "***")
+    for secret in (url.password, url.query.get("password")):
+        if secret and isinstance(secret, str):
+            first_line = first_line.replace(secret, "***")
     return f"database {where} unavailable: {first_line}"
 
 
@@ -194,6 +212,8 @@ class Database:
             yield
         except IntegrityError:
             raise Conflict("conflict: a unique value (email) is already taken") from None
+        except StaleDataError:
+            raise NotFound("user not found: another process deleted it meanwhile") from None
         except (ProgrammingError, DataError, NotSupportedError, InternalError):
             raise  # a bug in usersctl, not the database's state: exit 1 with --debug detail
         except DBAPIError as exc:  # OperationalError, DatabaseError, InterfaceError

@@ -8,7 +8,8 @@ package (usersctl/_alembic in a wheel; the top-level alembic/ in a source checko
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 
 from usersctl.database import Database
-from usersctl.errors import SchemaMismatch, UsageError
+from usersctl.errors import DatabaseUnavailable, SchemaMismatch, UsageError
 from usersctl.models import Base
 from usersctl.revision import (
     HEAD,
@@ -114,17 +115,48 @@ def _scrub(db: Database) -> None:
             autocommit.exec_driver_sql("VACUUM FULL users")
 
 
+_LOCK_NAME = "usersctl_migrations"
+_LOCK_KEY = 0x75736572  # "user": PostgreSQL advisory lock key for migrations
+
+
+@contextmanager
+def _locked_transaction(connection: Connection, timeout: float) -> Iterator[None]:
+    """One transaction that holds the migration lock, serialising migrations between
+    processes on server engines as BEGIN IMMEDIATE does on SQLite: the second of two
+    processes that find an empty database waits, then sees head."""
+    name = connection.dialect.name
+    if name in ("mysql", "mariadb"):
+        # A session lock, taken *before* the transaction so that its snapshot comes after
+        # whatever the previous holder committed.
+        got = connection.execute(select(func.get_lock(_LOCK_NAME, int(timeout)))).scalar()
+        connection.commit()
+        if got != 1:
+            raise DatabaseUnavailable("another usersctl is migrating this database; retry later")
+        try:
+            with connection.begin():
+                yield
+        finally:
+            connection.execute(select(func.release_lock(_LOCK_NAME)))
+            connection.commit()
+        return
+    with connection.begin():
+        if name == "postgresql":  # released when the transaction ends
+            connection.execute(select(func.pg_advisory_xact_lock(_LOCK_KEY)))
+        yield
+
+
 def _run(
     db: Database,
     operation: Callable[[Config, Status], MigrationResult],
     progress: ProgressFactory | None = None,
     scrub: bool = False,
+    any_state: bool = False,
 ) -> MigrationResult:
     with db.translate_errors():
         with db.engine.connect() as connection:
-            with connection.begin():
+            with _locked_transaction(connection, db.settings.busy_timeout):
                 status = read_status(connection)
-                if status.state in (State.FOREIGN, State.AHEAD):
+                if not any_state and status.state in (State.FOREIGN, State.AHEAD):
                     raise SchemaMismatch(mismatch_message(status))
                 try:
                     result = operation(make_config(connection, progress), status)
@@ -154,8 +186,8 @@ def upgrade(
                     f"{target} is older than the current revision {status.revision}: "
                     f"use `usersctl db downgrade {target}`"
                 )
-        if adopted:
-            command.stamp(config, "0001")
+        if adopted:  # (purge: the tutorial's own Alembic may have left a revision of its own)
+            command.stamp(config, "0001", purge=True)
         before = "0001" if adopted else status.revision
         command.upgrade(config, target or "base")
         return MigrationResult(before, _current(config), adopted)
@@ -190,7 +222,8 @@ def stamp(db: Database, revision: str) -> MigrationResult:
         command.stamp(config, target or "base", purge=True)
         return MigrationResult(status.revision, target)
 
-    return _run(db, operation)
+    # The escape hatch: works whatever state the database is in.
+    return _run(db, operation, any_state=True)
 
 
 def _current(config: Config) -> str | None:
@@ -208,6 +241,14 @@ def schema_differences(db: Database) -> list[Any]:
     with db.connect(write=False) as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         return list(compare_metadata(context, Base.metadata))
+
+
+def settled_status(db: Database) -> Status:
+    """The schema status once no migration is running: read under the migration lock (on
+    MariaDB, whose DDL commits as it goes, another process may be half-way through)."""
+    with db.translate_errors(), db.engine.connect() as connection:
+        with _locked_transaction(connection, db.settings.busy_timeout):
+            return read_status(connection)
 
 
 def ensure_head(db: Database, progress: ProgressFactory | None = None) -> MigrationResult:

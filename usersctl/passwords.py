@@ -8,12 +8,13 @@ bcrypt hash brought in by `import`, is re-hashed after the next successful verif
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from usersctl.errors import InvalidData
@@ -79,6 +80,25 @@ def is_bcrypt_hash(value: str) -> bool:
 
 def is_supported_hash(value: str) -> bool:
     return is_argon2_hash(value) or is_bcrypt_hash(value)
+
+
+_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+def is_valid_hash(value: str) -> bool:
+    """A hash `import` may store: a parseable argon2 PHC string or a well-formed bcrypt hash,
+    no longer than the column."""
+    if len(value) > 255 or not value.isascii() or not value.isprintable():
+        return False
+    if is_bcrypt_hash(value):
+        return _BCRYPT.fullmatch(value) is not None
+    if is_argon2_hash(value):
+        try:
+            extract_parameters(value)
+        except InvalidHashError:
+            return False
+        return value.count("$") == 5
+    return False
 
 
 def _verify_bcrypt(stored_hash: str, password: str) -> bool:

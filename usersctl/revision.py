@@ -42,18 +42,17 @@ def read_status(connection: Connection) -> Status:
         versions = table(VERSION_TABLE, column("version_num"))
         revision = connection.execute(select(versions.c.version_num)).scalar()
     user_tables = tables - {VERSION_TABLE}
-    if revision is None:
-        if not user_tables:
-            return Status(State.EMPTY, None)
-        if user_tables == {"users"}:
-            columns = {col["name"] for col in inspect(connection).get_columns("users")}
-            if columns == TUTORIAL_COLUMNS:
-                return Status(State.TUTORIAL, None)
-        return Status(State.FOREIGN, None)
-    if revision == HEAD:
-        return Status(State.CURRENT, revision)
     if revision in KNOWN_REVISIONS:
-        return Status(State.BEHIND, revision)
+        return Status(State.CURRENT if revision == HEAD else State.BEHIND, revision)
+    if not user_tables and revision is None:
+        return Status(State.EMPTY, None)
+    if user_tables == {"users"}:
+        columns = {col["name"] for col in inspect(connection).get_columns("users")}
+        if columns == TUTORIAL_COLUMNS:
+            # Never stamped, or stamped by the tutorial's own `alembic upgrade head`.
+            return Status(State.TUTORIAL, revision)
+    if revision is None:
+        return Status(State.FOREIGN, None)
     return Status(State.AHEAD, revision)
 
 

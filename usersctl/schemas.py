@@ -122,10 +122,10 @@ class UserUpdate(BaseModel):
 
 
 def check_password_hash(value: str) -> str:
-    from usersctl.passwords import is_supported_hash
+    from usersctl.passwords import is_valid_hash
 
-    if not is_supported_hash(value):
-        raise ValueError("must be an argon2 ($argon2id$...) or bcrypt ($2b$...) hash")
+    if not is_valid_hash(value):
+        raise ValueError("must be a well-formed argon2 ($argon2id$...) or bcrypt ($2b$...) hash")
     return value
 
 
@@ -142,7 +142,7 @@ class UserImport(BaseModel):
     password_hash: Annotated[str, AfterValidator(check_password_hash)] | None = Field(
         default=None, repr=False
     )
-    id: int | None = Field(default=None, ge=1)
+    id: int | None = Field(default=None, ge=1, le=2**31 - 1)
     created_at: AwareDatetime | None = None
     updated_at: AwareDatetime | None = None
 

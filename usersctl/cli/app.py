@@ -4,6 +4,7 @@ its exit code and a single line on stderr."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -165,4 +166,6 @@ def root(
 
 def main() -> None:
     """Console-script entry point."""
+    # `usersctl list | head -1`: end quietly like other Unix tools when the reader goes away.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()

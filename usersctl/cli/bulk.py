@@ -48,7 +48,8 @@ def _open_input(source: str) -> Any:
         yield sys.stdin
         return
     try:
-        handle = open(source, encoding="utf-8", newline="")  # noqa: SIM115
+        # utf-8-sig: spreadsheets often start a CSV with a byte-order mark.
+        handle = open(source, encoding="utf-8-sig", newline="")  # noqa: SIM115
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from None
     with handle:

@@ -150,11 +150,14 @@ class Renderer:
         self.out.write(_JSON_UNSAFE.sub(_escape_unsafe, "\n".join(lines)))
 
     def _csv(self, records: Iterable[Record], fields: list[str]) -> int:
+        """CSV is lossless into a file or pipe; on a terminal, control characters are shown
+        as escapes like every other format, so a value can never drive the terminal."""
         writer = csv.writer(self.out, lineterminator="\n")
         writer.writerow(fields)
+        shown = printable if self.out.isatty() else str
         count = 0
         for record in records:
-            writer.writerow([_text_value(record.get(k)) for k in fields])
+            writer.writerow([shown(_text_value(record.get(k))) for k in fields])
             count += 1
         return count
 

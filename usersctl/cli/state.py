@@ -43,11 +43,13 @@ class AppState:
             from usersctl.revision import State, read_status, require_current
 
             with database.connect(write=False) as connection:
-                status = read_status(connection)
-            require_current(status)
-            if status.state is State.EMPTY:
+                status = read_status(connection)  # the fast path: no Alembic, no lock
+            if status.state is not State.CURRENT:
                 from usersctl import migrations
 
+                status = migrations.settled_status(database)
+            require_current(status)
+            if status.state is State.EMPTY:
                 result = migrations.ensure_head(database)
                 if result.changed:
                     typer.echo(

@@ -23,6 +23,8 @@ from usersctl.cli.state import get_state, stdin_is_terminal
 from usersctl.cli.text import printable
 from usersctl.errors import UsageError
 
+MAX_ROWS = 2**62  # what every engine's LIMIT/OFFSET accepts
+
 SORT_HELP = "Sort by id, name, email, role, active, created_at or updated_at; prefix - to reverse."
 
 
@@ -114,8 +116,12 @@ def list_(
         typer.Option("--search", "-s", help="Case-insensitive substring of name or email."),
     ] = None,
     sort: Annotated[str, typer.Option("--sort", help=SORT_HELP)] = "id",
-    limit: Annotated[int | None, typer.Option("--limit", min=0, help="At most N users.")] = None,
-    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip the first N.")] = 0,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=0, max=MAX_ROWS, help="At most N users.")
+    ] = None,
+    offset: Annotated[
+        int, typer.Option("--offset", min=0, max=MAX_ROWS, help="Skip the first N.")
+    ] = 0,
     count: Annotated[
         bool, typer.Option("--count", help="Print only the number of matching users.")
     ] = False,
@@ -194,7 +200,7 @@ def update(
     user_in = parse(UserUpdate, given)
     database = get_state(ctx).ready_database()
     with database.session(write=True) as session:
-        target = crud.get_user(session=session, ref=user)
+        target = crud.get_user(session=session, ref=user, lock=True)
         shown = user_record(crud.update_user(session=session, user=target, user_in=user_in))
     Renderer(output).one(shown)
 
@@ -219,7 +225,7 @@ def passwd(
     password_hash = hash_password(password.value)
     database = get_state(ctx).ready_database()
     with database.session(write=True) as session:
-        target = crud.get_user(session=session, ref=user)
+        target = crud.get_user(session=session, ref=user, lock=True)
         crud.set_password_hash(session=session, user=target, password_hash=password_hash)
         shown = user_record(target)
     typer.echo(f"Password changed for {printable(shown['email'])}.", err=True)
@@ -242,8 +248,12 @@ def verify_password(
 
     password = existing_password(password_stdin=password_stdin)
     database = get_state(ctx).ready_database()
-    with database.session(write=True) as session:
-        crud.verify_password(session=session, ref=user, password=password)
+    # Verified in a read transaction: a login check never waits for, or blocks, writers.
+    with database.session(write=False) as session:
+        verification = crud.verify_password(session=session, ref=user, password=password)
+    if verification.new_hash is not None:
+        with database.session(write=True) as session:
+            crud.upgrade_hash(session=session, verification=verification)
     typer.echo("Password verified.", err=True)
 
 
@@ -252,7 +262,7 @@ def _set_active(ctx: typer.Context, users: list[str], active: bool, output: Outp
 
     database = get_state(ctx).ready_database()
     with database.session(write=True) as session:
-        targets = crud.get_users(session=session, refs=users)
+        targets = crud.get_users(session=session, refs=users, lock=True)
         shown = [
             user_record(u) for u in crud.set_active(session=session, users=targets, active=active)
         ]
@@ -324,7 +334,7 @@ def delete(
         _confirm_delete(ctx, users, missing_ok)
     database = get_state(ctx).ready_database()
     with database.session(write=True) as session:
-        targets = crud.get_users(session=session, refs=users, missing_ok=missing_ok)
+        targets = crud.get_users(session=session, refs=users, missing_ok=missing_ok, lock=True)
         shown = [user_record(u) for u in targets]
         crud.delete_users(session=session, users=targets)
     if not shown:
