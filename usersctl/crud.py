@@ -56,7 +56,18 @@ def _lookup_clause(ref: str) -> ColumnElement[bool]:
     if ref.isdecimal() and ref.isascii():
         number = int(ref)
         return User.id == number if number <= MAX_ID else false()  # no such id can exist
-    return User.email == ref.lower()  # emails are stored lowercased
+    return User.email == _stored_form(ref)
+
+
+def _stored_form(email: str) -> str:
+    """An email as it is stored (normalized, lowercased), so a user is found by any form of
+    the address they were created with; text that is no email is matched as given."""
+    from usersctl.schemas import normalize_email
+
+    try:
+        return normalize_email(email)
+    except ValueError:
+        return email.strip().lower()
 
 
 def find_user(session: Session, ref: str, *, lock: bool = False) -> User | None:

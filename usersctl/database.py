@@ -24,6 +24,7 @@ from sqlalchemy.exc import (
     InternalError,
     NoSuchModuleError,
     NotSupportedError,
+    OperationalError,
     ProgrammingError,
 )
 from sqlalchemy.orm import Session
@@ -34,6 +35,7 @@ from usersctl.errors import Conflict, DatabaseUnavailable, NotFound, UsageError
 
 _DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 _READ_ONLY = "usersctl_read_only"
+_MIN_FREE_BYTES = 64 * 1024
 
 
 def display_url(url: URL | str) -> str:
@@ -74,7 +76,11 @@ def _prepare_sqlite_file(path: Path, *, create_parent: bool) -> None:
                 f"cannot create database {path}: folder {parent} does not exist"
             )
         try:
-            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Every missing folder 0700, as XDG asks (mkdir(parents=True) would make the
+            # intermediate ones with the umask's mode, e.g. world-writable under umask 0).
+            for folder in reversed([parent, *parent.parents]):
+                if not folder.is_dir():
+                    folder.mkdir(mode=0o700)
         except OSError as exc:
             raise DatabaseUnavailable(f"cannot create folder {parent}: {exc.strerror}") from None
     try:
@@ -102,12 +108,6 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA secure_delete=ON")
             cursor.execute("PRAGMA synchronous=FULL")
-            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
-                try:
-                    cursor.execute("PRAGMA journal_mode=WAL")
-                except dbapi_connection.OperationalError:
-                    pass  # a read-only file: reads still work, writes fail with a clear error
         finally:
             cursor.close()
 
@@ -220,6 +220,44 @@ class Database:
             raise DatabaseUnavailable(
                 describe_db_error(exc, self.engine, self.settings.busy_timeout)
             ) from None
+
+    def use_wal(self) -> None:
+        """Switch a SQLite database usersctl owns to WAL (persistent; done once). Never done
+        before the schema check, so a database usersctl refuses is left exactly as it was."""
+        if not self.is_sqlite or self.sqlite_path is None:
+            return
+        with self.translate_errors(), self.engine.connect() as connection:
+            autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
+            if autocommit.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal":
+                return
+            try:
+                autocommit.exec_driver_sql("PRAGMA journal_mode=WAL")
+            except OperationalError:
+                # Busy (the switch needs every other process out) or read-only: the
+                # rollback journal is just as safe, and a later command switches.
+                pass
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        return _sqlite_path(self.engine.url) if self.is_sqlite else None
+
+    def check_writable(self) -> None:
+        """Before a write to a SQLite file: fail (exit 7) without touching anything when the
+        file or its folder cannot be written or the disk is full. SQLite would find out
+        only after opening the file, leaving -wal/-shm files behind."""
+        path = self.sqlite_path
+        if path is None or not path.exists():
+            return
+        folder = path.parent
+        if not os.access(path, os.W_OK):
+            raise DatabaseUnavailable(f"database {path} is read-only (check its permissions)")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise DatabaseUnavailable(
+                f"database {path} cannot be written: its folder {folder} is read-only"
+            )
+        stats = os.statvfs(folder)
+        if stats.f_bavail * stats.f_frsize < _MIN_FREE_BYTES:
+            raise DatabaseUnavailable(f"cannot write database {path}: the disk is full")
 
     def _bind(self, *, write: bool) -> Engine:
         return self.engine if write else self.engine.execution_options(**{_READ_ONLY: True})

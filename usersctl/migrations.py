@@ -152,6 +152,7 @@ def _run(
     scrub: bool = False,
     any_state: bool = False,
 ) -> MigrationResult:
+    db.check_writable()
     with db.translate_errors():
         with db.engine.connect() as connection:
             with _locked_transaction(connection, db.settings.busy_timeout):
@@ -164,6 +165,8 @@ def _run(
                     raise UsageError(str(exc).splitlines()[0]) from None
         if scrub and _hashed_plaintext(result):
             _scrub(db)
+        if result.after is not None:
+            db.use_wal()
     return result
 
 

@@ -99,7 +99,7 @@ def import_(
     with _open_input(source) as stream:
         parsed = bulk.validate(bulk.read_records(stream, chosen))
     bulk.check(parsed)
-    database = get_state(ctx).ready_database()
+    database = get_state(ctx).ready_database(write=not dry_run)
 
     if dry_run:
         with database.session(write=False) as session:

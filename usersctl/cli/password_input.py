@@ -46,6 +46,10 @@ def read_stdin_line() -> str:
         raise InvalidData("the password on standard input is not valid UTF-8") from None
     if line == "":
         raise InvalidData("no password on standard input (expected one line)")
+    try:  # under the C/POSIX locale (cron's) Python decodes stdin with surrogateescape
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidData("the password on standard input is not valid UTF-8") from None
     line = line.removesuffix("\n").removesuffix("\r")
     if len(line) > MAX_LINE:
         raise InvalidData(f"password too long: at most {MAX_LINE} characters are allowed")

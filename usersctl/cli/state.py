@@ -36,9 +36,12 @@ class AppState:
             self._database = Database(self.settings)
         return self._database
 
-    def ready_database(self) -> Database:
-        """The database at head: an empty one is migrated now, any other mismatch is exit 8."""
+    def ready_database(self, *, write: bool = False) -> Database:
+        """The database at head: an empty one is migrated now, any other mismatch is exit 8.
+        With `write`, an unwritable SQLite file fails first, before anything is opened."""
         database = self.database()
+        if write:
+            database.check_writable()
         if not self._checked:
             from usersctl.revision import State, read_status, require_current
 
@@ -57,6 +60,7 @@ class AppState:
                         f"(schema revision {result.after}).",
                         err=True,
                     )
+            database.use_wal()
             self._checked = True
         return database
 

@@ -90,7 +90,7 @@ def create(
     )
     password = new_password(password_stdin=password_stdin, random_password=random_password)
     password_hash = hash_password(password.value)
-    database = get_state(ctx).ready_database()
+    database = get_state(ctx).ready_database(write=True)
     with database.session(write=True) as session:
         user, created = crud.create_user(
             session=session,
@@ -198,7 +198,7 @@ def update(
     if not given:
         raise UsageError("nothing to change: give --name, --email and/or --role")
     user_in = parse(UserUpdate, given)
-    database = get_state(ctx).ready_database()
+    database = get_state(ctx).ready_database(write=True)
     with database.session(write=True) as session:
         target = crud.get_user(session=session, ref=user, lock=True)
         shown = user_record(crud.update_user(session=session, user=target, user_in=user_in))
@@ -223,7 +223,7 @@ def passwd(
 
     password = new_password(password_stdin=password_stdin, random_password=random_password)
     password_hash = hash_password(password.value)
-    database = get_state(ctx).ready_database()
+    database = get_state(ctx).ready_database(write=True)
     with database.session(write=True) as session:
         target = crud.get_user(session=session, ref=user, lock=True)
         crud.set_password_hash(session=session, user=target, password_hash=password_hash)
@@ -260,7 +260,7 @@ def verify_password(
 def _set_active(ctx: typer.Context, users: list[str], active: bool, output: OutputFormat) -> None:
     from usersctl import crud
 
-    database = get_state(ctx).ready_database()
+    database = get_state(ctx).ready_database(write=True)
     with database.session(write=True) as session:
         targets = crud.get_users(session=session, refs=users, lock=True)
         shown = [
@@ -332,7 +332,7 @@ def delete(
         if not stdin_is_terminal():
             raise UsageError("refusing to delete without --yes when stdin is not a terminal")
         _confirm_delete(ctx, users, missing_ok)
-    database = get_state(ctx).ready_database()
+    database = get_state(ctx).ready_database(write=True)
     with database.session(write=True) as session:
         targets = crud.get_users(session=session, refs=users, missing_ok=missing_ok, lock=True)
         shown = [user_record(u) for u in targets]
