@@ -137,6 +137,11 @@ def create_user(
     return user, True
 
 
+def iter_users(*, session: Session, batch: int = 1000, **filters: Any) -> Iterator[User]:
+    """The users `user_query(**filters)` selects, streamed in batches (memory stays flat)."""
+    yield from session.scalars(user_query(**filters).execution_options(yield_per=batch))
+
+
 def user_query(
     *,
     role: str | None = None,

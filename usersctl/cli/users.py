@@ -146,16 +146,15 @@ def list_(
         Renderer(output).line(str(total))
         return
     with database.session(write=False) as session:
-        users = session.scalars(
-            crud.user_query(
-                role=role,
-                active=active,
-                search=search,
-                sort=field,
-                descending=descending,
-                limit=limit,
-                offset=offset,
-            ).execution_options(yield_per=1000)  # jsonl/csv/plain stream; memory stays flat
+        users = crud.iter_users(
+            session=session,
+            role=role,
+            active=active,
+            search=search,
+            sort=field,
+            descending=descending,
+            limit=limit,
+            offset=offset,
         )
         shown = Renderer(output).many(records(users))
     if shown == 0 and output is OutputFormat.table:
