@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from usersctl.cli.options import Output
+from usersctl.cli.options import Output, Yes
 from usersctl.cli.progress import progress_bar
 from usersctl.cli.render import OutputFormat, Renderer
 from usersctl.cli.state import get_state, stdin_is_terminal
 from usersctl.errors import SchemaMismatch, UsageError
+
+if TYPE_CHECKING:
+    from usersctl.migrations import MigrationResult
 
 db_app = typer.Typer(
     name="db",
@@ -28,6 +31,17 @@ def _describe_revision(revision: str | None) -> str:
     return revision or "base (no schema)"
 
 
+def _report(verb: str, where: str, result: MigrationResult) -> None:
+    if result.before == result.after:
+        message = f"Already at revision {_describe_revision(result.after)}; nothing to do."
+    else:
+        message = (
+            f"{verb} {where} from {_describe_revision(result.before)} "
+            f"to {_describe_revision(result.after)}."
+        )
+    typer.echo(message, err=True)
+
+
 def run_upgrade(ctx: typer.Context, revision: str) -> None:
     from usersctl import migrations
 
@@ -40,16 +54,7 @@ def run_upgrade(ctx: typer.Context, revision: str) -> None:
             "(plaintext passwords are now argon2id hashes; no plaintext copy is left).",
             err=True,
         )
-    if result.before == result.after:
-        typer.echo(
-            f"Already at revision {_describe_revision(result.after)}; nothing to do.", err=True
-        )
-    else:
-        typer.echo(
-            f"Upgraded {database.display_url} from {_describe_revision(result.before)} "
-            f"to {_describe_revision(result.after)}.",
-            err=True,
-        )
+    _report("Upgraded", database.display_url, result)
 
 
 @db_app.command("upgrade")
@@ -72,9 +77,7 @@ def upgrade(
 def downgrade(
     ctx: typer.Context,
     revision: Revision,
-    yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="Do not ask; required when stdin is not a terminal.")
-    ] = False,
+    yes: Yes = False,
 ) -> None:
     """Downgrade the schema to REV. Refuses where the data would be lost; 'base' drops the table.
 
@@ -90,17 +93,7 @@ def downgrade(
             raise UsageError("refusing to downgrade without --yes when stdin is not a terminal")
         if not typer.confirm(f"Downgrade {database.display_url} to {revision}?", default=False):
             raise typer.Abort()
-    result = migrations.downgrade(database, revision)
-    if result.before == result.after:
-        typer.echo(
-            f"Already at revision {_describe_revision(result.after)}; nothing to do.", err=True
-        )
-    else:
-        typer.echo(
-            f"Downgraded {database.display_url} from {_describe_revision(result.before)} "
-            f"to {_describe_revision(result.after)}.",
-            err=True,
-        )
+    _report("Downgraded", database.display_url, migrations.downgrade(database, revision))
 
 
 @db_app.command("current")

@@ -21,3 +21,6 @@ UserRef = Annotated[str, typer.Argument(metavar="USER", help="User id (42) or em
 UserRefs = Annotated[
     list[str], typer.Argument(metavar="USER...", help="User ids or emails.", show_default=False)
 ]
+Yes = Annotated[
+    bool, typer.Option("--yes", "-y", help="Do not ask; required when stdin is not a terminal.")
+]

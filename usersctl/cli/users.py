@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from usersctl.cli.options import Output, UserRef, UserRefs
+from usersctl.cli.options import Output, UserRef, UserRefs, Yes
 from usersctl.cli.password_input import (
     PasswordInput,
     PasswordStdin,
@@ -309,9 +309,7 @@ def _confirm_delete(ctx: typer.Context, users: list[str], missing_ok: bool) -> N
 def delete(
     ctx: typer.Context,
     users: UserRefs,
-    yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="Do not ask; required when stdin is not a terminal.")
-    ] = False,
+    yes: Yes = False,
     missing_ok: Annotated[
         bool, typer.Option("--missing-ok", help="Ignore users that do not exist (exit 0).")
     ] = False,
