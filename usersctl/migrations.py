@@ -26,7 +26,6 @@ from usersctl.database import Database
 from usersctl.errors import DatabaseUnavailable, SchemaMismatch, UsageError
 from usersctl.models import Base
 from usersctl.revision import (
-    HEAD,
     KNOWN_REVISIONS,
     State,
     Status,
@@ -257,6 +256,3 @@ def settled_status(db: Database) -> Status:
 def ensure_head(db: Database, progress: ProgressFactory | None = None) -> MigrationResult:
     """Bring an empty database to head (what every command does on first use)."""
     return upgrade(db, "head", progress)
-
-
-__all__ = ["HEAD", "MigrationResult", "Revision", "current", "downgrade", "history", "stamp"]

@@ -90,11 +90,6 @@ class UsersctlGroup(TyperGroup):
             _fail(exc.format_message(), exc.exit_code)
         except typer.Abort:
             _fail("aborted, nothing changed", 1)
-        except BrokenPipeError:
-            # The reader went away (`usersctl list | head`): not an error worth a message.
-            sys.stderr = open(os.devnull, "w")  # noqa: SIM115
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-            sys.exit(0)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             detail = f": {first}" if first else ""

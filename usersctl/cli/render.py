@@ -65,13 +65,6 @@ def _escape_unsafe(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
 
 
-def _project(record: Record, fields: list[str], wanted: Any) -> Record:
-    """The record restricted to `fields`, in that order (as is when it already is)."""
-    if record.keys() == wanted and list(record) == fields:
-        return record
-    return {k: record.get(k) for k in fields}
-
-
 def _text_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -84,7 +77,6 @@ class Renderer:
     def __init__(self, fmt: OutputFormat, out: IO[str] | None = None) -> None:
         self.fmt = fmt
         self.out = out if out is not None else sys.stdout
-        self._exact = False
 
     def one(self, record: Record, *, fields: Iterable[str] = FIELDS) -> None:
         """A single object: a json object, a one-row csv/jsonl/plain, a field/value table."""
@@ -103,7 +95,9 @@ class Renderer:
 
         `exact` promises every record has exactly `fields`, in order (export's hot path)."""
         fields = list(fields)
-        self._exact = exact
+        if not exact and self.fmt in (OutputFormat.json, OutputFormat.jsonl):
+            # JSON writes whole records: restrict each to `fields`, in that order.
+            records = ({k: record.get(k) for k in fields} for record in records)
         writer = {
             OutputFormat.json: self._json_array,
             OutputFormat.jsonl: self._jsonl,
@@ -115,11 +109,10 @@ class Renderer:
 
     def _json_array(self, records: Iterable[Record], fields: list[str]) -> int:
         count = 0
-        wanted = set(fields)
         self.out.write("[")
         for record in records:
             self.out.write(",\n  " if count else "\n  ")
-            self.out.write(to_json(_project(record, fields, wanted)))
+            self.out.write(to_json(record))
             count += 1
         self.out.write("\n]\n" if count else "]\n")
         return count
@@ -127,15 +120,9 @@ class Renderer:
     def _jsonl(self, records: Iterable[Record], fields: list[str]) -> int:
         """One object per line, written (and made terminal-safe) a batch of lines at a time:
         export of a million rows spends its time here."""
-        encode = _COMPACT.encode
-        if self._exact:
-            lines: Iterable[str] = map(encode, records)
-        else:
-            wanted = set(fields)
-            lines = (encode(_project(record, fields, wanted)) for record in records)
         count = 0
         batch: list[str] = []
-        for line in lines:
+        for line in map(_COMPACT.encode, records):
             batch.append(line)
             count += 1
             if len(batch) == _BATCH:
