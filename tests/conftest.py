@@ -241,6 +241,7 @@ class Seeder:
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         from usersctl import crud
+        from usersctl.audit import Trail
         from usersctl.schemas import UserCreate
 
         database = Database(load_settings(database_url=self.url))
@@ -251,6 +252,7 @@ class Seeder:
                     session=session,
                     user_in=UserCreate.model_validate(row),
                     password_hash=self.password_hash,
+                    trail=Trail(actor="test-seed"),
                 )
                 ids.append(user.id)
         database.dispose()

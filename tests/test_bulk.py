@@ -50,7 +50,13 @@ def verifies(cli: Cli, email: str, password: str) -> bool:
 
 def test_hr_csv_onboarding(cli: Cli, tmp_path: Path) -> None:
     source = write(tmp_path, "hr.csv", HR_CSV)
-    assert summary(cli, str(source)) == {"created": 2, "updated": 0, "skipped": 0, "dry_run": False}
+    assert summary(cli, str(source)) == {
+        "created": 2,
+        "updated": 0,
+        "unchanged": 0,
+        "skipped": 0,
+        "dry_run": False,
+    }
     users = {u["email"]: u for u in cli.json("list")}
     assert users["ada@example.com"]["role"] == "admin"
     assert users["grace@example.com"]["role"] == "user"  # empty cell: the default
@@ -184,12 +190,12 @@ def test_conflicts_error_skip_update(cli: Cli, seed: Seeder, tmp_path: Path) -> 
     assert snapshot(cli) == before
 
     assert summary(cli, str(source), "--on-conflict", "skip") == {
-        "created": 1, "updated": 0, "skipped": 1, "dry_run": False}  # fmt: skip
+        "created": 1, "updated": 0, "unchanged": 0, "skipped": 1, "dry_run": False}  # fmt: skip
     assert cli.json("get", "ada@example.com")["name"] == "Old Ada"
     assert verifies(cli, "ada@example.com", SEED_PASSWORD)
 
     assert summary(cli, str(source), "--on-conflict", "update") == {
-        "created": 0, "updated": 2, "skipped": 0, "dry_run": False}  # fmt: skip
+        "created": 0, "updated": 2, "unchanged": 0, "skipped": 0, "dry_run": False}  # fmt: skip
     ada = cli.json("get", "ada@example.com")
     assert (ada["name"], ada["role"]) == ("Ada Lovelace", "admin")
     assert verifies(cli, "ada@example.com", "correct-horse-1")
@@ -203,7 +209,13 @@ def test_dry_run_writes_nothing_and_exits_like_the_real_run(
     before = snapshot(cli)
     result = cli("import", str(source), "--dry-run", "--on-conflict", "update", "-o", "json")
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == {"created": 1, "updated": 1, "skipped": 0, "dry_run": True}
+    assert json.loads(result.stdout) == {
+        "created": 1,
+        "updated": 1,
+        "unchanged": 0,
+        "skipped": 0,
+        "dry_run": True,
+    }
     assert "nothing was written" in result.stderr
     assert cli("import", str(source), "--dry-run").exit_code == 4
     bad = write(tmp_path, "bad.csv", "name,email,password\n,x,short\n")
@@ -232,7 +244,7 @@ def test_export_then_restore_is_exact(
     assert dump.stat().st_mode & 0o777 == 0o600
     target = Cli(url=empty_db_url, runner=cli.runner)
     restored = summary(target, str(dump), "--restore")
-    assert restored == {"created": 3, "updated": 0, "skipped": 0, "dry_run": False}
+    assert restored == {"created": 3, "updated": 0, "unchanged": 0, "skipped": 0, "dry_run": False}
     assert snapshot(target) == snapshot(cli)
     # New users continue after the restored ids (PostgreSQL's sequence is moved on).
     assert target.create("New", "new@example.com")["id"] == 5
@@ -355,7 +367,7 @@ def test_import_progress_is_silent_off_a_terminal(cli: Cli, tmp_path: Path) -> N
     result = cli("import", str(write(tmp_path, "hr.csv", HR_CSV)), "-o", "plain")
     assert result.exit_code == 0
     assert result.stderr == ""
-    assert result.stdout == "2\t0\t0\tfalse\n"
+    assert result.stdout == "2\t0\t0\t0\tfalse\n"
     engine = create_engine(cli.url)
     with engine.connect() as connection:
         stored = connection.execute(text("SELECT password_hash FROM users")).scalars().all()

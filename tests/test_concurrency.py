@@ -39,6 +39,7 @@ from argon2 import PasswordHasher
 from sqlalchemy.engine import make_url
 
 from conftest import SEED_PASSWORD, Seeder
+from usersctl.revision import HEAD
 
 USERSCTL = Path(sys.executable).parent / "usersctl"
 
@@ -372,7 +373,7 @@ def test_processes_starting_on_a_missing_database_create_it_once(tmp_path: Path)
     initialised = [run for run in runs if "Initialised the database" in run.stderr]
     assert len(initialised) == 1, [run.stderr for run in runs]
     assert_integrity(path)
-    assert rows(path, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert rows(path, "SELECT version_num FROM alembic_version") == [(HEAD,)]
     assert rows(path, "PRAGMA journal_mode") == [("wal",)]
     assert sorted(users_by_email(path)) == sorted(f"first{i}@example.com" for i in range(count))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 
+from usersctl.revision import HEAD
+
 USERSCTL = Path(sys.executable).parent / "usersctl"
 MARKER = "Plaintext-Secret"  # every tutorial password contains it; none may survive hashing
 
@@ -149,7 +151,7 @@ def file_set_bytes(path: Path) -> bytes:
 
 
 def upgrade_state(path: Path, data: list[tuple[int, str, str, str]], sample: int = 4) -> str:
-    """'old' (the untouched tutorial table) or 'new' (revision 0002, every row hashed);
+    """'old' (the untouched tutorial table) or 'new' (at head, every row hashed);
     fails on anything in between."""
     assert query(path, "PRAGMA integrity_check") == [("ok",)]
     tables = {name for (name,) in query(path, "SELECT name FROM sqlite_master WHERE type='table'")}
@@ -165,7 +167,7 @@ def upgrade_state(path: Path, data: list[tuple[int, str, str, str]], sample: int
         assert indexes == [("ix_users_email",), ("ix_users_id",)], indexes
         assert query(path, "SELECT id, name, email, password FROM users ORDER BY id") == data
         return "old"
-    assert versions == [("0002",)], versions
+    assert versions == [(HEAD,)], versions
     assert "password" not in columns and "password_hash" in columns, columns
     stored = query(path, "SELECT id, name, email, password_hash FROM users ORDER BY id")
     assert [(i, n, e) for i, n, e, _ in stored] == [

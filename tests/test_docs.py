@@ -38,7 +38,8 @@ def test_every_command_has_help_and_is_in_the_readme(path: list[str]) -> None:
     lines = result.stdout.splitlines()
     summary = next(line.strip() for line in lines[1:] if line.strip())
     assert len(summary) > 10, f"usersctl {' '.join(path)} has no help text"
-    assert "Example:" in result.stdout, f"usersctl {' '.join(path)} help lacks an example"
+    name = " ".join(path)
+    assert re.search(r"Examples?:", result.stdout), f"usersctl {name} help lacks an example"
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert f"### `usersctl {' '.join(path)}`" in readme
 

@@ -436,7 +436,7 @@ def seed_rows(path: Path, count: int, password_hash: str) -> None:
 DISK_WRITES: list[list[str]] = [
     WRITES[0],
     ["delete", *map(str, range(1, 41)), "--yes"],
-    ["db", "downgrade", "0001", "--yes"],
+    ["db", "downgrade", "0001", "--yes", "--discard-audit-trail"],
 ]
 
 
@@ -466,7 +466,13 @@ def test_file_size_limit_fails_cleanly_and_changes_nothing(head_db: Path, seed_h
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     before = files(head_db)
-    result = wait(start(["db", "downgrade", "0001", "--yes"], url_of(head_db), preexec=limited))
+    result = wait(
+        start(
+            ["db", "downgrade", "0001", "--yes", "--discard-audit-trail"],
+            url_of(head_db),
+            preexec=limited,
+        )
+    )
     assert_one_line_error(result, 7, "cannot write database", str(head_db))
     assert_untouched(head_db, before)
 
@@ -503,7 +509,12 @@ SCHEMA_CASES = {
     # (`db stamp` is the documented escape hatch that works in any state: not a refusal)
     "newer": (
         _newer,
-        [["list"], WRITES[0], ["db", "upgrade"], ["db", "downgrade", "0001", "--yes"]],
+        [
+            ["list"],
+            WRITES[0],
+            ["db", "upgrade"],
+            ["db", "downgrade", "0001", "--yes", "--discard-audit-trail"],
+        ],
     ),
     # Made by other programs, in SQLite's default rollback-journal mode:
     "foreign": (_foreign, [["list"], WRITES[0], ["db", "upgrade"]]),
@@ -658,7 +669,7 @@ def test_database_url_password_is_masked_everywhere(
         ["db", "upgrade"],
         ["db", "current"],
         ["create", "--name", "Ada", "--email", "ada@example.com", "--random-password"],
-        ["db", "downgrade", "base", "--yes"],
+        ["db", "downgrade", "base", "--yes", "--discard-audit-trail"],
         ["--debug", "list"],  # initialises the empty database again, and says where
         ["--debug", "db", "downgrade", "nope", "--yes"],
     ]

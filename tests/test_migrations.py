@@ -116,7 +116,7 @@ def test_base_head_base_head_with_rows(fresh: Cli) -> None:
     assert all(str(h).startswith("$argon2id$") for (h,) in hashes)
     fresh.ok("verify-password", "ada@example.com", "--password-stdin", input=PLAINTEXT + "\n")
 
-    fresh.ok("db", "downgrade", "0001", "--yes")
+    fresh.ok("db", "downgrade", "0001", "--yes", "--discard-audit-trail")
     assert "password_hash" not in {c["name"] for c in _columns(fresh.url)}
     # The downgrade keeps each user and their *hash*; it never writes plaintext back.
     assert stored(fresh.url, "SELECT password FROM users ORDER BY id") == hashes
@@ -125,7 +125,7 @@ def test_base_head_base_head_with_rows(fresh: Cli) -> None:
     assert stored(fresh.url, "SELECT password_hash FROM users ORDER BY id") == hashes
     fresh.ok("verify-password", "ada@example.com", "--password-stdin", input=PLAINTEXT + "\n")
 
-    fresh.ok("db", "downgrade", "base", "--yes")
+    fresh.ok("db", "downgrade", "base", "--yes", "--discard-audit-trail")
     assert tables(fresh.url) <= {"alembic_version"}
     fresh.ok("db", "upgrade", "head")
     assert fresh.json("list") == []
@@ -176,9 +176,16 @@ def test_upgrade_refuses_to_merge_accounts_and_changes_nothing(fresh: Cli) -> No
 
 def test_downgrade_refuses_to_lose_roles_or_locks(cli: Cli, seed: object) -> None:
     cli.create("Root", "root@example.com", "--role", "admin")
-    assert_error(cli("db", "downgrade", "0001", "--yes"), 5, "cannot downgrade", "nothing changed")
+    assert_error(
+        cli("db", "downgrade", "0001", "--yes", "--discard-audit-trail"),
+        5,
+        "cannot downgrade",
+        "nothing changed",
+    )
     assert cli.ok("db", "current", "-o", "plain").stdout.startswith(f"{HEAD}\t")
     assert cli.json("get", "root@example.com")["role"] == "admin"
+    # 0003's step (dropping the audit trail) ran first and was undone with the refusal.
+    assert [e["action"] for e in cli.json("audit")] == ["create", "db-upgrade"]
 
 
 def test_downgrade_needs_yes_without_a_terminal(cli: Cli) -> None:
@@ -208,7 +215,7 @@ def test_stamp_and_current_and_history(cli: Cli) -> None:
     assert history[1]["down_revision"] == "0001"
     result = cli("db", "stamp", "0001")
     assert result.exit_code == 0
-    assert "Stamped revision 0001 (was 0002)" in result.stderr
+    assert f"Stamped revision 0001 (was {HEAD})" in result.stderr
     current = cli.json("db", "current")
     assert current == {"revision": "0001", "head": HEAD, "state": "behind"}
     assert_error(cli("get", "1"), 8, "usersctl db upgrade")

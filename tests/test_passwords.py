@@ -372,3 +372,32 @@ def test_any_password_set_with_passwd_then_verifies(cli: Cli, ada: int) -> None:
         assert verify(cli, "ada@example.com", password) == 0
 
     round_trip()
+
+
+# --- the import's hash check ---------------------------------------------------------
+
+_PHC_PIECES = st.sampled_from(
+    ["$", "argon2id", "argon2i", "argon2d", "argon2x", "v=19", "v=", "m=65536", ",", "t=3",
+     "p=4", "m=+1", "=", "c29tZXNhbHQ", "aGFzaA", "/+", " ", "\n", "é", "1_0", ""]
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_PHC_PIECES, max_size=16).map("".join))
+def test_accepted_argon2_hashes_are_ones_argon2_can_parse(value: str) -> None:
+    if passwords.is_valid_hash(value) and passwords.is_argon2_hash(value):
+        argon2.extract_parameters(value)  # raises InvalidHashError if we were too lenient
+
+
+@pytest.mark.parametrize("kind", [argon2.Type.ID, argon2.Type.I, argon2.Type.D])
+@pytest.mark.parametrize(("t", "m", "p"), [(1, 8, 1), (3, 65536, 4), (10, 2**20, 16)])
+def test_hashes_argon2_writes_are_accepted(kind: argon2.Type, t: int, m: int, p: int) -> None:
+    hasher = argon2.PasswordHasher(time_cost=t, memory_cost=m, parallelism=p, type=kind)
+    value = (
+        hasher.hash("correct horse battery")
+        if m <= 65536
+        else (f"$argon2id$v=19$m={m},t={t},p={p}$c29tZXNhbHQ$aGFzaGhhc2hoYXNo")
+    )
+    assert passwords.is_valid_hash(value)
+    assert not passwords.is_valid_hash(value + "$")
+    assert not passwords.is_valid_hash(value.replace("$v=19", ""))

@@ -17,7 +17,8 @@ from usersctl.errors import UsageError
 
 ENV_PREFIX = "USERSCTL_"
 DEFAULT_BUSY_TIMEOUT = 10.0
-_CONFIG_KEYS = {"database_url", "busy_timeout"}
+_CONFIG_KEYS = {"database_url", "busy_timeout", "actor"}
+ACTOR_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Settings:
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT
     debug: bool = False
     url_is_default: bool = False
+    actor: str = "unknown"  # who the audit trail names for changes made by this process
 
 
 def config_path() -> Path:
@@ -78,8 +80,43 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def load_settings(*, database_url: str | None = None, debug: bool = False) -> Settings:
-    """Resolve settings. `database_url` is the command-line flag (None when not given)."""
+def os_user() -> str:
+    """The operating-system user running usersctl (the audit trail's default actor)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid with no passwd entry (containers) and no $USER
+        return f"uid:{os.getuid()}"
+
+
+def _as_actor(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise UsageError(f"{where}: actor must be a string")
+    actor = value.strip()
+    if not actor or len(actor) > ACTOR_LENGTH or not actor.isprintable():
+        raise UsageError(
+            f"{where}: actor must be 1-{ACTOR_LENGTH} printable characters (e.g. alice or "
+            "cron:hr-sync)"
+        )
+    return actor
+
+
+def _resolve_actor(flag: str | None, env: Any, file_values: dict[str, Any], path: Path) -> str:
+    if flag is not None:
+        return _as_actor(flag, "--actor")
+    if env.get("USERSCTL_ACTOR"):
+        return _as_actor(env["USERSCTL_ACTOR"], "USERSCTL_ACTOR")
+    if "actor" in file_values:
+        return _as_actor(file_values["actor"], f"config file {path}")
+    return os_user()
+
+
+def load_settings(
+    *, database_url: str | None = None, debug: bool = False, actor: str | None = None
+) -> Settings:
+    """Resolve settings. `database_url` and `actor` are the command-line flags (None when
+    not given)."""
     env = os.environ
     path = config_path()
     file_values = _read_config_file(path, required="USERSCTL_CONFIG" in env)
@@ -103,4 +140,5 @@ def load_settings(*, database_url: str | None = None, debug: bool = False) -> Se
         busy_timeout=timeout,
         debug=debug or _truthy(env.get("USERSCTL_DEBUG")),
         url_is_default=url_is_default,
+        actor=_resolve_actor(actor, env, file_values, path),
     )

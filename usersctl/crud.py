@@ -3,11 +3,16 @@
 Functions are keyword-only with the session first. They raise usersctl.errors on every
 failure; the caller's session block rolls the whole transaction back, so a command that
 fails part-way (one of several USER arguments missing, say) changes nothing.
+
+Every change is recorded in the audit trail (`trail`) in the same transaction. In a dry run
+(`trail.dry_run`) the changes run as usual but the caller rolls them back; only a create,
+whose rolled-back insert would still use up an id on PostgreSQL and MariaDB, stops at its
+checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -16,7 +21,6 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
-    bindparam,
     false,
     func,
     insert,
@@ -27,8 +31,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import BindParameter
 
+from usersctl.audit import (
+    PASSWORD_CHANGED,
+    PASSWORD_REHASHED,
+    PASSWORD_SET,
+    Trail,
+    diff,
+    encode_string,
+    snapshot,
+)
+from usersctl.database import driver_value, insert_many
 from usersctl.errors import Conflict, NotFound, UsageError, VerificationFailed
 from usersctl.models import User, UTCDateTime, users_table, utcnow
 from usersctl.timestamps import iso_from_sqlite_text, iso_utc
@@ -56,10 +69,10 @@ def _lookup_clause(ref: str) -> ColumnElement[bool]:
     if ref.isdecimal() and ref.isascii():
         number = int(ref)
         return User.id == number if number <= MAX_ID else false()  # no such id can exist
-    return User.email == _stored_form(ref)
+    return User.email == stored_form(ref)
 
 
-def _stored_form(email: str) -> str:
+def stored_form(email: str) -> str:
     """An email as it is stored (normalized, lowercased), so a user is found by any form of
     the address they were created with; text that is no email is matched as given."""
     from usersctl.schemas import normalize_email
@@ -113,17 +126,30 @@ def _flush_unique(session: Session, email: str) -> None:
         raise Conflict(f"email already taken: {email}") from None
 
 
+def _created(user: User) -> dict[str, Any]:
+    return {**diff({}, snapshot(user)), "password": PASSWORD_SET}
+
+
 def create_user(
-    *, session: Session, user_in: UserCreate, password_hash: str, if_not_exists: bool = False
+    *,
+    session: Session,
+    user_in: UserCreate,
+    password_hash: str,
+    trail: Trail,
+    if_not_exists: bool = False,
 ) -> tuple[User, bool]:
     """Create a user. Returns (user, created); with if_not_exists an existing user is
-    returned untouched instead of raising Conflict."""
+    returned untouched instead of raising Conflict. In a dry run the user is not added
+    (and has no id)."""
     existing = find_user(session, user_in.email)
     if existing is not None:
         if if_not_exists:
             return existing, False
         raise Conflict(f"email already taken: {user_in.email} (user {existing.id})")
     user = User(**user_in.model_dump(), password_hash=password_hash)
+    if trail.dry_run:
+        trail.record(session, "create", email=user.email, changes=_created(user))
+        return user, True
     try:
         with session.begin_nested():  # a savepoint: losing a race must not end the transaction
             session.add(user)
@@ -134,6 +160,7 @@ def create_user(
         if if_not_exists and winner is not None:
             return winner, False
         raise Conflict(f"email already taken: {user_in.email}") from None
+    trail.record(session, "create", user_id=user.id, email=user.email, changes=_created(user))
     return user, True
 
 
@@ -178,7 +205,10 @@ def user_query(
     return query
 
 
-def update_user(*, session: Session, user: User, user_in: UserUpdate) -> User:
+def update_user(*, session: Session, user: User, user_in: UserUpdate, trail: Trail) -> User:
+    """Change the given fields. Nothing that is already so counts as a change: no audit
+    entry, no new updated_at."""
+    before = snapshot(user)
     changes = user_in.model_dump(exclude_unset=True, exclude_none=True)
     new_email = changes.get("email")
     if new_email is not None and new_email != user.email:
@@ -186,33 +216,55 @@ def update_user(*, session: Session, user: User, user_in: UserUpdate) -> User:
         if other is not None:
             raise Conflict(f"email already taken: {new_email} (user {other.id})")
     for name, value in changes.items():
-        setattr(user, name, value)
+        if getattr(user, name) != value:
+            setattr(user, name, value)
     _flush_unique(session, new_email or user.email)
+    changed = diff(before, snapshot(user))
+    if changed:
+        trail.record(session, "update", user_id=user.id, email=user.email, changes=changed)
     return user
 
 
-def set_password_hash(*, session: Session, user: User, password_hash: str) -> User:
-    user.password_hash = password_hash
-    session.flush()
+def set_password_hash(*, session: Session, user: User, password_hash: str, trail: Trail) -> User:
+    """Store a new hash (in a dry run, only record that it would change)."""
+    if not trail.dry_run:
+        user.password_hash = password_hash
+        session.flush()
+    trail.record(
+        session, "passwd", user_id=user.id, email=user.email, changes={"password": PASSWORD_CHANGED}
+    )
     return user
 
 
-def set_active(*, session: Session, users: Sequence[User], active: bool) -> list[User]:
-    for user in users:
+def set_active(
+    *, session: Session, users: Sequence[User], active: bool, trail: Trail
+) -> list[User]:
+    """Enable or disable; a user already in that state is left alone (and not recorded)."""
+    changed = [user for user in users if user.is_active != active]
+    for user in changed:
         user.is_active = active
     session.flush()
+    trail.record_many(
+        session,
+        "enable" if active else "disable",
+        [(u.id, u.email, {"active": {"before": not active, "after": active}}) for u in changed],
+    )
     return list(users)
 
 
-def delete_users(*, session: Session, users: Sequence[User]) -> None:
+def delete_users(*, session: Session, users: Sequence[User], trail: Trail) -> None:
+    """Delete; each user's last values stay in the audit trail."""
+    gone = [(u.id, u.email, diff(snapshot(u), dict.fromkeys(snapshot(u)))) for u in users]
     for user in users:
         session.delete(user)
     session.flush()
+    trail.record_many(session, "delete", gone)
 
 
 @dataclass(frozen=True)
 class Verification:
     user_id: int
+    email: str
     stored_hash: str
     new_hash: str | None  # set when the stored hash should be upgraded
 
@@ -232,10 +284,12 @@ def verify_password(*, session: Session, ref: str, password: str) -> Verificatio
     matches, new_hash = passwords.verify(user.password_hash, password)
     if not matches or not user.is_active:
         raise VerificationFailed("password verification failed")
-    return Verification(user_id=user.id, stored_hash=user.password_hash, new_hash=new_hash)
+    return Verification(
+        user_id=user.id, email=user.email, stored_hash=user.password_hash, new_hash=new_hash
+    )
 
 
-def upgrade_hash(*, session: Session, verification: Verification) -> bool:
+def upgrade_hash(*, session: Session, verification: Verification, trail: Trail) -> bool:
     """Store the upgraded hash after a successful verification, unless the password changed
     meanwhile (compare-and-set). Not an edit by anyone: updated_at stays as it was."""
     if verification.new_hash is None:
@@ -246,7 +300,16 @@ def upgrade_hash(*, session: Session, verification: Verification) -> bool:
         .values(password_hash=verification.new_hash, updated_at=User.updated_at)
         .execution_options(synchronize_session=False)
     )
-    return bool(getattr(result, "rowcount", 0))
+    if not getattr(result, "rowcount", 0):
+        return False
+    trail.record(
+        session,
+        "rehash",
+        user_id=verification.user_id,
+        email=verification.email,
+        changes={"password": PASSWORD_REHASHED},
+    )
+    return True
 
 
 def count_users(
@@ -294,42 +357,75 @@ def export_rows(
 
 @dataclass
 class ImportPlan:
-    """What an import does: (line, row) to create, to update (with the user id), to skip."""
+    """What an import does: (line, row) to create; (line, row, user id, changes) to update;
+    (line, row, user id) to skip, or left as they are because nothing would change."""
 
     create: list[tuple[int, UserImport]] = field(default_factory=list)
-    update: list[tuple[int, UserImport, int]] = field(default_factory=list)
+    update: list[tuple[int, UserImport, int, dict[str, Any]]] = field(default_factory=list)
+    unchanged: list[tuple[int, UserImport, int]] = field(default_factory=list)
     skip: list[tuple[int, UserImport, int]] = field(default_factory=list)
 
 
-def _existing_ids(session: Session, emails: Sequence[str], chunk: int = 500) -> dict[str, int]:
-    found: dict[str, int] = {}
+@dataclass(frozen=True)
+class _Existing:
+    id: int
+    name: str
+    role: str
+    active: bool
+    password_hash: str
+
+
+def _existing_users(
+    session: Session, emails: Sequence[str], chunk: int = 500
+) -> dict[str, _Existing]:
+    found: dict[str, _Existing] = {}
+    columns = (User.email, User.id, User.name, User.role, User.is_active, User.password_hash)
     for start in range(0, len(emails), chunk):
-        part = emails[start : start + chunk]
-        query = select(User.email, User.id).where(User.email.in_(part))
-        # (a Result has .keys(), so dict.update would take it for a mapping)
-        found.update((email, user_id) for email, user_id in session.execute(query))
+        query = select(*columns).where(User.email.in_(emails[start : start + chunk]))
+        for email, user_id, name, role, active, password_hash in session.execute(query):
+            found[email] = _Existing(user_id, name, role, bool(active), password_hash)
     return found
+
+
+def _import_changes(row: UserImport, existing: _Existing) -> dict[str, Any]:
+    """What updating `existing` from `row` changes. Only what the row gives counts: a file
+    without a role or active column must not demote an admin or unlock an account. A
+    plaintext password always counts as changed (its new hash differs)."""
+    before = {"name": existing.name, "role": existing.role, "active": existing.active}
+    after: dict[str, Any] = {"name": row.name}
+    for name in ("role", "active"):
+        if name in row.model_fields_set:
+            after[name] = getattr(row, name)
+    changes = diff(before, after)
+    if row.password is not None or row.password_hash != existing.password_hash:
+        changes["password"] = PASSWORD_CHANGED
+    return changes
 
 
 def plan_import(
     *, session: Session, rows: Sequence[tuple[int, UserImport]], on_conflict: str, restore: bool
 ) -> ImportPlan:
-    """Sort rows into create / update / skip against the database; raise on conflicts."""
+    """Sort rows into create / update / unchanged / skip against the database; raise on
+    conflicts."""
     if restore and session.scalar(select(func.count()).select_from(User)):
         raise Conflict("--restore needs an empty users table (it keeps ids and timestamps)")
-    existing = _existing_ids(session, [row.email for _, row in rows])
+    existing = _existing_users(session, [row.email for _, row in rows])
     plan = ImportPlan()
     conflicts: list[str] = []
     for line, row in rows:
-        user_id = existing.get(row.email)
-        if user_id is None:
+        found = existing.get(row.email)
+        if found is None:
             plan.create.append((line, row))
         elif on_conflict == "skip":
-            plan.skip.append((line, row, user_id))
+            plan.skip.append((line, row, found.id))
         elif on_conflict == "update":
-            plan.update.append((line, row, user_id))
+            changes = _import_changes(row, found)
+            if changes:
+                plan.update.append((line, row, found.id, changes))
+            else:
+                plan.unchanged.append((line, row, found.id))
         else:
-            conflicts.append(f"line {line}: email already taken: {row.email} (user {user_id})")
+            conflicts.append(f"line {line}: email already taken: {row.email} (user {found.id})")
     if conflicts:
         shown = tuple(conflicts[:50])
         more = (f"... and {len(conflicts) - 50} more",) if len(conflicts) > 50 else ()
@@ -341,40 +437,17 @@ def plan_import(
     return plan
 
 
-def _import_stamp(session: Session) -> BindParameter[Any]:
-    """The bind for an import's one timestamp. SQLite's DATETIME turns each row's value
-    into text in Python; there the value is converted once (_import_stamp_value) and bound
-    as plain text, which saves a third of a 100,000-row import."""
-    if session.get_bind().dialect.name == "sqlite":
-        return type_coerce(bindparam("b_import_time"), String())  # type: ignore[return-value]
-    return bindparam("b_import_time", type_=UTCDateTime())
-
-
-def _import_stamp_value(session: Session, now: datetime) -> Any:
-    dialect = session.get_bind().dialect
-    if dialect.name != "sqlite":
-        return now
-    process = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
-    return process(now) if process else now
-
-
-_DEFAULTED = {"role": "role", "is_active": "active"}  # column: the import field behind it
-
-
-def _given(values: dict[str, Any], row: UserImport) -> dict[str, Any]:
-    """`values` without the columns whose import field the row did not set itself."""
-    skip = {column for column, name in _DEFAULTED.items() if name not in row.model_fields_set}
-    return {column: value for column, value in values.items() if column not in skip}
+_COLUMNS = {"name": "name", "role": "role", "active": "is_active"}  # audited field: column
 
 
 def apply_import(
-    *, session: Session, plan: ImportPlan, hashes: Mapping[str, str], restore: bool
+    *, session: Session, plan: ImportPlan, hashes: Mapping[str, str], restore: bool, trail: Trail
 ) -> None:
-    """Write a plan in the caller's transaction. `hashes` maps each row's email (unique in
-    a validated import) to its password hash."""
+    """Write a plan in the caller's transaction, with one audit entry per created or updated
+    user. `hashes` maps each row's email (unique in a validated import) to its hash."""
     now = utcnow()
 
-    def values(line: int, row: UserImport) -> dict[str, Any]:
+    def values(row: UserImport) -> dict[str, Any]:
         return {
             "name": row.name,
             "email": row.email,
@@ -384,46 +457,99 @@ def apply_import(
         }
 
     if plan.create:
-        table = users_table
-        if restore:
-            rows = [
-                {
-                    **values(line, row),
-                    "created_at": row.created_at or now,
-                    "updated_at": row.updated_at or now,
-                    **({"id": row.id} if row.id is not None else {}),
-                }
-                for line, row in plan.create
-            ]
-            # executemany needs one key set per statement: rows with an id, rows without.
-            for group in (
-                [r for r in rows if "id" in r],
-                [r for r in rows if "id" not in r],
-            ):
-                if group:
-                    session.execute(insert(table), group)
-        else:
-            # Core executemany: the ORM's per-object bookkeeping would double the cost.
-            statement = insert(table).values(
-                created_at=_import_stamp(session), updated_at=_import_stamp(session)
-            )
-            stamp = _import_stamp_value(session, now)
-            session.execute(
-                statement,
-                [{**values(line, row), "b_import_time": stamp} for line, row in plan.create],
-            )
+        ids = _insert_rows(session, plan, values, hashes, restore, now)
+        # The changes of a created user, encoded by template: json.dumps of a nested dict
+        # per row would be the largest cost an import's audit trail adds.
+        text = encode_string
+        trail.record_many(
+            session,
+            "import",
+            (
+                (ids[row.email], row.email,
+                 f'{{"name":{{"before":null,"after":{text(row.name)}}},'
+                 f'"email":{{"before":null,"after":{text(row.email)}}},'
+                 f'"role":{{"before":null,"after":{text(row.role)}}},'
+                 f'"active":{{"before":null,"after":{"true" if row.active else "false"}}},'
+                 f'"password":"{PASSWORD_SET}"}}')
+                for _, row in plan.create
+            ),
+        )  # fmt: skip
     if plan.update:
-        # Only what the row gives: a file without a role or active column must not demote
-        # an admin or unlock a disabled account.
-        session.execute(
-            update(User),
-            [
-                {"id": user_id, **_given(values(line, row), row), "updated_at": now}
-                for line, row, user_id in plan.update
-            ],
+        rows = []
+        for _, row, user_id, changes in plan.update:
+            update_values = {
+                _COLUMNS[name]: change["after"]
+                for name, change in changes.items()
+                if name in _COLUMNS
+            }
+            if "password" in changes:
+                update_values["password_hash"] = hashes[row.email]
+            rows.append({"id": user_id, **update_values, "updated_at": now})
+        # executemany needs one key set per statement: group rows by the columns they set.
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for values_row in rows:
+            groups.setdefault(tuple(values_row), []).append(values_row)
+        for group in groups.values():
+            session.execute(update(User), group)
+        trail.record_many(
+            session,
+            "import",
+            ((user_id, row.email, changes) for _, row, user_id, changes in plan.update),
         )
     if restore and session.get_bind().dialect.name == "postgresql":
         # Ids were given explicitly: move the sequence past them.
         sequence = func.pg_get_serial_sequence(User.__tablename__, "id")
         session.execute(select(func.setval(sequence, select(func.max(User.id)).scalar_subquery())))
     session.flush()
+
+
+def _insert_rows(
+    session: Session,
+    plan: ImportPlan,
+    values: Callable[[UserImport], dict[str, Any]],
+    hashes: Mapping[str, str],
+    restore: bool,
+    now: datetime,
+) -> dict[str, int]:
+    """Insert plan.create in one executemany (the ORM's per-object bookkeeping would
+    double the cost); returns each new user's id by email."""
+    ids: dict[str, int] = {}
+    if restore:
+        rows = [
+            {
+                **values(row),
+                "created_at": row.created_at or now,
+                "updated_at": row.updated_at or now,
+                **({"id": row.id} if row.id is not None else {}),
+            }
+            for _, row in plan.create
+        ]
+        # executemany needs one key set per statement: rows with an id, rows without.
+        for group in ([r for r in rows if "id" in r], [r for r in rows if "id" not in r]):
+            if group:
+                statement = insert(users_table).returning(users_table.c.email, users_table.c.id)
+                ids.update((email, uid) for email, uid in session.execute(statement, group))
+        return ids
+    connection = session.connection()
+    last_id = session.scalar(select(func.max(User.id))) or 0
+    stamp = driver_value(connection.dialect, UTCDateTime(), now)
+    new_rows = [
+        (row.name, row.email, hashes[row.email], row.role, row.active, stamp, stamp)
+        for _, row in plan.create
+    ]
+    insert_many(connection, users_table, _INSERT_COLUMNS, new_rows)
+    # The new ids, by email: every new id is past the old maximum. (Another writer's rows
+    # there are not in `emails`; anything else missed is looked up by email.)
+    emails = {row.email for _, row in plan.create}
+    table = users_table
+    query = select(table.c.email, table.c.id).where(table.c.id > last_id)
+    ids.update((email, uid) for email, uid in connection.execute(query) if email in emails)
+    missing = [email for email in emails if email not in ids]
+    if missing:
+        ids.update((email, found.id) for email, found in _existing_users(session, missing).items())
+    return ids
+
+
+_INSERT_COLUMNS = (  # in table order (see database.insert_many)
+    "name", "email", "password_hash", "role", "is_active", "created_at", "updated_at",
+)  # fmt: skip

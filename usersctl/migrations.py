@@ -2,12 +2,20 @@
 
 Each operation runs in one transaction on the connection usersctl opened (on SQLite a
 BEGIN IMMEDIATE one), so a crash leaves the database at the old revision or the new one,
-and two processes upgrading at once queue instead of colliding. The scripts ship inside the
-package (usersctl/_alembic in a wheel; the top-level alembic/ in a source checkout).
+and two processes upgrading at once queue instead of colliding. The same transaction writes
+the operation's audit entry once the audit_log table exists (revision 0003 on).
+
+A dry run runs the real migrations with every statement captured, then rolls back (SQLite
+and PostgreSQL undo DDL). MariaDB commits DDL as it goes, so there the SQL is rendered by
+Alembic's offline mode instead, after the same checks against the live database.
+
+The scripts ship inside the package (usersctl/_alembic in a wheel; the top-level alembic/
+in a source checkout).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,12 +28,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, event, func, inspect, select
 
 from usersctl.database import Database
 from usersctl.errors import DatabaseUnavailable, SchemaMismatch, UsageError
 from usersctl.models import Base
 from usersctl.revision import (
+    AUDIT_REVISION,
     KNOWN_REVISIONS,
     State,
     Status,
@@ -45,12 +54,15 @@ def script_location() -> Path:
 
 
 def make_config(
-    connection: Connection | None = None, progress: ProgressFactory | None = None
+    connection: Connection | None = None,
+    progress: ProgressFactory | None = None,
+    **attributes: Any,
 ) -> Config:
-    config = Config()
+    config = Config(output_buffer=io.StringIO())
     config.set_main_option("script_location", str(script_location()))
     config.attributes["connection"] = connection
     config.attributes["progress"] = progress
+    config.attributes.update(attributes)
     return config
 
 
@@ -97,6 +109,7 @@ class MigrationResult:
     before: str | None
     after: str | None
     adopted: bool = False
+    sql: str = ""  # what ran (a dry run: would run), as an SQL script with comments
 
     @property
     def changed(self) -> bool:
@@ -144,24 +157,53 @@ def _locked_transaction(connection: Connection, timeout: float) -> Iterator[None
         yield
 
 
+Operation = Callable[[Config, Status], MigrationResult]
+
+
+class _DryRun(Exception):
+    """Raised inside the migration transaction to roll a dry run back."""
+
+    def __init__(self, result: MigrationResult) -> None:
+        self.result = result
+
+
 def _run(
     db: Database,
-    operation: Callable[[Config, Status], MigrationResult],
+    operation: Operation,
+    action: str,
     progress: ProgressFactory | None = None,
     scrub: bool = False,
     any_state: bool = False,
+    dry_run: bool = False,
+    preflight: bool = True,
+    **attributes: Any,
 ) -> MigrationResult:
+    """Run `operation` in one locked transaction and record it in the audit trail.
+
+    On MariaDB, whose DDL commits as it goes, the operation is first rendered offline: that
+    runs every migration's checks against the live database, so a refusal by the second of
+    two steps cannot leave the first one applied."""
     db.check_writable()
     with db.translate_errors():
         with db.engine.connect() as connection:
-            with _locked_transaction(connection, db.settings.busy_timeout):
-                status = read_status(connection)
-                if not any_state and status.state in (State.FOREIGN, State.AHEAD):
-                    raise SchemaMismatch(mismatch_message(status))
-                try:
-                    result = operation(make_config(connection, progress), status)
-                except CommandError as exc:
-                    raise UsageError(str(exc).splitlines()[0]) from None
+            try:
+                with _locked_transaction(connection, db.settings.busy_timeout):
+                    status = read_status(connection)
+                    if not any_state and status.state in (State.FOREIGN, State.AHEAD):
+                        raise SchemaMismatch(mismatch_message(status))
+                    config = make_config(connection, progress, **attributes)
+                    try:
+                        if dry_run:
+                            raise _DryRun(_rehearse(connection, config, operation, status))
+                        if preflight and connection.dialect.name in ("mysql", "mariadb"):
+                            checks = make_config(connection, None, **attributes)
+                            _render_offline(connection, checks, operation, status)
+                        result = operation(config, status)
+                    except CommandError as exc:
+                        raise UsageError(str(exc).splitlines()[0]) from None
+                    _record(connection, db.settings.actor, action, result)
+            except _DryRun as rehearsal:  # rolled back: nothing was written
+                return rehearsal.result
         if scrub and _hashed_plaintext(result):
             _scrub(db)
         if result.after is not None:
@@ -169,13 +211,90 @@ def _run(
     return result
 
 
+def _record(connection: Connection, actor: str, action: str, result: MigrationResult) -> None:
+    """The audit entry for a migration, once there is an audit_log table to hold it."""
+    if not result.changed or result.after not in KNOWN_REVISIONS:
+        return
+    if KNOWN_REVISIONS.index(result.after) < KNOWN_REVISIONS.index(AUDIT_REVISION):
+        return
+    if not inspect(connection).has_table("audit_log"):  # (stamped without the table)
+        return
+    from usersctl.audit import Trail
+
+    before = "0001" if result.adopted else result.before
+    changes: dict[str, Any] = {"revision": {"before": before, "after": result.after}}
+    if result.adopted:
+        changes["adopted"] = {"before": None, "after": "tutorial users table"}
+    Trail(actor=actor).record(connection, action, changes=changes)
+
+
+_CHANGING = ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE", "REPLACE", "RENAME")
+
+
+def _rehearse(
+    connection: Connection, config: Config, operation: Operation, status: Status
+) -> MigrationResult:
+    """Run `operation` for real, capturing every statement that changes something (the
+    caller rolls back). On MariaDB, render the SQL offline instead."""
+    if connection.dialect.name in ("mysql", "mariadb"):
+        return _render_offline(connection, config, operation, status)
+    script: list[str] = []
+    step_start = 0
+
+    def capture(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        text = statement.strip()
+        if text.split(None, 1)[0].upper() in _CHANGING:
+            script.append(text.rstrip(";") + ";")  # parameters are never shown: no hashes
+
+    def step_done(*, step: Any, **_kwargs: Any) -> None:
+        nonlocal step_start  # a step is reported after its statements: head them
+        script.insert(step_start, f"\n-- Running {_describe_step(step)}")
+        step_start = len(script)
+
+    config.attributes["on_version_apply"] = [step_done]
+    event.listen(connection, "before_cursor_execute", capture)
+    try:
+        result = operation(config, status)
+    finally:
+        event.remove(connection, "before_cursor_execute", capture)
+    sql = "\n".join(script).strip()
+    return MigrationResult(result.before, result.after, result.adopted, sql + "\n" if sql else "")
+
+
+def _describe_step(step: Any) -> str:
+    verb = "upgrade" if step.is_upgrade else "downgrade"
+    source = ", ".join(step.source_revision_ids) or "base"
+    target = ", ".join(step.destination_revision_ids) or "base"
+    return f"{verb} {source} -> {target}"
+
+
+def _render_offline(
+    connection: Connection, config: Config, operation: Operation, status: Status
+) -> MigrationResult:
+    """Alembic's offline mode: the operation's commands write SQL instead of running it.
+    The migrations' own checks still read the live database (config.attributes)."""
+    config.attributes["offline"] = True
+    result = operation(config, status)
+    buffer = config.output_buffer
+    sql = buffer.getvalue().strip() if isinstance(buffer, io.StringIO) else ""
+    return MigrationResult(result.before, result.after, result.adopted, sql + "\n" if sql else "")
+
+
 def _hashed_plaintext(result: MigrationResult) -> bool:
     """Did this upgrade run 0002, the migration that replaces plaintext passwords?"""
     return result.before == "0001" and result.after in KNOWN_REVISIONS[1:]
 
 
+def _offline(config: Config) -> bool:
+    return bool(config.attributes.get("offline"))
+
+
 def upgrade(
-    db: Database, revision: str = "head", progress: ProgressFactory | None = None
+    db: Database,
+    revision: str = "head",
+    progress: ProgressFactory | None = None,
+    *,
+    dry_run: bool = False,
 ) -> MigrationResult:
     """Upgrade to `revision`; a tutorial database is first adopted (stamped 0001)."""
     target = _resolve(revision)
@@ -188,16 +307,26 @@ def upgrade(
                     f"{target} is older than the current revision {status.revision}: "
                     f"use `usersctl db downgrade {target}`"
                 )
+        before = "0001" if adopted else status.revision
+        if _offline(config):
+            if adopted:
+                command.stamp(config, "0001", sql=True)
+            if before != target:
+                command.upgrade(config, f"{before}:{target}" if before else str(target), sql=True)
+            return MigrationResult(before, target, adopted)
         if adopted:  # (purge: the tutorial's own Alembic may have left a revision of its own)
             command.stamp(config, "0001", purge=True)
-        before = "0001" if adopted else status.revision
         command.upgrade(config, target or "base")
         return MigrationResult(before, _current(config), adopted)
 
-    return _run(db, operation, progress, scrub=True)
+    return _run(db, operation, "db-upgrade", progress, scrub=True, dry_run=dry_run)
 
 
-def downgrade(db: Database, revision: str) -> MigrationResult:
+def downgrade(
+    db: Database, revision: str, *, discard_audit_trail: bool = False, dry_run: bool = False
+) -> MigrationResult:
+    """Downgrade to `revision`. Leaving 0003 drops the audit trail, which the migration
+    refuses unless `discard_audit_trail`."""
     target = _resolve(revision)
 
     def operation(config: Config, status: Status) -> MigrationResult:
@@ -210,10 +339,16 @@ def downgrade(db: Database, revision: str) -> MigrationResult:
                 f"{target} is newer than the current revision "
                 f"{status.revision or 'base'}: use `usersctl db upgrade {target}`"
             )
+        if _offline(config):
+            if target_index < current_index:
+                command.downgrade(config, f"{status.revision}:{target or 'base'}", sql=True)
+            return MigrationResult(status.revision, target)
         command.downgrade(config, target or "base")
         return MigrationResult(status.revision, _current(config))
 
-    return _run(db, operation)
+    return _run(
+        db, operation, "db-downgrade", dry_run=dry_run, discard_audit_trail=discard_audit_trail
+    )
 
 
 def stamp(db: Database, revision: str) -> MigrationResult:
@@ -225,7 +360,7 @@ def stamp(db: Database, revision: str) -> MigrationResult:
         return MigrationResult(status.revision, target)
 
     # The escape hatch: works whatever state the database is in.
-    return _run(db, operation, any_state=True)
+    return _run(db, operation, "db-stamp", any_state=True, preflight=False)
 
 
 def _current(config: Config) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Dialect, Integer, String, Table, true
+from sqlalchemy import Boolean, DateTime, Dialect, Integer, String, Table, Text, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -12,6 +12,8 @@ NAME_LENGTH = 200
 EMAIL_LENGTH = 320
 ROLE_LENGTH = 32
 HASH_LENGTH = 255
+ACTOR_LENGTH = 200
+ACTION_LENGTH = 32
 
 
 _NAIVE_DIALECTS = {"sqlite", "mysql", "mariadb"}
@@ -67,3 +69,22 @@ class User(Base):
 
 users_table: Table = User.__table__  # type: ignore[assignment]
 """The Core table, for bulk statements that bypass the ORM's per-object bookkeeping."""
+
+
+class AuditEntry(Base):
+    """One change made through usersctl. No foreign key to users: a deleted user's history
+    stays. `changes` is a JSON object, field -> {"before", "after"} (a password only ever
+    appears as "set" or "changed")."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
+    action: Mapped[str] = mapped_column(String(ACTION_LENGTH))
+    user_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    user_email: Mapped[str | None] = mapped_column(String(EMAIL_LENGTH), index=True)
+    changes: Mapped[str] = mapped_column(Text)
+
+
+audit_table: Table = AuditEntry.__table__  # type: ignore[assignment]

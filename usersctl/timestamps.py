@@ -16,3 +16,24 @@ def iso_from_sqlite_text(value: str) -> str:
         return f"{value[:10]}T{value[11:19]}Z"
     parsed = datetime.fromisoformat(value)
     return iso_utc(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_moment(text: str, now: datetime) -> datetime:
+    """A point in time from ISO-8601 (a date is its midnight; no offset means UTC) or a time
+    ago (`45s`, `30m`, `12h`, `7d`, `2w`). Raises ValueError."""
+    import re
+    from datetime import timedelta
+
+    value = text.strip()
+    match = re.fullmatch(r"(\d{1,9})\s*([smhdw])", value, flags=re.IGNORECASE)
+    if match:
+        amount, unit = int(match.group(1)), _UNITS[match.group(2).lower()]
+        try:
+            return now - timedelta(**{unit: amount})
+        except OverflowError:
+            raise ValueError(f"{text!r} reaches before the year 1") from None
+    moment = datetime.fromisoformat(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -1,11 +1,12 @@
 """The Typer application. Parsing, rendering and exit codes only: no SQL here."""
 
-from usersctl.cli import bulk, db, users
+from usersctl.cli import audit, bulk, db, users
 from usersctl.cli.app import app, main
 
 users.register(app)
 app.command(name="import")(bulk.import_)
 app.command(name="export")(bulk.export)
+app.command(name="audit")(audit.audit)
 app.command(name="migrate")(db.migrate)
 app.add_typer(db.db_app)
 

@@ -147,6 +147,16 @@ def root(
             help="Show the traceback of unexpected errors.",
         ),
     ] = False,
+    actor: Annotated[
+        str | None,
+        typer.Option(
+            "--actor",
+            envvar="USERSCTL_ACTOR",
+            show_envvar=True,
+            help="Who the audit trail names for changes [default: the operating-system user].",
+            metavar="NAME",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -156,7 +166,7 @@ def root(
 ) -> None:
     # Settings are resolved on first use, so `usersctl create --help` works even with a
     # broken config file; every command that touches the database reports it (exit 2).
-    ctx.obj = AppState(database_url=database_url, debug=debug)
+    ctx.obj = AppState(database_url=database_url, debug=debug, actor=actor)
 
 
 def main() -> None:

@@ -99,9 +99,10 @@ def import_(
     with _open_input(source) as stream:
         parsed = bulk.validate(bulk.read_records(stream, chosen))
     bulk.check(parsed)
-    database = get_state(ctx).ready_database(write=not dry_run)
+    state = get_state(ctx)
+    database = state.ready_database(write=True, dry_run=dry_run)
 
-    if dry_run:
+    if dry_run:  # the same checks as the real run, in a read transaction; nothing hashed
         with database.session(write=False) as session:
             plan = crud.plan_import(
                 session=session, rows=parsed.rows, on_conflict=on_conflict, restore=restore
@@ -113,15 +114,19 @@ def import_(
             advance = factory(len(plaintext)) if factory and plaintext else None
             hashed = hash_many([password for _, password in plaintext], advance=advance)
         hashes.update((email, value) for (email, _), value in zip(plaintext, hashed, strict=True))
+        trail = state.trail()
         with database.session(write=True) as session:
             plan = crud.plan_import(
                 session=session, rows=parsed.rows, on_conflict=on_conflict, restore=restore
             )
-            crud.apply_import(session=session, plan=plan, hashes=hashes, restore=restore)
+            crud.apply_import(
+                session=session, plan=plan, hashes=hashes, restore=restore, trail=trail
+            )
 
     summary = {
         "created": len(plan.create),
         "updated": len(plan.update),
+        "unchanged": len(plan.unchanged),
         "skipped": len(plan.skip),
         "dry_run": dry_run,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -42,12 +43,44 @@ def _report(verb: str, where: str, result: MigrationResult) -> None:
     typer.echo(message, err=True)
 
 
-def run_upgrade(ctx: typer.Context, revision: str) -> None:
+def _show_dry_run(verb: str, where: str, result: MigrationResult) -> None:
+    """The SQL on stdout (a script an admin could read or review), the summary on stderr."""
+    from usersctl.revision import KNOWN_REVISIONS
+
+    if result.before == result.after and not result.adopted:
+        typer.echo(
+            f"Dry run: already at revision {_describe_revision(result.after)}; nothing to do.",
+            err=True,
+        )
+        return
+    order = [None, *KNOWN_REVISIONS]
+    low, high = sorted((order.index(result.before), order.index(result.after)))
+    steps = [str(revision) for revision in order[low + 1 : high + 1]]
+    if verb == "downgrade":
+        steps.reverse()
+    sys.stdout.write(
+        f"-- usersctl db {verb} --dry-run: {where} from {_describe_revision(result.before)} "
+        f"to {_describe_revision(result.after)}\n"
+        f"-- revisions: {', '.join(steps)} (statement parameters are not shown)\n"
+        + ("-- adopts the tutorial users table: stamps 0001 first\n" if result.adopted else "")
+        + result.sql
+    )
+    typer.echo(
+        f"Dry run: would {verb} {where} from {_describe_revision(result.before)} to "
+        f"{_describe_revision(result.after)} ({len(steps)} revision(s)); nothing was written.",
+        err=True,
+    )
+
+
+def run_upgrade(ctx: typer.Context, revision: str, dry_run: bool = False) -> None:
     from usersctl import migrations
 
     database = get_state(ctx).database()
     with progress_bar("Hashing plaintext passwords") as progress:
-        result = migrations.upgrade(database, revision, progress)
+        result = migrations.upgrade(database, revision, progress, dry_run=dry_run)
+    if dry_run:
+        _show_dry_run("upgrade", database.display_url, result)
+        return
     if result.adopted:
         typer.echo(
             "Adopted the tutorial database: stamped revision 0001, then upgraded "
@@ -63,14 +96,23 @@ def upgrade(
     revision: Annotated[
         str, typer.Argument(metavar="[REV]", help="Target revision [default: head].")
     ] = "head",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Run the checks, print the revisions and the SQL; change nothing. Exits as "
+            "the real run would.",
+        ),
+    ] = False,
 ) -> None:
     """Upgrade the schema (default: to head). Adopts a tutorial users.db.
 
     \b
-    Example:
+    Examples:
+      usersctl db upgrade --dry-run > upgrade.sql
       usersctl db upgrade
     """
-    run_upgrade(ctx, revision)
+    run_upgrade(ctx, revision, dry_run)
 
 
 @db_app.command("downgrade")
@@ -78,12 +120,30 @@ def downgrade(
     ctx: typer.Context,
     revision: Revision,
     yes: Yes = False,
+    discard_audit_trail: Annotated[
+        bool,
+        typer.Option(
+            "--discard-audit-trail",
+            help="Allow going below 0003, which drops the audit trail (keep a copy first: "
+            "usersctl audit -o jsonl).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Run the checks, print the revisions and the SQL; change nothing. Exits as "
+            "the real run would.",
+        ),
+    ] = False,
 ) -> None:
-    """Downgrade the schema to REV. Refuses where the data would be lost; 'base' drops the table.
+    """Downgrade the schema to REV. Refuses where data would be lost; 'base' drops the tables.
 
     \b
-    Example:
-      usersctl db downgrade 0001 --yes
+    Examples:
+      usersctl db downgrade 0002 --dry-run
+      usersctl audit -o jsonl > audit.jsonl
+      usersctl db downgrade 0002 --discard-audit-trail --yes
     """
     from usersctl import migrations
 
@@ -91,9 +151,17 @@ def downgrade(
     if not yes:
         if not stdin_is_terminal():
             raise UsageError("refusing to downgrade without --yes when stdin is not a terminal")
-        if not typer.confirm(f"Downgrade {database.display_url} to {revision}?", default=False):
+        if not dry_run and not typer.confirm(
+            f"Downgrade {database.display_url} to {revision}?", default=False
+        ):
             raise typer.Abort()
-    _report("Downgraded", database.display_url, migrations.downgrade(database, revision))
+    result = migrations.downgrade(
+        database, revision, discard_audit_trail=discard_audit_trail, dry_run=dry_run
+    )
+    if dry_run:
+        _show_dry_run("downgrade", database.display_url, result)
+    else:
+        _report("Downgraded", database.display_url, result)
 
 
 @db_app.command("current")

@@ -24,3 +24,11 @@ UserRefs = Annotated[
 Yes = Annotated[
     bool, typer.Option("--yes", "-y", help="Do not ask; required when stdin is not a terminal.")
 ]
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Check everything and show what would change; write nothing (no audit entry "
+        "either). Exits as the real run would.",
+    ),
+]

@@ -11,6 +11,7 @@ import typer
 from usersctl.config import Settings, load_settings
 
 if TYPE_CHECKING:
+    from usersctl.audit import Trail
     from usersctl.database import Database
 
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 class AppState:
     database_url: str | None = None  # the --database-url flag, if given
     debug: bool = False
+    actor: str | None = None  # the --actor flag, if given
     _settings: Settings | None = field(default=None, repr=False)
     _database: Database | None = field(default=None, repr=False)
     _checked: bool = False
@@ -25,7 +27,9 @@ class AppState:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
-            self._settings = load_settings(database_url=self.database_url, debug=self.debug)
+            self._settings = load_settings(
+                database_url=self.database_url, debug=self.debug, actor=self.actor
+            )
         return self._settings
 
     def database(self) -> Database:
@@ -36,12 +40,24 @@ class AppState:
             self._database = Database(self.settings)
         return self._database
 
-    def ready_database(self, *, write: bool = False) -> Database:
+    def trail(self, *, dry_run: bool = False) -> Trail:
+        """Where this command's changes are recorded (only collected in a dry run)."""
+        from usersctl.audit import Trail
+
+        return Trail(actor=self.settings.actor, dry_run=dry_run)
+
+    def ready_database(self, *, write: bool = False, dry_run: bool = False) -> Database:
         """The database at head: an empty one is migrated now, any other mismatch is exit 8.
-        With `write`, an unwritable SQLite file fails first, before anything is opened."""
+        With `write`, an unwritable SQLite file fails first, before anything is opened.
+
+        A dry run checks the same, but changes nothing: for an empty database it returns an
+        empty stand-in at head, which answers every question exactly as the real one would
+        once initialised (no users)."""
         database = self.database()
         if write:
             database.check_writable()
+        if dry_run:
+            return self._dry_run_database(database)
         if not self._checked:
             from usersctl.revision import State, read_status, require_current
 
@@ -63,6 +79,25 @@ class AppState:
             database.use_wal()
             self._checked = True
         return database
+
+    def _dry_run_database(self, database: Database) -> Database:
+        from usersctl.revision import HEAD, State, read_status, require_current
+
+        with database.connect(write=False) as connection:
+            status = read_status(connection)
+        if status.state is not State.CURRENT:
+            from usersctl import migrations
+
+            status = migrations.settled_status(database)
+        require_current(status)
+        if status.state is State.CURRENT:
+            return database
+        typer.echo(
+            f"Dry run: {database.display_url} has no schema yet; the real run would first "
+            f"create it (revision {HEAD}).",
+            err=True,
+        )
+        return database.empty_stand_in()
 
 
 def get_state(ctx: typer.Context) -> AppState:

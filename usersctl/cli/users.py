@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from usersctl.cli.options import Output, UserRef, UserRefs, Yes
+from usersctl.cli.audit import show_planned
+from usersctl.cli.options import DryRun, Output, UserRef, UserRefs, Yes
 from usersctl.cli.password_input import (
     PasswordInput,
     PasswordStdin,
@@ -73,6 +74,7 @@ def create(
             help="If the email is taken, print that user and exit 0 instead of failing.",
         ),
     ] = False,
+    dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
     """Create one user and print it.
@@ -89,19 +91,25 @@ def create(
         UserCreate, {"name": name, "email": email, "role": role, "is_active": not disabled}
     )
     password = new_password(password_stdin=password_stdin, random_password=random_password)
-    password_hash = hash_password(password.value)
-    database = get_state(ctx).ready_database(write=True)
-    with database.session(write=True) as session:
+    password_hash = "" if dry_run else hash_password(password.value)
+    state = get_state(ctx)
+    database = state.ready_database(write=True, dry_run=dry_run)
+    trail = state.trail(dry_run=dry_run)
+    with database.session(write=True, dry_run=dry_run) as session:
         user, created = crud.create_user(
             session=session,
             user_in=user_in,
             password_hash=password_hash,
+            trail=trail,
             if_not_exists=if_not_exists,
         )
-        shown = user_record(user)
+        shown = user_record(user) if user.id is not None else {}
     if not created:
         typer.echo(f"User {printable(shown['email'])} already exists; left unchanged.", err=True)
-    _show_user(shown, output, password if created else None)
+    if dry_run:
+        show_planned(trail, output)
+    else:
+        _show_user(shown, output, password if created else None)
 
 
 def list_(
@@ -182,6 +190,7 @@ def update(
     name: Annotated[str | None, typer.Option("--name", "-n", help="New name.")] = None,
     email: Annotated[str | None, typer.Option("--email", "-e", help="New email.")] = None,
     role: Annotated[str | None, typer.Option("--role", "-r", help="New role.")] = None,
+    dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
     """Change a user's name, email or role, and print the user.
@@ -197,10 +206,16 @@ def update(
     if not given:
         raise UsageError("nothing to change: give --name, --email and/or --role")
     user_in = parse(UserUpdate, given)
-    database = get_state(ctx).ready_database(write=True)
-    with database.session(write=True) as session:
+    state = get_state(ctx)
+    database = state.ready_database(write=True, dry_run=dry_run)
+    trail = state.trail(dry_run=dry_run)
+    with database.session(write=True, dry_run=dry_run) as session:
         target = crud.get_user(session=session, ref=user, lock=True)
-        shown = user_record(crud.update_user(session=session, user=target, user_in=user_in))
+        updated = crud.update_user(session=session, user=target, user_in=user_in, trail=trail)
+        shown = user_record(updated)
+    if dry_run:
+        show_planned(trail, output)
+        return
     Renderer(output).one(shown)
 
 
@@ -209,6 +224,7 @@ def passwd(
     user: UserRef,
     password_stdin: PasswordStdin = False,
     random_password: RandomPassword = False,
+    dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
     """Set a new password for a user.
@@ -221,12 +237,19 @@ def passwd(
     from usersctl.passwords import hash_password
 
     password = new_password(password_stdin=password_stdin, random_password=random_password)
-    password_hash = hash_password(password.value)
-    database = get_state(ctx).ready_database(write=True)
-    with database.session(write=True) as session:
+    password_hash = "" if dry_run else hash_password(password.value)
+    state = get_state(ctx)
+    database = state.ready_database(write=True, dry_run=dry_run)
+    trail = state.trail(dry_run=dry_run)
+    with database.session(write=True, dry_run=dry_run) as session:
         target = crud.get_user(session=session, ref=user, lock=True)
-        crud.set_password_hash(session=session, user=target, password_hash=password_hash)
+        crud.set_password_hash(
+            session=session, user=target, password_hash=password_hash, trail=trail
+        )
         shown = user_record(target)
+    if dry_run:
+        show_planned(trail, output)
+        return
     typer.echo(f"Password changed for {printable(shown['email'])}.", err=True)
     _show_user(shown, output, password)
 
@@ -251,41 +274,58 @@ def verify_password(
     with database.session(write=False) as session:
         verification = crud.verify_password(session=session, ref=user, password=password)
     if verification.new_hash is not None:
+        trail = get_state(ctx).trail()
         with database.session(write=True) as session:
-            crud.upgrade_hash(session=session, verification=verification)
+            crud.upgrade_hash(session=session, verification=verification, trail=trail)
     typer.echo("Password verified.", err=True)
 
 
-def _set_active(ctx: typer.Context, users: list[str], active: bool, output: OutputFormat) -> None:
+def _set_active(
+    ctx: typer.Context, users: list[str], active: bool, dry_run: bool, output: OutputFormat
+) -> None:
     from usersctl import crud
 
-    database = get_state(ctx).ready_database(write=True)
-    with database.session(write=True) as session:
+    state = get_state(ctx)
+    database = state.ready_database(write=True, dry_run=dry_run)
+    trail = state.trail(dry_run=dry_run)
+    with database.session(write=True, dry_run=dry_run) as session:
         targets = crud.get_users(session=session, refs=users, lock=True)
-        shown = [
-            user_record(u) for u in crud.set_active(session=session, users=targets, active=active)
-        ]
-    Renderer(output).many(shown)
+        changed = crud.set_active(session=session, users=targets, active=active, trail=trail)
+        shown = [user_record(u) for u in changed]
+    if dry_run:
+        show_planned(trail, output)
+    else:
+        Renderer(output).many(shown)
 
 
-def disable(ctx: typer.Context, users: UserRefs, output: Output = OutputFormat.table) -> None:
+def disable(
+    ctx: typer.Context,
+    users: UserRefs,
+    dry_run: DryRun = False,
+    output: Output = OutputFormat.table,
+) -> None:
     """Lock users out (they can no longer log in). All or nothing: one unknown USER changes none.
 
     \b
     Example:
       usersctl disable ada@example.com 42
     """
-    _set_active(ctx, users, False, output)
+    _set_active(ctx, users, False, dry_run, output)
 
 
-def enable(ctx: typer.Context, users: UserRefs, output: Output = OutputFormat.table) -> None:
+def enable(
+    ctx: typer.Context,
+    users: UserRefs,
+    dry_run: DryRun = False,
+    output: Output = OutputFormat.table,
+) -> None:
     """Unlock users. All or nothing: one unknown USER changes none.
 
     \b
     Example:
       usersctl enable ada@example.com
     """
-    _set_active(ctx, users, True, output)
+    _set_active(ctx, users, True, dry_run, output)
 
 
 def _confirm_delete(ctx: typer.Context, users: list[str], missing_ok: bool) -> None:
@@ -313,6 +353,7 @@ def delete(
     missing_ok: Annotated[
         bool, typer.Option("--missing-ok", help="Ignore users that do not exist (exit 0).")
     ] = False,
+    dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
     """Delete users and print what was deleted. Asks first on a terminal.
@@ -328,12 +369,18 @@ def delete(
     if not yes:
         if not stdin_is_terminal():
             raise UsageError("refusing to delete without --yes when stdin is not a terminal")
-        _confirm_delete(ctx, users, missing_ok)
-    database = get_state(ctx).ready_database(write=True)
-    with database.session(write=True) as session:
+        if not dry_run:  # nothing to confirm: a dry run deletes nothing
+            _confirm_delete(ctx, users, missing_ok)
+    state = get_state(ctx)
+    database = state.ready_database(write=True, dry_run=dry_run)
+    trail = state.trail(dry_run=dry_run)
+    with database.session(write=True, dry_run=dry_run) as session:
         targets = crud.get_users(session=session, refs=users, missing_ok=missing_ok, lock=True)
         shown = [user_record(u) for u in targets]
-        crud.delete_users(session=session, users=targets)
+        crud.delete_users(session=session, users=targets, trail=trail)
+    if dry_run:
+        show_planned(trail, output)
+        return
     if not shown:
         typer.echo("Nothing to delete.", err=True)
     elif output is OutputFormat.table:
