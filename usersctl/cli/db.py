@@ -28,6 +28,16 @@ Revision = Annotated[
 ]
 
 
+SqlDryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Run the checks, print the revisions and the SQL; change nothing. Exits as the "
+        "real run would.",
+    ),
+]
+
+
 def _describe_revision(revision: str | None) -> str:
     return revision or "base (no schema)"
 
@@ -96,14 +106,7 @@ def upgrade(
     revision: Annotated[
         str, typer.Argument(metavar="[REV]", help="Target revision [default: head].")
     ] = "head",
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            help="Run the checks, print the revisions and the SQL; change nothing. Exits as "
-            "the real run would.",
-        ),
-    ] = False,
+    dry_run: SqlDryRun = False,
 ) -> None:
     """Upgrade the schema (default: to head). Adopts a tutorial users.db.
 
@@ -128,14 +131,7 @@ def downgrade(
             "usersctl audit -o jsonl).",
         ),
     ] = False,
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            help="Run the checks, print the revisions and the SQL; change nothing. Exits as "
-            "the real run would.",
-        ),
-    ] = False,
+    dry_run: SqlDryRun = False,
 ) -> None:
     """Downgrade the schema to REV. Refuses where data would be lost; 'base' drops the tables.
 
