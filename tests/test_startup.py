@@ -235,6 +235,12 @@ def test_list_loads_no_alembic_argon2_email_validator(env: Env) -> None:
     assert [user["id"] for user in json.loads(result.stdout)] == [1]
 
 
+def test_audit_loads_no_alembic_argon2_email_validator(env: Env) -> None:
+    result = env.run("audit", "--user", "1", "--since", "7d", "-o", "json", profile=True)
+    check(result, READ_FORBIDDEN)
+    assert result.stdout.startswith("[")
+
+
 def test_create_loads_no_alembic(env: Env) -> None:
     result = env.run(
         "create", "--name", "Grace Hopper", "--email", "grace@example.com",
