@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer.main
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner, Result
@@ -33,6 +34,22 @@ POSTGRES_ENV = SERVER_ENVS["postgresql"]
 ENGINES = ("sqlite", "postgresql", "mariadb")
 # Seeded users get a real argon2id hash of this password, made once per session.
 SEED_PASSWORD = "correct horse battery"
+
+
+def command_paths() -> list[tuple[str, ...]]:
+    """Every command and group of the app, the root included."""
+    found: list[tuple[str, ...]] = [()]
+
+    def walk(group: object, prefix: tuple[str, ...]) -> None:
+        for name, command in getattr(group, "commands", {}).items():
+            found.append((*prefix, name))
+            walk(command, (*prefix, name))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+COMMAND_PATHS = command_paths()
 
 
 def server_admin_url(engine: str) -> str | None:

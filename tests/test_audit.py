@@ -173,6 +173,13 @@ def test_actor_comes_from_flag_environment_config_or_the_os(
     assert [e["email"] for e in trail(cli, "--actor", "alice")] == ["a@example.com"]
 
 
+def test_actor_in_the_config_file_must_be_text(cli: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "usersctl.toml"
+    config.write_text("actor = 42\n")
+    result = cli("disable", "1", env={"USERSCTL_CONFIG": str(config)})
+    assert_error(result, 2, "actor must be a string")
+
+
 @pytest.mark.parametrize("actor", ["", "   ", "x" * 201, "evil\x1b[2Jactor", "two\nlines"])
 def test_invalid_actor_is_a_usage_error(cli: Cli, actor: str) -> None:
     before = trail(cli)

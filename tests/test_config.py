@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import typer.main
 from typer.testing import CliRunner, Result
 
 import usersctl
-from conftest import assert_error
+from conftest import COMMAND_PATHS, assert_error
 from usersctl.cli import app
 from usersctl.config import DEFAULT_BUSY_TIMEOUT, load_settings
 from usersctl.errors import UsageError
@@ -252,20 +251,6 @@ def test_version_with_a_broken_environment(broken_environment: dict[str, str]) -
     assert not default_database().exists()
 
 
-def _command_paths() -> list[tuple[str, ...]]:
-    """Every command and group of the app, the root included."""
-    found: list[tuple[str, ...]] = [()]
-
-    def walk(group: object, prefix: tuple[str, ...]) -> None:
-        for name, command in getattr(group, "commands", {}).items():
-            found.append((*prefix, name))
-            walk(command, (*prefix, name))
-
-    walk(typer.main.get_command(app), ())
-    return found
-
-
-COMMAND_PATHS = _command_paths()
 IMPLEMENTED = {
     *[(name,) for name in ("create", "list", "get", "update", "passwd", "verify-password")],
     *[(name,) for name in ("disable", "enable", "delete", "migrate", "db")],

@@ -12,13 +12,12 @@ from pathlib import Path
 import argon2
 import bcrypt
 import pytest
-import typer.main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from conftest import SEED_PASSWORD, Cli, Seeder, assert_error
+from conftest import COMMAND_PATHS, SEED_PASSWORD, Cli, Seeder, assert_error
 from usersctl import passwords
 from usersctl.cli import app
 from usersctl.errors import InvalidData
@@ -291,22 +290,6 @@ def test_too_short_password_is_not_echoed(cli: Cli) -> None:
     )  # fmt: skip
     assert_error(result, 5, "password too short")
     assert short not in result.stdout + result.stderr
-
-
-def _command_paths() -> list[tuple[str, ...]]:
-    """Every command and group of the app, the root included."""
-    found: list[tuple[str, ...]] = [()]
-
-    def walk(group: object, prefix: tuple[str, ...]) -> None:
-        for name, command in getattr(group, "commands", {}).items():
-            found.append((*prefix, name))
-            walk(command, (*prefix, name))
-
-    walk(typer.main.get_command(app), ())
-    return found
-
-
-COMMAND_PATHS = _command_paths()
 
 
 def test_command_paths_cover_the_password_commands() -> None:

@@ -254,7 +254,8 @@ def set_active(
 
 def delete_users(*, session: Session, users: Sequence[User], trail: Trail) -> None:
     """Delete; each user's last values stay in the audit trail."""
-    gone = [(u.id, u.email, diff(snapshot(u), dict.fromkeys(snapshot(u)))) for u in users]
+    last = [(u.id, u.email, snapshot(u)) for u in users]
+    gone = [(uid, email, diff(values, dict.fromkeys(values))) for uid, email, values in last]
     for user in users:
         session.delete(user)
     session.flush()
@@ -437,7 +438,7 @@ def plan_import(
     return plan
 
 
-_COLUMNS = {"name": "name", "role": "role", "active": "is_active"}  # audited field: column
+_FIELD_COLUMNS = {"name": "name", "role": "role", "active": "is_active"}  # field: column
 
 
 def apply_import(
@@ -478,9 +479,9 @@ def apply_import(
         rows = []
         for _, row, user_id, changes in plan.update:
             update_values = {
-                _COLUMNS[name]: change["after"]
+                _FIELD_COLUMNS[name]: change["after"]
                 for name, change in changes.items()
-                if name in _COLUMNS
+                if name in _FIELD_COLUMNS
             }
             if "password" in changes:
                 update_values["password_hash"] = hashes[row.email]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 
 
 def iso_utc(value: datetime) -> str:
@@ -24,9 +25,6 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 def parse_moment(text: str, now: datetime) -> datetime:
     """A point in time from ISO-8601 (a date is its midnight; no offset means UTC) or a time
     ago (`45s`, `30m`, `12h`, `7d`, `2w`). Raises ValueError."""
-    import re
-    from datetime import timedelta
-
     value = text.strip()
     match = re.fullmatch(r"(\d{1,9})\s*([smhdw])", value, flags=re.IGNORECASE)
     if match:

@@ -114,8 +114,7 @@ def import_(
             advance = factory(len(plaintext)) if factory and plaintext else None
             hashed = hash_many([password for _, password in plaintext], advance=advance)
         hashes.update((email, value) for (email, _), value in zip(plaintext, hashed, strict=True))
-        trail = state.trail()
-        with database.session(write=True) as session:
+        with state.change() as (session, trail):
             plan = crud.plan_import(
                 session=session, rows=parsed.rows, on_conflict=on_conflict, restore=restore
             )

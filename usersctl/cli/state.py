@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -11,6 +13,8 @@ import typer
 from usersctl.config import Settings, load_settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from usersctl.audit import Trail
     from usersctl.database import Database
 
@@ -50,54 +54,53 @@ class AppState:
         """The database at head: an empty one is migrated now, any other mismatch is exit 8.
         With `write`, an unwritable SQLite file fails first, before anything is opened.
 
-        A dry run checks the same, but changes nothing: for an empty database it returns an
-        empty stand-in at head, which answers every question exactly as the real one would
-        once initialised (no users)."""
+        A dry run checks the same but changes nothing (not even the journal mode): for an
+        empty database it returns an empty stand-in at head, which answers every question
+        as the real one would once initialised (no users)."""
         database = self.database()
         if write:
             database.check_writable()
-        if dry_run:
-            return self._dry_run_database(database)
-        if not self._checked:
-            from usersctl.revision import State, read_status, require_current
-
-            with database.connect(write=False) as connection:
-                status = read_status(connection)  # the fast path: no Alembic, no lock
-            if status.state is not State.CURRENT:
-                from usersctl import migrations
-
-                status = migrations.settled_status(database)
-            require_current(status)
-            if status.state is State.EMPTY:
-                result = migrations.ensure_head(database)
-                if result.changed:
-                    typer.echo(
-                        f"Initialised the database at {database.display_url} "
-                        f"(schema revision {result.after}).",
-                        err=True,
-                    )
-            database.use_wal()
-            self._checked = True
-        return database
-
-    def _dry_run_database(self, database: Database) -> Database:
+        if self._checked:
+            return database
         from usersctl.revision import HEAD, State, read_status, require_current
 
         with database.connect(write=False) as connection:
-            status = read_status(connection)
+            status = read_status(connection)  # the fast path: no Alembic, no lock
         if status.state is not State.CURRENT:
             from usersctl import migrations
 
             status = migrations.settled_status(database)
         require_current(status)
-        if status.state is State.CURRENT:
-            return database
-        typer.echo(
-            f"Dry run: {database.display_url} has no schema yet; the real run would first "
-            f"create it (revision {HEAD}).",
-            err=True,
-        )
-        return database.empty_stand_in()
+        if dry_run:
+            if status.state is State.CURRENT:
+                return database
+            typer.echo(
+                f"Dry run: {database.display_url} has no schema yet; the real run would "
+                f"first create it (revision {HEAD}).",
+                err=True,
+            )
+            return database.empty_stand_in()
+        if status.state is State.EMPTY:
+            result = migrations.ensure_head(database)
+            if result.changed:
+                typer.echo(
+                    f"Initialised the database at {database.display_url} "
+                    f"(schema revision {result.after}).",
+                    err=True,
+                )
+        database.use_wal()
+        self._checked = True
+        return database
+
+    @contextmanager
+    def change(self, *, dry_run: bool = False) -> Iterator[tuple[Session, Trail]]:
+        """The write transaction of a command that changes users, and the audit trail its
+        changes go to. In a dry run the transaction is rolled back and the trail only
+        collects: afterwards it holds what would have changed."""
+        database = self.ready_database(write=True, dry_run=dry_run)
+        trail = self.trail(dry_run=dry_run)
+        with database.session(write=True, dry_run=dry_run) as session:
+            yield session, trail
 
 
 def get_state(ctx: typer.Context) -> AppState:

@@ -92,10 +92,7 @@ def create(
     )
     password = new_password(password_stdin=password_stdin, random_password=random_password)
     password_hash = "" if dry_run else hash_password(password.value)
-    state = get_state(ctx)
-    database = state.ready_database(write=True, dry_run=dry_run)
-    trail = state.trail(dry_run=dry_run)
-    with database.session(write=True, dry_run=dry_run) as session:
+    with get_state(ctx).change(dry_run=dry_run) as (session, trail):
         user, created = crud.create_user(
             session=session,
             user_in=user_in,
@@ -206,10 +203,7 @@ def update(
     if not given:
         raise UsageError("nothing to change: give --name, --email and/or --role")
     user_in = parse(UserUpdate, given)
-    state = get_state(ctx)
-    database = state.ready_database(write=True, dry_run=dry_run)
-    trail = state.trail(dry_run=dry_run)
-    with database.session(write=True, dry_run=dry_run) as session:
+    with get_state(ctx).change(dry_run=dry_run) as (session, trail):
         target = crud.get_user(session=session, ref=user, lock=True)
         updated = crud.update_user(session=session, user=target, user_in=user_in, trail=trail)
         shown = user_record(updated)
@@ -238,10 +232,7 @@ def passwd(
 
     password = new_password(password_stdin=password_stdin, random_password=random_password)
     password_hash = "" if dry_run else hash_password(password.value)
-    state = get_state(ctx)
-    database = state.ready_database(write=True, dry_run=dry_run)
-    trail = state.trail(dry_run=dry_run)
-    with database.session(write=True, dry_run=dry_run) as session:
+    with get_state(ctx).change(dry_run=dry_run) as (session, trail):
         target = crud.get_user(session=session, ref=user, lock=True)
         crud.set_password_hash(
             session=session, user=target, password_hash=password_hash, trail=trail
@@ -274,8 +265,7 @@ def verify_password(
     with database.session(write=False) as session:
         verification = crud.verify_password(session=session, ref=user, password=password)
     if verification.new_hash is not None:
-        trail = get_state(ctx).trail()
-        with database.session(write=True) as session:
+        with get_state(ctx).change() as (session, trail):
             crud.upgrade_hash(session=session, verification=verification, trail=trail)
     typer.echo("Password verified.", err=True)
 
@@ -285,10 +275,7 @@ def _set_active(
 ) -> None:
     from usersctl import crud
 
-    state = get_state(ctx)
-    database = state.ready_database(write=True, dry_run=dry_run)
-    trail = state.trail(dry_run=dry_run)
-    with database.session(write=True, dry_run=dry_run) as session:
+    with get_state(ctx).change(dry_run=dry_run) as (session, trail):
         targets = crud.get_users(session=session, refs=users, lock=True)
         changed = crud.set_active(session=session, users=targets, active=active, trail=trail)
         shown = [user_record(u) for u in changed]
@@ -371,10 +358,7 @@ def delete(
             raise UsageError("refusing to delete without --yes when stdin is not a terminal")
         if not dry_run:  # nothing to confirm: a dry run deletes nothing
             _confirm_delete(ctx, users, missing_ok)
-    state = get_state(ctx)
-    database = state.ready_database(write=True, dry_run=dry_run)
-    trail = state.trail(dry_run=dry_run)
-    with database.session(write=True, dry_run=dry_run) as session:
+    with get_state(ctx).change(dry_run=dry_run) as (session, trail):
         targets = crud.get_users(session=session, refs=users, missing_ok=missing_ok, lock=True)
         shown = [user_record(u) for u in targets]
         crud.delete_users(session=session, users=targets, trail=trail)
