@@ -16,9 +16,11 @@ in a source checkout).
 from __future__ import annotations
 
 import io
+import os
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, event, func, inspect, select
+from sqlalchemy import Connection, event, func, inspect, select, table
 
 from usersctl.database import Database
 from usersctl.errors import DatabaseUnavailable, SchemaMismatch, UsageError
@@ -36,6 +38,7 @@ from usersctl.models import Base
 from usersctl.revision import (
     AUDIT_REVISION,
     KNOWN_REVISIONS,
+    VERSION_TABLE,
     State,
     Status,
     mismatch_message,
@@ -110,6 +113,8 @@ class MigrationResult:
     after: str | None
     adopted: bool = False
     sql: str = ""  # what ran (a dry run: would run), as an SQL script with comments
+    warnings: tuple[str, ...] = ()  # values kept that usersctl's validators would refuse
+    private: bool = False  # the SQLite file was made 0600 (adoption)
 
     @property
     def changed(self) -> bool:
@@ -117,14 +122,90 @@ class MigrationResult:
 
 
 def _scrub(db: Database) -> None:
-    """Leave no copy of replaced data (old plaintext passwords) in free pages or the WAL."""
+    """Leave no copy of replaced data (old plaintext passwords) in free pages or the WAL.
+
+    Runs after the upgrade committed. On SQLite the upgrade's transaction also set
+    `PRAGMA user_version` to _SCRUB_PENDING, cleared here once the scrub is done: when the
+    scrub fails (a full disk), the next `db upgrade` finds the mark and finishes it."""
     with db.engine.connect() as connection:
         autocommit = connection.execution_options(isolation_level="AUTOCOMMIT")
         if db.is_sqlite:
             autocommit.exec_driver_sql("VACUUM")
             autocommit.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            autocommit.exec_driver_sql("PRAGMA user_version = 0")
         elif db.engine.url.get_backend_name() == "postgresql":
             autocommit.exec_driver_sql("VACUUM FULL users")
+
+
+_SCRUB_PENDING = 0x75737263  # "usrc": SQLite user_version while a scrub is still to do
+
+
+def _mark_scrub_pending(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql(f"PRAGMA user_version = {_SCRUB_PENDING}")
+
+
+def _scrub_pending(db: Database) -> bool:
+    if not db.is_sqlite or db.sqlite_path is None or not db.sqlite_path.exists():
+        return False
+    with db.engine.connect() as connection:
+        return bool(connection.exec_driver_sql("PRAGMA user_version").scalar() == _SCRUB_PENDING)
+
+
+def _finish_scrub(db: Database, result: MigrationResult) -> None:
+    """Scrub; when that fails, say what is true: the upgrade is done, the scrub is not."""
+    try:
+        with db.translate_errors():
+            _scrub(db)
+    except DatabaseUnavailable as exc:
+        done = (
+            f"the upgrade to {result.after} is done, but scrubbing old plaintext passwords "
+            f"from free space failed"
+            if result.changed
+            else "scrubbing old plaintext passwords from free space failed again"
+        )
+        raise DatabaseUnavailable(
+            f"{done} ({exc.message}); free some space and run `usersctl db upgrade` again "
+            "to finish it"
+        ) from None
+
+
+def _make_private(db: Database) -> bool:
+    """An adopted SQLite file now holds password hashes: 0600, like the files usersctl
+    creates (with its -wal/-shm/-journal). False when it cannot (another user's file)."""
+    path = db.sqlite_path
+    if path is None:
+        return False
+    try:
+        for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+            if candidate.exists() and candidate.stat().st_mode & 0o077:
+                os.chmod(candidate, 0o600)
+    except OSError:
+        return False
+    return True
+
+
+_KILL_SWITCH = "USERSCTL_TEST_KILL_AFTER_STATEMENTS"
+
+
+def _install_kill_switch(connection: Connection) -> None:
+    """Test-only: with USERSCTL_TEST_KILL_AFTER_STATEMENTS=N set, this process SIGKILLs
+    itself right after the Nth statement of a migration that changes something (DDL and
+    DML; each executemany counts once). tests/test_migration_kills.py uses it to crash an
+    upgrade at every point; never set it anywhere else. Unset, nothing is installed."""
+    value = os.environ.get(_KILL_SWITCH, "")
+    if not value.isdigit():
+        return
+    remaining = [int(value)]
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        words = statement.split(None, 1)
+        if words and words[0].upper() in _CHANGING:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    event.listen(connection, "after_cursor_execute", count)
 
 
 _LOCK_NAME = "usersctl_migrations"
@@ -186,6 +267,7 @@ def _run(
     db.check_writable()
     with db.translate_errors():
         with db.engine.connect() as connection:
+            _install_kill_switch(connection)
             try:
                 with _locked_transaction(connection, db.settings.busy_timeout):
                     status = read_status(connection)
@@ -202,11 +284,18 @@ def _run(
                     except CommandError as exc:
                         raise UsageError(str(exc).splitlines()[0]) from None
                     _record(connection, db.settings.actor, action, result)
+                    if scrub and _hashed_plaintext(result):
+                        _mark_scrub_pending(connection)
             except _DryRun as rehearsal:  # rolled back: nothing was written
                 return rehearsal.result
-        if scrub and _hashed_plaintext(result):
-            _scrub(db)
-        if result.after is not None:
+    if result.adopted and db.is_sqlite:
+        result = replace(result, private=_make_private(db))
+    with db.translate_errors():
+        pending = scrub and (_hashed_plaintext(result) or _scrub_pending(db))
+    if pending:
+        _finish_scrub(db, result)
+    if result.after is not None:
+        with db.translate_errors():
             db.use_wal()
     return result
 
@@ -308,16 +397,20 @@ def upgrade(
                     f"use `usersctl db downgrade {target}`"
                 )
         before = "0001" if adopted else status.revision
+        warnings: list[str] = []
+        config.attributes["adopting"] = adopted  # 0002: every password is plaintext
+        config.attributes["warnings"] = warnings
         if _offline(config):
-            if adopted:
-                command.stamp(config, "0001", sql=True)
-            if before != target:
-                command.upgrade(config, f"{before}:{target}" if before else str(target), sql=True)
-            return MigrationResult(before, target, adopted)
-        if adopted:  # (purge: the tutorial's own Alembic may have left a revision of its own)
-            command.stamp(config, "0001", purge=True)
+            if before != target or adopted:
+                start = "" if adopted or not before else f"{before}:"
+                command.upgrade(config, f"{start}{target}", sql=True)
+            return MigrationResult(before, target, adopted, warnings=tuple(warnings))
+        if adopted:
+            # From base: 0001 finds the tutorial's table and adds only what a killed first
+            # run may have left out. (The tutorial's own Alembic may have left a revision.)
+            _forget_revision(config)
         command.upgrade(config, target or "base")
-        return MigrationResult(before, _current(config), adopted)
+        return MigrationResult(before, _current(config), adopted, warnings=tuple(warnings))
 
     return _run(db, operation, "db-upgrade", progress, scrub=True, dry_run=dry_run)
 
@@ -361,6 +454,12 @@ def stamp(db: Database, revision: str) -> MigrationResult:
 
     # The escape hatch: works whatever state the database is in.
     return _run(db, operation, "db-stamp", any_state=True, preflight=False)
+
+
+def _forget_revision(config: Config) -> None:
+    connection: Connection = config.attributes["connection"]
+    if inspect(connection).has_table(VERSION_TABLE):
+        connection.execute(table(VERSION_TABLE).delete())
 
 
 def _current(config: Config) -> str | None:

@@ -50,12 +50,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+# MariaDB/MySQL: every table utf8mb4 whatever the server's default (upstream's is latin1),
+# binary collation for exact comparisons as on SQLite and PostgreSQL (the migrations use the
+# same options, usersctl.migration_ops.MYSQL_TABLE_OPTIONS).
+MYSQL_TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+
 class Base(DeclarativeBase):
     pass
 
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = MYSQL_TABLE_ARGS
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_LENGTH))
@@ -77,6 +84,7 @@ class AuditEntry(Base):
     appears as "set" or "changed")."""
 
     __tablename__ = "audit_log"
+    __table_args__ = MYSQL_TABLE_ARGS
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

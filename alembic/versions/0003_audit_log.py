@@ -3,6 +3,10 @@
 One row per change made through usersctl. No foreign key to users, so a deleted user's
 history stays.
 
+Re-runnable: a killed upgrade on MariaDB (which commits each DDL statement) may have
+created the table and some of its indexes; the next one adds the rest. The table is
+utf8mb4 on MariaDB whatever the server's default.
+
 The downgrade drops the table, and with it the trail: it refuses while the table holds
 entries unless usersctl passes `discard_audit_trail` (`db downgrade --discard-audit-trail`).
 
@@ -14,8 +18,9 @@ Create Date: 2026-11-24
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import context, op
+from alembic import context
 
+from usersctl import migration_ops as ops
 from usersctl.errors import InvalidData
 from usersctl.models import UTCDateTime
 
@@ -26,7 +31,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    ops.create_table_if_missing(
         "audit_log",
         sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("at", UTCDateTime(), nullable=False),
@@ -36,21 +41,16 @@ def upgrade() -> None:
         sa.Column("user_email", sa.String(320), nullable=True),
         sa.Column("changes", sa.Text(), nullable=False),
     )
-    op.create_index("ix_audit_log_at", "audit_log", ["at"])
-    op.create_index("ix_audit_log_user_id", "audit_log", ["user_id"])
-    op.create_index("ix_audit_log_user_email", "audit_log", ["user_email"])
-
-
-def _reader() -> sa.Connection:
-    """A live connection for checks, also when the SQL is only rendered (dry run)."""
-    if context.is_offline_mode():
-        return context.config.attributes["connection"]  # type: ignore[no-any-return]
-    return op.get_bind()
+    ops.create_index_if_missing("ix_audit_log_at", "audit_log", ["at"])
+    ops.create_index_if_missing("ix_audit_log_user_id", "audit_log", ["user_id"])
+    ops.create_index_if_missing("ix_audit_log_user_email", "audit_log", ["user_email"])
 
 
 def downgrade() -> None:
-    count = sa.select(sa.func.count()).select_from(sa.table("audit_log"))
-    entries = _reader().execute(count).scalar_one()
+    entries = 0
+    if ops.has_table("audit_log"):
+        count = sa.select(sa.func.count()).select_from(sa.table("audit_log"))
+        entries = ops.reader().execute(count).scalar_one()
     if entries and not context.config.attributes.get("discard_audit_trail"):
         raise InvalidData(
             f"cannot downgrade below 0003, nothing changed: the audit trail holds {entries} "
@@ -58,7 +58,7 @@ def downgrade() -> None:
             "Keep a copy "
             "(usersctl audit -o jsonl > audit.jsonl), then rerun with --discard-audit-trail."
         )
-    op.drop_index("ix_audit_log_user_email", table_name="audit_log")
-    op.drop_index("ix_audit_log_user_id", table_name="audit_log")
-    op.drop_index("ix_audit_log_at", table_name="audit_log")
-    op.drop_table("audit_log")
+    ops.drop_index_if_present("ix_audit_log_user_email", "audit_log")
+    ops.drop_index_if_present("ix_audit_log_user_id", "audit_log")
+    ops.drop_index_if_present("ix_audit_log_at", "audit_log")
+    ops.drop_table_if_present("audit_log")
