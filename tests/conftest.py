@@ -133,12 +133,9 @@ class DatabaseServer:
                 clause = f" TEMPLATE {self.quote(self.template)}" if from_template else ""
                 connection.execute(text(f"CREATE DATABASE {self.quote(name)}{clause}"))
             else:
-                connection.execute(
-                    text(
-                        f"CREATE DATABASE {self.quote(name)} "
-                        "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-                    )
-                )
+                # The server's default character set (latin1 upstream): usersctl must
+                # create its tables utf8mb4 itself.
+                connection.execute(text(f"CREATE DATABASE {self.quote(name)}"))
                 for table in self.template_tables if from_template else []:
                     target = f"{self.quote(name)}.{self.quote(table)}"
                     source = f"{self.quote(self.template)}.{self.quote(table)}"

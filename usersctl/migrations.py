@@ -208,7 +208,8 @@ def _install_kill_switch(connection: Connection) -> None:
     event.listen(connection, "after_cursor_execute", count)
 
 
-_LOCK_NAME = "usersctl_migrations"
+# MariaDB's named locks are server-wide: one per database (names are at most 64 bytes).
+_LOCK_NAME = func.concat("usersctl_migrations_", func.md5(func.database()))
 _LOCK_KEY = 0x75736572  # "user": PostgreSQL advisory lock key for migrations
 
 
