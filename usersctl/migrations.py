@@ -115,6 +115,7 @@ class MigrationResult:
     sql: str = ""  # what ran (a dry run: would run), as an SQL script with comments
     warnings: tuple[str, ...] = ()  # values kept that usersctl's validators would refuse
     private: bool = False  # the SQLite file was made 0600 (adoption)
+    engine: str = ""  # the backend: sqlite, postgresql, mysql
 
     @property
     def changed(self) -> bool:
@@ -289,6 +290,7 @@ def _run(
                         _mark_scrub_pending(connection)
             except _DryRun as rehearsal:  # rolled back: nothing was written
                 return rehearsal.result
+    result = replace(result, engine=db.engine.url.get_backend_name())
     if result.adopted and db.is_sqlite:
         result = replace(result, private=_make_private(db))
     with db.translate_errors():
@@ -348,7 +350,7 @@ def _rehearse(
     finally:
         event.remove(connection, "before_cursor_execute", capture)
     sql = "\n".join(script).strip()
-    return MigrationResult(result.before, result.after, result.adopted, sql + "\n" if sql else "")
+    return replace(result, sql=sql + "\n" if sql else "")
 
 
 def _describe_step(step: Any) -> str:
@@ -367,7 +369,7 @@ def _render_offline(
     result = operation(config, status)
     buffer = config.output_buffer
     sql = buffer.getvalue().strip() if isinstance(buffer, io.StringIO) else ""
-    return MigrationResult(result.before, result.after, result.adopted, sql + "\n" if sql else "")
+    return replace(result, sql=sql + "\n" if sql else "")
 
 
 def _hashed_plaintext(result: MigrationResult) -> bool:

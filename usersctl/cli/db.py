@@ -88,16 +88,31 @@ def run_upgrade(ctx: typer.Context, revision: str, dry_run: bool = False) -> Non
     database = get_state(ctx).database()
     with progress_bar("Hashing plaintext passwords") as progress:
         result = migrations.upgrade(database, revision, progress, dry_run=dry_run)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     if dry_run:
         _show_dry_run("upgrade", database.display_url, result)
         return
     if result.adopted:
         typer.echo(
             "Adopted the tutorial database: stamped revision 0001, then upgraded "
-            "(plaintext passwords are now argon2id hashes; no plaintext copy is left).",
+            f"(plaintext passwords are now argon2id hashes; {_plaintext_left(result)}).",
             err=True,
         )
     _report("Upgraded", database.display_url, result)
+
+
+def _plaintext_left(result: MigrationResult) -> str:
+    """What is true of old plaintext copies after an adoption, per engine."""
+    if result.engine == "sqlite":
+        private = "; the file is now private (0600)" if result.private else ""
+        return f"no plaintext copy is left in the file{private}"
+    if result.engine == "postgresql":
+        return (
+            "the table was rewritten, but the server's WAL and backups may keep old copies "
+            "until they are recycled"
+        )
+    return "the server's binary and redo logs and backups may keep old copies until recycled"
 
 
 @db_app.command("upgrade")
