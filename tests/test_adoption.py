@@ -4,9 +4,13 @@ scrub that fails after the upgrade committed."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import stat
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +228,121 @@ def sqlite_user_version(path: Path) -> int:
         return int(connection.execute("PRAGMA user_version").fetchone()[0])
     finally:
         connection.close()
+
+
+def tutorial_file(path: Path, count: int) -> list[tuple[Any, ...]]:
+    rows = [
+        (i, "N" * 100 + str(i), f"u{i}@example.com", f"{MARKER}-{i:04d}-" + "p" * 40)
+        for i in range(1, count + 1)
+    ]
+    make_tutorial(f"sqlite:///{path}", rows)
+    return rows
+
+
+MARKER = "Plaintext-Secret"
+CHEAP_UPGRADE = """
+import sys
+from argon2 import PasswordHasher
+import usersctl.passwords
+usersctl.passwords._hasher = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+sys.argv[0] = "usersctl"
+from usersctl.cli import main
+main()
+"""
+
+
+def cannot_set_up(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must be able to run this test: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mountpoint = tmp_path / "tmpfs"
+    mountpoint.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        cannot_set_up("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        cannot_set_up(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def leave_free(folder: Path, kib: int) -> None:
+    stats = os.statvfs(folder)
+    with (folder / "filler").open("wb") as handle:
+        handle.write(b"\0" * max(0, stats.f_bavail * stats.f_frsize - kib * 1024))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def upgrade_process(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CHEAP_UPGRADE, "db", "upgrade"],
+        env={**os.environ, "USERSCTL_DATABASE_URL": f"sqlite:///{path}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_adoption_on_a_nearly_full_disk_says_what_happened(
+    small_tmpfs: Path, tmp_path: Path
+) -> None:
+    """From little free space to enough: the upgrade fails changing nothing, or commits and
+    then says that only the scrub failed (and a rerun, with space, finishes the scrub), or
+    succeeds. Never exit 1, never a confusing table name."""
+    source = tmp_path / "tutorial.db"
+    rows = tutorial_file(source, 300)
+    outcomes = []
+    for free in range(40, 1200, 24):
+        for leftover in small_tmpfs.iterdir():
+            leftover.unlink()
+        path = small_tmpfs / "users.db"
+        shutil.copyfile(source, path)
+        path.chmod(0o600)
+        leave_free(small_tmpfs, free)
+        result = upgrade_process(path)
+        lines = result.stderr.strip().splitlines()
+        version = stored(
+            f"sqlite:///{path}", "SELECT name FROM sqlite_master WHERE name = 'alembic_version'"
+        )
+        if result.returncode == 0:
+            assert sqlite_user_version(path) == 0
+            outcomes.append("upgraded")
+            break
+        assert result.returncode == 7, (free, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert "_alembic_tmp" not in result.stderr and "no such table" not in result.stderr
+        if not version:  # nothing changed
+            assert "full" in lines[0], lines
+            assert stored(f"sqlite:///{path}", "SELECT * FROM users ORDER BY id") == rows
+            outcomes.append("refused")
+            continue
+        assert lines[0].startswith(
+            f"error: the upgrade to {HEAD} is done, but scrubbing old plaintext passwords "
+            "from free space failed ("
+        ), lines
+        assert lines[0].endswith("free some space and run `usersctl db upgrade` again to finish it")
+        outcomes.append("scrub failed")
+        (small_tmpfs / "filler").unlink()
+        again = upgrade_process(path)
+        assert again.returncode == 0, again.stderr
+        assert "Scrubbed the old plaintext passwords" in again.stderr
+        assert "nothing to do" in again.stderr
+        assert sqlite_user_version(path) == 0
+        assert MARKER.encode() not in b"".join(
+            p.read_bytes() for p in small_tmpfs.glob("users.db*")
+        )
+    assert outcomes[-1] == "upgraded", outcomes
+    assert "scrub failed" in outcomes and "refused" in outcomes, outcomes

@@ -116,6 +116,7 @@ class MigrationResult:
     warnings: tuple[str, ...] = ()  # values kept that usersctl's validators would refuse
     private: bool = False  # the SQLite file was made 0600 (adoption)
     engine: str = ""  # the backend: sqlite, postgresql, mysql
+    finished_scrub: bool = False  # finished the scrub an earlier upgrade could not do
 
     @property
     def changed(self) -> bool:
@@ -293,10 +294,14 @@ def _run(
     result = replace(result, engine=db.engine.url.get_backend_name())
     if result.adopted and db.is_sqlite:
         result = replace(result, private=_make_private(db))
-    with db.translate_errors():
-        pending = scrub and (_hashed_plaintext(result) or _scrub_pending(db))
-    if pending:
+    if scrub and _hashed_plaintext(result):
         _finish_scrub(db, result)
+    elif scrub:
+        with db.translate_errors():
+            pending = _scrub_pending(db)
+        if pending:
+            _finish_scrub(db, result)
+            result = replace(result, finished_scrub=True)
     if result.after is not None:
         with db.translate_errors():
             db.use_wal()

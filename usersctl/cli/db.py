@@ -99,6 +99,11 @@ def run_upgrade(ctx: typer.Context, revision: str, dry_run: bool = False) -> Non
             f"(plaintext passwords are now argon2id hashes; {_plaintext_left(result)}).",
             err=True,
         )
+    if result.finished_scrub:
+        typer.echo(
+            "Scrubbed the old plaintext passwords an earlier upgrade left in free space.",
+            err=True,
+        )
     _report("Upgraded", database.display_url, result)
 
 
