@@ -102,7 +102,9 @@ def _warn_about_values(rows: Sequence[Row], hashing: set[int]) -> None:
             try:
                 check(value or "")
             except ValueError as exc:
-                _warn(f"user {user_id}: {field} {value!r} kept, though usersctl refuses it: {exc}")
+                reason = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc))
+                kept = f"user {user_id}: {field} {value!r} kept"
+                _warn(f"{kept}, though usersctl refuses it: {reason}")
         if user_id in hashing and password is not None and len(password) > passwords.MAX_LENGTH:
             _warn(
                 f"user {user_id}: password longer than {passwords.MAX_LENGTH} characters, "
