@@ -30,12 +30,9 @@ ONE_PASSWORD = "give exactly one of password and password_hash"
 # What a field must be, for any problem pydantic itself finds (a wrong type, a number out
 # of range, an unparsable timestamp): pydantic's own words never reach the user.
 FIELD_RULES = {
-    "name": "invalid name: must be text",
-    "email": "invalid email: must be text",
     "role": ROLE_INVALID,
     "active": "invalid active: must be true or false",
     "is_active": "invalid active: must be true or false",
-    "password": "invalid password: must be text",
     "password_hash": PASSWORD_HASH_INVALID,
     "id": f"invalid id: must be a whole number from 1 to {ID_MAX}",
     "created_at": (
@@ -46,6 +43,7 @@ FIELD_RULES = {
     ),
 }
 STORED_NUL = "invalid {}: must not contain NUL (U+0000), which no database engine stores"
+NOT_TEXT = "invalid {}: must be text"
 UNKNOWN_COLUMN = "unknown column {!r}"
 MISSING_COLUMN = "missing column {!r}"
 

@@ -252,6 +252,8 @@ def _describe(error: Any) -> str:
         return rules.UNKNOWN_COLUMN.format(field)
     if error["type"] == "missing":
         return rules.MISSING_COLUMN.format(field)
+    if error["type"] == "string_type":
+        return rules.NOT_TEXT.format(field)
     return rules.FIELD_RULES.get(field, f"invalid {field}")
 
 
