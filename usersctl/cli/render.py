@@ -171,11 +171,15 @@ class Renderer:
         """CSV is lossless into a file or pipe; on a terminal, control characters are shown
         as escapes like every other format, so a value can never drive the terminal."""
         writer = csv.writer(self.out, lineterminator="\n")
+        # The csv module quotes a cell with a newline but not one with a lone CR (with "\n"
+        # as line end): a row holding one is written fully quoted, so it reads back exactly.
+        quoting = csv.writer(self.out, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(fields)
         shown = printable if self.out.isatty() else str
         count = 0
         for record in records:
-            writer.writerow([shown(csv_cell(_text_value(record.get(k)))) for k in fields])
+            row = [shown(csv_cell(_text_value(record.get(k)))) for k in fields]
+            (quoting if "\r" in "".join(row) else writer).writerow(row)
             count += 1
         return count
 
