@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from conftest import Cli, Seeder
 from usersctl.bulk import read_records
 from usersctl.cli.render import FIELDS, OutputFormat, Renderer
-from usersctl.cli.text import FORMAT_CHARACTERS, printable
 
 SCRIPT = Path(sys.executable).parent / "usersctl"
 
@@ -264,6 +263,8 @@ def test_csv_round_trip_is_lossless(name: str, email: str, role: str) -> None:
 
 def test_the_format_character_list_matches_unicode() -> None:
     import unicodedata
+
+    from usersctl.cli.text import FORMAT_CHARACTERS, printable
 
     pattern = re.compile(f"[{FORMAT_CHARACTERS}]")
     for code in range(0x110000):
