@@ -114,7 +114,7 @@ def test_every_bad_row_is_reported_with_its_line(cli: Cli, seed: Seeder, tmp_pat
         "Bob,not-an-email,,,long-enough-1\n"  # line 4
         'Carol,"carol@example.com",Admin,,long-enough-1\n'  # line 5: bad role
         "Dan,dan@example.com,,maybe,long-enough-1\n"  # line 6: bad active
-        "Eve,eve@example.com,,,short\n"  # line 7: weak password
+        "Eve,eve@example.com,,,tiny\n"  # line 7: weak password
         '"Multi\nLine",ml@example.com,,,long-enough-1\n'  # lines 8-9: control char
         "Fay,ADA@example.com,,,long-enough-1\n"  # line 10: duplicate of line 2
         "Gus,gus@example.com,,\n",  # line 11: too few fields
@@ -126,7 +126,7 @@ def test_every_bad_row_is_reported_with_its_line(cli: Cli, seed: Seeder, tmp_pat
     reported = {line.split(":")[0] for line in lines[:-1]}
     assert reported == {f"line {n}" for n in (3, 4, 5, 6, 7, 8, 10, 11)}
     assert any("line 10: duplicate email ada@example.com (first on line 2)" in x for x in lines)
-    assert "long-enough-1" not in result.stderr and "short" not in result.stderr.lower()
+    assert "long-enough-1" not in result.stderr and "tiny" not in result.stderr.lower()
     assert snapshot(cli) == before
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +41,63 @@ class Record:
     problem: str | None = None
 
 
+# Hostile input (/dev/zero, a line without end) must not grow memory without bound: no
+# line and no record may be longer than this (README, "Bulk import and export").
+MAX_RECORD = 1 << 20  # characters
+_LIMIT_TEXT = "1 MiB"
+_CHUNK = 1 << 16
+
+# The leading ' that export puts before a CSV cell a spreadsheet would run as a formula
+# (see usersctl.cli.render.csv_cell): removed again on import, from cells of that shape only.
+FORMULA_START = re.compile("'*[=+\\-@\t\r]")
+
+
+def csv_value(cell: str) -> str:
+    return cell[1:] if cell[:1] == "'" and FORMULA_START.match(cell) else cell
+
+
+class _Lines:
+    """The lines of a stream, none longer than MAX_RECORD; `mark()` starts a record, and
+    no record may span more than MAX_RECORD characters either."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.number = 0  # lines read so far
+        self.start = 1
+        self.pending = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.stream.readline(MAX_RECORD + 3)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        if len(line.rstrip("\r\n")) > MAX_RECORD:
+            raise InvalidData(
+                f"line {self.number}: longer than {_LIMIT_TEXT}, the limit for a line"
+            )
+        self.pending += len(line)
+        if self.pending > MAX_RECORD:
+            raise InvalidData(
+                f"line {self.start}: record longer than {_LIMIT_TEXT}, the limit for a record"
+            )
+        return line
+
+    def mark(self) -> None:
+        self.start, self.pending = self.number + 1, 0
+
+
 def _csv_records(stream: TextIO) -> Iterator[Record]:
     from usersctl.schemas import IMPORT_COLUMNS
 
-    reader = csv.reader(stream)
-    header = next(reader, None)
+    lines = _Lines(stream)
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise InvalidData(f"line {reader.line_num}: not valid CSV: {exc}") from None
     if header is None:
         return
     header = [name.strip() for name in header]
@@ -57,7 +110,14 @@ def _csv_records(stream: TextIO) -> Iterator[Record]:
     if len(set(header)) != len(header):
         raise InvalidData("line 1: a column appears twice in the header")
     line = reader.line_num + 1
-    for values in reader:
+    while True:
+        lines.mark()
+        try:
+            values = next(reader, None)
+        except csv.Error as exc:
+            raise InvalidData(f"line {line}: not valid CSV: {exc}") from None
+        if values is None:
+            return
         start, line = line, reader.line_num + 1
         if not values:
             continue  # a blank line
@@ -67,59 +127,121 @@ def _csv_records(stream: TextIO) -> Iterator[Record]:
         # An empty optional cell means "not given" (the default applies).
         yield Record(
             start,
-            {k: v for k, v in zip(header, values, strict=True) if v != "" or k not in _OPTIONAL},
+            {
+                k: csv_value(v)
+                for k, v in zip(header, values, strict=True)
+                if v != "" or k not in _OPTIONAL
+            },
         )
 
 
+def _loads(line: int, text: str) -> Record:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return Record(line, None, f"not valid JSON: {exc.msg}")
+    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+        return Record(line, None, "not valid JSON: a number has too many digits")
+    except RecursionError:
+        return Record(line, None, "not valid JSON: nested too deeply")
+    return _object(line, value)
+
+
 def _jsonl_records(stream: TextIO) -> Iterator[Record]:
-    for number, text in enumerate(stream, start=1):
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield Record(number, None, f"not valid JSON: {exc.msg}")
-            continue
-        yield _object(number, value)
+    lines = _Lines(stream)
+    for text in lines:
+        lines.mark()
+        if text.strip():
+            yield _loads(lines.number, text)
+
+
+class _JsonArray:
+    """Reads one JSON array from a stream a chunk at a time, so that memory is bounded by
+    the longest element (MAX_RECORD), not by the input."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.text = ""
+        self.position = 0
+        self.line = 1  # the line `position` is on
+        self.eof = False
+
+    def more(self) -> bool:
+        chunk = self.stream.read(_CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        self.text = self.text[self.position :] + chunk
+        self.position = 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not white space ('' at the end), counting lines."""
+        while True:
+            while self.position < len(self.text) and self.text[self.position] in " \t\r\n":
+                if self.text[self.position] == "\n":
+                    self.line += 1
+                self.position += 1
+            if self.position < len(self.text) or self.eof or not self.more():
+                return self.text[self.position : self.position + 1]
+
+    def value(self, decoder: json.JSONDecoder) -> Any:
+        while True:
+            try:
+                value, end = decoder.raw_decode(self.text, self.position)
+            except json.JSONDecodeError as exc:
+                if not self.eof and len(self.text) - self.position <= MAX_RECORD and self.more():
+                    continue
+                if len(self.text) - self.position > MAX_RECORD:
+                    self.too_long()
+                line = self.line + self.text.count("\n", self.position, exc.pos)
+                raise InvalidData(f"line {line}: not valid JSON: {exc.msg}") from None
+            except ValueError:
+                raise InvalidData(
+                    f"line {self.line}: not valid JSON: a number has too many digits"
+                ) from None
+            except RecursionError:
+                raise InvalidData(f"line {self.line}: not valid JSON: nested too deeply") from None
+            if end == len(self.text) and not self.eof and self.more():
+                continue  # a number at the end of the chunk may go on
+            if end - self.position > MAX_RECORD:
+                self.too_long()
+            self.line += self.text.count("\n", self.position, end)
+            self.position = end
+            return value
+
+    def too_long(self) -> None:
+        raise InvalidData(
+            f"line {self.line}: record longer than {_LIMIT_TEXT}, the limit for a record"
+        )
 
 
 def _json_records(stream: TextIO) -> Iterator[Record]:
     """The elements of one JSON array, each with the line it starts on."""
-    text = stream.read()
+    reader = _JsonArray(stream)
     decoder = json.JSONDecoder()
-    position = _skip_space(text, 0)
-    if position >= len(text) or text[position] != "[":
-        raise InvalidData("line 1: a JSON import must be one array of objects")
-    position = _skip_space(text, position + 1)
-    if position < len(text) and text[position] == "]":
-        if _skip_space(text, position + 1) < len(text):
-            raise InvalidData("unexpected content after the JSON array")
+    if reader.peek() != "[":
+        raise InvalidData(f"line {reader.line}: a JSON import must be one array of objects")
+    reader.position += 1
+    if reader.peek() == "]":
+        reader.position += 1
+        if reader.peek():
+            raise InvalidData(f"line {reader.line}: unexpected content after the JSON array")
         return
     while True:
-        line = text.count("\n", 0, position) + 1
-        try:
-            value, position = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as exc:
-            raise InvalidData(f"line {exc.lineno}: not valid JSON: {exc.msg}") from None
-        yield _object(line, value)
-        position = _skip_space(text, position)
-        if position < len(text) and text[position] == ",":
-            position = _skip_space(text, position + 1)
+        line = reader.line
+        yield _object(line, reader.value(decoder))
+        following = reader.peek()
+        if following == ",":
+            reader.position += 1
+            reader.peek()
             continue
-        if position < len(text) and text[position] == "]":
-            end = _skip_space(text, position + 1)
-            if end < len(text):
-                line = text.count("\n", 0, end) + 1
-                raise InvalidData(f"line {line}: unexpected content after the JSON array")
+        if following == "]":
+            reader.position += 1
+            if reader.peek():
+                raise InvalidData(f"line {reader.line}: unexpected content after the JSON array")
             return
-        line = text.count("\n", 0, position) + 1
-        raise InvalidData(f"line {line}: expected ',' or ']' in the JSON array")
-
-
-def _skip_space(text: str, position: int) -> int:
-    while position < len(text) and text[position] in " \t\r\n":
-        position += 1
-    return position
+        raise InvalidData(f"line {reader.line}: expected ',' or ']' in the JSON array")
 
 
 def _object(line: int, value: Any) -> Record:
@@ -134,8 +256,6 @@ def read_records(stream: TextIO, fmt: str) -> Iterator[Record]:
         yield from readers[fmt](stream)
     except UnicodeDecodeError:
         raise InvalidData("input is not valid UTF-8") from None
-    except csv.Error as exc:
-        raise InvalidData(f"not valid CSV: {exc}") from None
 
 
 @dataclass
@@ -148,11 +268,16 @@ class ParsedImport:
 MAX_REPORTED = 50
 
 
-def validate(records: Iterator[Record]) -> ParsedImport:
-    """Validate every record; collect every problem (the first MAX_REPORTED in words)."""
+def validate(records: Iterator[Record], *, restore: bool = False) -> ParsedImport:
+    """Validate every record; collect every problem (the first MAX_REPORTED in words).
+
+    A restore (a usersctl backup) keeps names, emails and roles exactly as stored
+    (schemas.UserRestore), so that whatever a database held comes back."""
     from pydantic import ValidationError
 
-    from usersctl.schemas import UserImport, validation_message
+    from usersctl.schemas import UserImport, UserRestore, validation_message
+
+    model = UserRestore if restore else UserImport
 
     parsed = ParsedImport()
     first_line: dict[str, int] = {}
@@ -168,7 +293,7 @@ def validate(records: Iterator[Record]) -> ParsedImport:
             problem(record.line, record.problem or "unreadable record")
             continue
         try:
-            row = UserImport.model_validate(record.data)
+            row = model.model_validate(record.data)
         except ValidationError as exc:
             problem(record.line, validation_message(exc))
             continue

@@ -19,6 +19,7 @@ ENV_PREFIX = "USERSCTL_"
 DEFAULT_BUSY_TIMEOUT = 10.0
 _CONFIG_KEYS = {"database_url", "busy_timeout", "actor"}
 ACTOR_LENGTH = 200
+MAX_CONFIG_SIZE = 1 << 20  # bytes
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,14 @@ def _read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
 
     try:
         with path.open("rb") as handle:
-            data = tomllib.load(handle)
+            raw = handle.read(MAX_CONFIG_SIZE + 1)  # bounded: USERSCTL_CONFIG=/dev/zero
+        if len(raw) > MAX_CONFIG_SIZE:
+            raise UsageError(f"config file {path} is larger than 1 MiB: is it the right file?")
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read config file {path}: not valid UTF-8") from None
+    except RecursionError:
+        raise UsageError(f"cannot read config file {path}: nested too deeply") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"cannot read config file {path}: {exc}") from None
     unknown = sorted(set(data) - _CONFIG_KEYS)

@@ -17,10 +17,11 @@ from functools import partial
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from usersctl import rules
 from usersctl.errors import InvalidData
 
-MIN_LENGTH = 8
-MAX_LENGTH = 1024
+MIN_LENGTH = rules.PASSWORD_MIN_LENGTH
+MAX_LENGTH = rules.PASSWORD_MAX_LENGTH
 
 _hasher = PasswordHasher()
 
@@ -34,10 +35,9 @@ DUMMY_HASH = (
 
 def check_policy(password: str) -> None:
     """Raise InvalidData when the password is too short or too long. Never echoes it."""
-    if len(password) < MIN_LENGTH:
-        raise InvalidData(f"password too short: at least {MIN_LENGTH} characters are required")
-    if len(password) > MAX_LENGTH:
-        raise InvalidData(f"password too long: at most {MAX_LENGTH} characters are allowed")
+    problem = rules.password_problem(password)
+    if problem is not None:
+        raise InvalidData(problem)
 
 
 def hash_password(password: str, *, enforce_policy: bool = True) -> str:

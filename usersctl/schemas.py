@@ -24,25 +24,42 @@ from pydantic import (
     model_validator,
 )
 
+from usersctl import rules
 from usersctl.errors import InvalidData
-from usersctl.models import NAME_LENGTH, ROLE_LENGTH
+from usersctl.models import EMAIL_LENGTH, NAME_LENGTH, ROLE_LENGTH
 
 ROLE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
-_FORBIDDEN_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+# Control characters, and format characters (Cf: the bidi overrides such as U+202E, the
+# zero-width space U+200B, the byte-order mark...) which are invisible or reorder what a
+# terminal shows. The zero-width joiners are kept: Persian and Indic spelling and emoji
+# sequences need them.
+_FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+_JOINERS = frozenset("\u200c\u200d")
+# Letters that display as nothing (the Hangul fillers): a name of only these is blank.
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0")
+_FILLER = re.compile("[\u115f\u1160\u3164\uffa0]")
 
 
 def clean_name(value: str) -> str:
-    """Trim; 1-200 characters; no control characters (they would corrupt terminals/files)."""
+    """Trim; 1-200 characters; no control or invisible format characters (they would
+    corrupt terminals and files, or hide what a name really says); something visible."""
     value = value.strip()
     if not value:
-        raise ValueError("name must not be empty")
+        raise ValueError(rules.NAME_EMPTY)
     if len(value) > NAME_LENGTH:
-        raise ValueError(f"name must be at most {NAME_LENGTH} characters")
-    if value.isprintable():  # fast path: no Cc/Zl/Zp/Cs (nor Cf, which are allowed)
+        raise ValueError(rules.NAME_TOO_LONG)
+    if value.isprintable() and not _FILLER.search(value):  # fast path: no Cc/Cf/Zl/Zp/Cs
         return value
+    visible = False
     for char in value:
+        if char in _JOINERS:
+            continue
         if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
-            raise ValueError(f"name must not contain control characters (found U+{ord(char):04X})")
+            raise ValueError(rules.NAME_INVISIBLE.format(ord(char)))
+        if not (char.isspace() or char in _FILLERS):
+            visible = True
+    if not visible:
+        raise ValueError(rules.NAME_ONLY_INVISIBLE)
     return value
 
 
@@ -70,13 +87,28 @@ def _simple_email(value: str) -> str | None:
     return lowered
 
 
+# Special-use domains that organisations really run mail on (RFC 6762 .local, RFC 8375
+# home.arpa, RFC 6761 localhost and .test) are accepted; .invalid and .onion, which never
+# route mail, stay refused. email-validator documents SPECIAL_USE_DOMAIN_NAMES as the list
+# to edit for this.
+ACCEPTED_SPECIAL_USE = ("arpa", "local", "localhost", "test")
+# The one single-label domain accepted (`root@localhost`); `ada@examplecom` stays a typo.
+_SINGLE_LABEL = "localhost"
+
+
 @functools.cache
 def _special_use_domains() -> tuple[frozenset[str], tuple[str, ...]]:
-    """email-validator's special-use domains: single labels, and multi-label suffixes."""
-    from email_validator import SPECIAL_USE_DOMAIN_NAMES
+    """The special-use domains still refused: single labels, and multi-label suffixes."""
+    import email_validator
 
-    single = frozenset(name for name in SPECIAL_USE_DOMAIN_NAMES if "." not in name)
-    multi = tuple(f".{name}" for name in SPECIAL_USE_DOMAIN_NAMES if "." in name)
+    refused = list(email_validator.SPECIAL_USE_DOMAIN_NAMES)
+    for name in ACCEPTED_SPECIAL_USE:
+        if name in email_validator.SPECIAL_USE_DOMAIN_NAMES:
+            email_validator.SPECIAL_USE_DOMAIN_NAMES.remove(name)
+        if name in refused:
+            refused.remove(name)
+    single = frozenset(name for name in refused if "." not in name)
+    multi = tuple(f".{name}" for name in refused if "." in name)
     return single, multi
 
 
@@ -86,12 +118,16 @@ def normalize_email(value: str) -> str:
     simple = _simple_email(value)
     if simple is not None:
         return simple
+    _special_use_domains()  # email-validator configured before its first use
     from email_validator import EmailNotValidError, validate_email
 
+    domain = value.rpartition("@")[2].lower().rstrip(".")
     try:
-        result = validate_email(value, check_deliverability=False)
+        result = validate_email(
+            value, check_deliverability=False, globally_deliverable=domain != _SINGLE_LABEL
+        )
     except EmailNotValidError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(rules.email_reason(str(exc))) from None
     return result.normalized.lower()
 
 
@@ -125,7 +161,14 @@ def check_password_hash(value: str) -> str:
     from usersctl.passwords import is_valid_hash
 
     if not is_valid_hash(value):
-        raise ValueError("must be a well-formed argon2 ($argon2id$...) or bcrypt ($2b$...) hash")
+        raise ValueError(rules.PASSWORD_HASH_INVALID)
+    return value
+
+
+def check_password(value: str) -> str:
+    problem = rules.password_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -138,19 +181,47 @@ class UserImport(BaseModel):
     email: Email
     role: Role = "user"
     active: bool = True
-    password: str | None = Field(default=None, min_length=8, max_length=1024, repr=False)
+    password: Annotated[str, AfterValidator(check_password)] | None = Field(
+        default=None, repr=False
+    )
     password_hash: Annotated[str, AfterValidator(check_password_hash)] | None = Field(
         default=None, repr=False
     )
-    id: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    id: int | None = Field(default=None, ge=1, le=rules.ID_MAX)
     created_at: AwareDatetime | None = None
     updated_at: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _one_password(self) -> UserImport:
         if (self.password is None) == (self.password_hash is None):
-            raise ValueError("give exactly one of password and password_hash")
+            raise ValueError(rules.ONE_PASSWORD)
         return self
+
+
+def _stored(field: str, limit: int, *, empty: bool) -> Any:
+    """A value kept exactly as a backup holds it: only what every engine can store."""
+
+    def check(value: str) -> str:
+        if not value and not empty:
+            raise ValueError(f"invalid {field}: must not be empty")
+        if len(value) > limit:
+            raise ValueError(f"invalid {field}: at most {limit} characters are allowed")
+        if "\x00" in value:
+            raise ValueError(rules.STORED_NUL.format(field))
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
+class UserRestore(UserImport):
+    """A row of `import --restore`: a usersctl backup, whose name, email and role are kept
+    exactly as stored, also values today's rules refuse (a database adopted from the
+    tutorial app may hold `not-an-email`); their types, lengths and uniqueness are still
+    checked. See README, "Bulk import and export"."""
+
+    name: _stored("name", NAME_LENGTH, empty=True)  # type: ignore[valid-type]
+    email: _stored("email", EMAIL_LENGTH, empty=False)  # type: ignore[valid-type]
+    role: _stored("role", ROLE_LENGTH, empty=False) = "user"  # type: ignore[valid-type]
 
 
 IMPORT_COLUMNS = tuple(UserImport.model_fields)
@@ -171,19 +242,19 @@ class UserPublic(BaseModel):
 
 
 def _describe(error: Any) -> str:
+    """usersctl's wording (usersctl.rules) for one problem: never pydantic's."""
     field = ".".join(str(part) for part in error["loc"])
-    if not field:  # a whole-row rule (model validator)
-        return str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "value_error":  # our own validators: already in usersctl's words
+        return str(error["ctx"]["error"])
+    if not field:
+        return "invalid row"
     if error["type"] == "extra_forbidden":
-        return f"unknown column {field!r}"
+        return rules.UNKNOWN_COLUMN.format(field)
     if error["type"] == "missing":
-        return f"missing column {field!r}"
-    message = str(error["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(prefix)
-    if error["type"] == "string_pattern_mismatch" and field == "role":
-        message = "must be lowercase letters, digits, '_' or '-', starting with a letter"
-    return f"invalid {field}: {message}"
+        return rules.MISSING_COLUMN.format(field)
+    if error["type"] == "string_type":
+        return rules.NOT_TEXT.format(field)
+    return rules.FIELD_RULES.get(field, f"invalid {field}")
 
 
 def validation_message(exc: ValidationError) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from usersctl.cli.options import Output
-from usersctl.cli.render import OutputFormat, Renderer, to_json
+from usersctl.cli.render import AUDIT_DROP_ORDER, OutputFormat, Renderer, to_json
 from usersctl.cli.state import get_state
 from usersctl.errors import UsageError
 from usersctl.timestamps import iso_utc
@@ -63,7 +63,9 @@ def show_planned(trail: Trail, output: OutputFormat) -> None:
         {"action": e.action, "user_id": e.user_id, "email": e.email, "changes": e.changes}
         for e in trail.entries
     )
-    shown = Renderer(output).many(_shaped(records, output), fields=PLANNED_FIELDS)
+    shown = Renderer(output).many(
+        _shaped(records, output), fields=PLANNED_FIELDS, drop=AUDIT_DROP_ORDER
+    )
     if shown == 0:
         typer.echo("Dry run: nothing would change.", err=True)
     else:
@@ -145,6 +147,8 @@ def audit(
             limit=limit,
         )
         records = ({**entry, "at": iso_utc(entry["at"])} for entry in entries)
-        shown = Renderer(output).many(_shaped(records, output), fields=AUDIT_FIELDS)
+        shown = Renderer(output).many(
+            _shaped(records, output), fields=AUDIT_FIELDS, drop=AUDIT_DROP_ORDER
+        )
     if shown == 0 and output is OutputFormat.table:
         typer.echo("No audit entries.", err=True)

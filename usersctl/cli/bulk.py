@@ -97,7 +97,7 @@ def import_(
 
     chosen = bulk.guess_format(source, fmt.value if fmt else None)
     with _open_input(source) as stream:
-        parsed = bulk.validate(bulk.read_records(stream, chosen))
+        parsed = bulk.validate(bulk.read_records(stream, chosen), restore=restore)
     bulk.check(parsed)
     state = get_state(ctx)
     database = state.ready_database(write=True, dry_run=dry_run)

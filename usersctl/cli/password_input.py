@@ -11,10 +11,11 @@ from typing import Annotated
 
 import typer
 
+from usersctl import rules
 from usersctl.cli.state import stdin_is_terminal
 from usersctl.errors import InvalidData, UsageError
 
-MAX_LINE = 1024
+MAX_LINE = rules.PASSWORD_MAX_LENGTH
 
 PasswordStdin = Annotated[
     bool,
@@ -52,7 +53,7 @@ def read_stdin_line() -> str:
         raise InvalidData("the password on standard input is not valid UTF-8") from None
     line = line.removesuffix("\n").removesuffix("\r")
     if len(line) > MAX_LINE:
-        raise InvalidData(f"password too long: at most {MAX_LINE} characters are allowed")
+        raise InvalidData(rules.PASSWORD_TOO_LONG)
     return line
 
 
@@ -67,13 +68,27 @@ def new_password(*, password_stdin: bool, random_password: bool) -> PasswordInpu
     if password_stdin:
         value = read_stdin_line()
     elif stdin_is_terminal():
-        value = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+        value = _prompt_twice()
     else:
         raise UsageError(
             "no password source: stdin is not a terminal; use --password-stdin or --random-password"
         )
     passwords.check_policy(value)
     return PasswordInput(value)
+
+
+MISMATCH = "error: the two passwords do not match."
+
+
+def _prompt_twice() -> str:
+    """A hidden prompt and its confirmation, asked again until they agree (click's own
+    confirmation prints "Error: The two entered values do not match." to stdout)."""
+    while True:
+        value: str = typer.prompt("Password", hide_input=True)
+        again: str = typer.prompt("Repeat for confirmation", hide_input=True)
+        if value == again:
+            return value
+        typer.echo(MISMATCH, err=True)
 
 
 def existing_password(*, password_stdin: bool) -> str:

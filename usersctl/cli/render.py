@@ -9,14 +9,16 @@ ellipsize a value: off a terminal the table is laid out at its natural width.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import IO, Any
 
-from usersctl.cli.text import printable
+from usersctl.bulk import FORMULA_START
+from usersctl.cli.text import FORMAT_CHARACTERS, printable
 from usersctl.timestamps import iso_utc
 
 FIELDS = ("id", "name", "email", "role", "active", "created_at", "updated_at")
@@ -46,9 +48,10 @@ def user_record(user: Any) -> dict[str, Any]:
     return record
 
 
-# json.dumps leaves DEL, C1 controls and the JS line separators raw with ensure_ascii=False;
-# escape them so JSON on a terminal is as inert as the other formats (still lossless).
-_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
+# json.dumps leaves DEL, C1 controls, the JS line separators and invisible format characters
+# (bidi overrides, zero-width space) raw with ensure_ascii=False; escape them so JSON on a
+# terminal is as inert as the other formats (still lossless).
+_JSON_UNSAFE = re.compile(f"[\x7f-\x9f\u2028\u2029{FORMAT_CHARACTERS}]")
 
 
 _BATCH = 1000
@@ -62,13 +65,35 @@ def to_json(value: Any, *, indent: bool = False) -> str:
 
 
 def _escape_unsafe(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON spells an astral character as a UTF-16 surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def _text_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)
+
+
+def csv_cell(value: str) -> str:
+    """OWASP "CSV Injection": a spreadsheet runs a cell starting with = + - @ TAB or CR as a
+    formula, so such a cell is written with a leading '. To keep the round trip lossless, a
+    cell that already starts with 's followed by one of them gets one more ', and `import`
+    removes exactly one ' from cells of that shape (usersctl.bulk.csv_value). Every other
+    cell, "'Tis" included, is written as it is."""
+    return "'" + value if FORMULA_START.match(value) else value
+
+
+# Tables on a terminal: only these columns wrap (at spaces, like prose); the others never
+# split a value. Too narrow a terminal drops columns, first to last, in DROP_ORDER (for
+# users) or AUDIT_DROP_ORDER (audit entries); README, "Output formats".
+WRAPPING = frozenset({"name", "changes", "message"})
+WRAP_MIN_WIDTH = 16
+DROP_ORDER = ("updated_at", "created_at", "active", "role", "down_revision")
+AUDIT_DROP_ORDER = ("id", "actor", "email")
 
 
 class Renderer:
@@ -89,7 +114,12 @@ class Renderer:
             self.many([record], fields=fields)
 
     def many(
-        self, records: Iterable[Record], *, fields: Iterable[str] = FIELDS, exact: bool = False
+        self,
+        records: Iterable[Record],
+        *,
+        fields: Iterable[str] = FIELDS,
+        exact: bool = False,
+        drop: Sequence[str] = DROP_ORDER,
     ) -> int:
         """Many objects, streamed (except the table, which must measure its columns).
 
@@ -103,16 +133,17 @@ class Renderer:
             OutputFormat.jsonl: self._jsonl,
             OutputFormat.csv: self._csv,
             OutputFormat.plain: self._plain,
-            OutputFormat.table: self._table,
-        }[self.fmt]
+        }.get(self.fmt)
+        if writer is None:
+            return self._table(records, fields, drop)
         return writer(records, fields)
 
     def _json_array(self, records: Iterable[Record], fields: list[str]) -> int:
         count = 0
         self.out.write("[")
-        for record in records:
+        for record in records:  # indented like a single object (README, "Output formats")
             self.out.write(",\n  " if count else "\n  ")
-            self.out.write(to_json(record))
+            self.out.write(to_json(record, indent=True).replace("\n", "\n  "))
             count += 1
         self.out.write("\n]\n" if count else "]\n")
         return count
@@ -140,11 +171,15 @@ class Renderer:
         """CSV is lossless into a file or pipe; on a terminal, control characters are shown
         as escapes like every other format, so a value can never drive the terminal."""
         writer = csv.writer(self.out, lineterminator="\n")
+        # The csv module quotes a cell with a newline but not one with a lone CR (with "\n"
+        # as line end): a row holding one is written fully quoted, so it reads back exactly.
+        quoting = csv.writer(self.out, lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writerow(fields)
         shown = printable if self.out.isatty() else str
         count = 0
         for record in records:
-            writer.writerow([shown(_text_value(record.get(k))) for k in fields])
+            row = [shown(csv_cell(_text_value(record.get(k)))) for k in fields]
+            (quoting if "\r" in "".join(row) else writer).writerow(row)
             count += 1
         return count
 
@@ -156,29 +191,46 @@ class Renderer:
             count += 1
         return count
 
-    def _console(self) -> Any:
+    def _print(self, renderable: Any, *, width: int | None = None) -> None:
+        """On a terminal, as Rich lays it out; off one, at its natural width (nothing cut
+        or wrapped), without colour and without the trailing spaces of padded cells."""
         from rich.console import Console
 
         if self.out.isatty():
-            return Console(file=self.out)
-        # Not a terminal: as wide as the content needs, no colour, nothing cut or wrapped.
-        return Console(file=self.out, width=100_000, no_color=True, highlight=False)
+            Console(file=self.out, width=width).print(renderable, soft_wrap=False)
+            return
+        buffer = io.StringIO()
+        console = Console(file=buffer, width=100_000, no_color=True, highlight=False)
+        console.print(renderable, soft_wrap=False)
+        self.out.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
 
-    def _table(self, records: Iterable[Record], fields: list[str]) -> int:
-        from rich import box
-        from rich.table import Table
-        from rich.text import Text
+    def _table(
+        self, records: Iterable[Record], fields: list[str], drop: Sequence[str] = DROP_ORDER
+    ) -> int:
+        from rich.console import Console
 
-        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for name in fields:
-            table.add_column(name, overflow="fold", no_wrap=not self.out.isatty())
-        count = 0
-        for record in records:
-            table.add_row(*(Text(printable(_text_value(record.get(k)))) for k in fields))
-            count += 1
-        if count:
-            self._console().print(table, soft_wrap=False)
-        return count
+        rows = [[printable(_text_value(record.get(k))) for k in fields] for record in records]
+        if not rows:
+            return 0
+        if not self.out.isatty():
+            self._print(_users_table(fields, rows, fields, fold=False))
+            return len(rows)
+        # On a terminal: identifiers, emails, times and roles never wrap; what may (names,
+        # audit changes) wraps at spaces. Columns are dropped, in `drop` order, until the
+        # rest fits; only if even that is too wide do values fold mid-word.
+        console = Console(file=self.out)
+        widths = _natural_widths(fields, rows)
+        shown = list(fields)
+        for name in (None, *(name for name in drop if name in fields)):
+            if name is not None:
+                shown.remove(name)
+            if _least_width(shown, widths) <= console.width:
+                table = _users_table(fields, rows, shown, fold=False)
+                break
+        else:
+            table = _users_table(fields, rows, shown, fold=True)
+        console.print(table, soft_wrap=False)
+        return len(rows)
 
     def _vertical_table(self, record: Record, fields: list[str]) -> None:
         from rich import box
@@ -186,15 +238,50 @@ class Renderer:
         from rich.text import Text
 
         table = Table(box=box.SIMPLE, show_header=False, show_edge=False, pad_edge=False)
-        table.add_column("field", style="bold")
-        table.add_column("value", overflow="fold", no_wrap=not self.out.isatty())
+        table.add_column("field", style="bold", no_wrap=True)
+        table.add_column("value", overflow="fold")
         for name in fields:
             table.add_row(name, Text(printable(_text_value(record.get(name)))))
-        self._console().print(table)
+        self._print(table)
 
     def line(self, text: str) -> None:
         """A bare line of data (a count, a revision): the same in every format."""
         self.out.write(text + "\n")
+
+
+_COLUMN_GAP = 3  # between two columns of a SIMPLE_HEAD table without edge padding
+
+
+def _natural_widths(fields: list[str], rows: list[list[str]]) -> dict[str, int]:
+    from rich.cells import cell_len
+
+    return {
+        name: max(cell_len(name), *(cell_len(row[position]) for row in rows))
+        for position, name in enumerate(fields)
+    }
+
+
+def _least_width(shown: list[str], widths: dict[str, int]) -> int:
+    """The narrowest a table of `shown` gets without splitting a value that must not wrap."""
+    least = sum(
+        min(widths[name], WRAP_MIN_WIDTH) if name in WRAPPING else widths[name] for name in shown
+    )
+    return least + _COLUMN_GAP * (len(shown) - 1)
+
+
+def _users_table(fields: list[str], rows: list[list[str]], shown: list[str], *, fold: bool) -> Any:
+    """A table of `rows` (cells in `fields` order) showing the columns `shown`."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    index = [fields.index(name) for name in shown]
+    for name in shown:
+        table.add_column(name, overflow="fold", no_wrap=not fold and name not in WRAPPING)
+    for row in rows:
+        table.add_row(*(Text(row[position]) for position in index))
+    return table
 
 
 def records(users: Iterable[Any]) -> Iterator[dict[str, Any]]:

@@ -1,0 +1,66 @@
+"""The one wording of every validation rule, shared by the commands and import rows.
+
+Each message is complete (`invalid name: ...`), so `create --name ''` and an import row
+with an empty name say the same thing. No heavy imports here: the password prompt and the
+schemas both use it.
+"""
+
+from __future__ import annotations
+
+PASSWORD_MIN_LENGTH = 8
+PASSWORD_MAX_LENGTH = 1024
+NAME_MAX_LENGTH = 200  # = models.NAME_LENGTH (a test keeps them equal)
+ID_MAX = 2**31 - 1
+
+NAME_EMPTY = "invalid name: must not be empty"
+NAME_TOO_LONG = f"invalid name: at most {NAME_MAX_LENGTH} characters are allowed"
+NAME_INVISIBLE = "invalid name: must not contain control or invisible characters (found U+{:04X})"
+NAME_ONLY_INVISIBLE = "invalid name: must contain a visible character"
+EMAIL_INVALID = "invalid email: {}"
+ROLE_INVALID = (
+    "invalid role: must be 1-32 lowercase letters, digits, '_' or '-', starting with a letter"
+)
+PASSWORD_TOO_SHORT = f"password too short: at least {PASSWORD_MIN_LENGTH} characters are required"
+PASSWORD_TOO_LONG = f"password too long: at most {PASSWORD_MAX_LENGTH} characters are allowed"
+PASSWORD_HASH_INVALID = (
+    "invalid password_hash: must be a well-formed argon2 ($argon2id$...) or bcrypt ($2b$...) hash"
+)
+ONE_PASSWORD = "give exactly one of password and password_hash"
+
+# What a field must be, for any problem pydantic itself finds (a wrong type, a number out
+# of range, an unparsable timestamp): pydantic's own words never reach the user.
+FIELD_RULES = {
+    "role": ROLE_INVALID,
+    "active": "invalid active: must be true or false",
+    "is_active": "invalid active: must be true or false",
+    "password_hash": PASSWORD_HASH_INVALID,
+    "id": f"invalid id: must be a whole number from 1 to {ID_MAX}",
+    "created_at": (
+        "invalid created_at: must be an ISO-8601 time with a time zone, e.g. 2026-01-31T09:00:00Z"
+    ),
+    "updated_at": (
+        "invalid updated_at: must be an ISO-8601 time with a time zone, e.g. 2026-01-31T09:00:00Z"
+    ),
+}
+STORED_NUL = "invalid {}: must not contain NUL (U+0000), which no database engine stores"
+NOT_TEXT = "invalid {}: must be text"
+UNKNOWN_COLUMN = "unknown column {!r}"
+MISSING_COLUMN = "missing column {!r}"
+
+
+def email_reason(message: str) -> str:
+    """email-validator's sentence as a clause: `An email address must have an @-sign.` ->
+    `an email address must have an @-sign`, so that clauses join cleanly with `; `."""
+    message = message.strip().rstrip(".")
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    return EMAIL_INVALID.format(message)
+
+
+def password_problem(password: str) -> str | None:
+    """The policy's message for `password`, or None when it is acceptable."""
+    if len(password) < PASSWORD_MIN_LENGTH:
+        return PASSWORD_TOO_SHORT
+    if len(password) > PASSWORD_MAX_LENGTH:
+        return PASSWORD_TOO_LONG
+    return None
