@@ -203,9 +203,12 @@ def db_url(
 def empty_db_url(
     engine_name: str, tmp_path: Path, database_servers: dict[str, DatabaseServer]
 ) -> Iterator[str]:
-    """A database with no tables at all (SQLite: a path that does not exist yet)."""
+    """A database with no tables at all (SQLite: an empty file, as `db upgrade` creates it;
+    usersctl creates no file anywhere else)."""
     if engine_name == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        path = tmp_path / "fresh.db"
+        path.touch(mode=0o600)
+        yield f"sqlite:///{path}"
         return
     server = _server(engine_name, database_servers)
     name = server.create("usersctl_e")

@@ -357,11 +357,9 @@ def test_writers_give_up_only_after_the_whole_busy_timeout(
 
 @pytest.mark.slow
 def test_processes_starting_on_a_missing_database_create_it_once(tmp_path: Path) -> None:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    path = folder / "users.db"
-    url = f"sqlite:///{path}"
-    spawn = Spawner(tmp_path / "runs", url)  # the default busy timeout (10 s)
+    # The default location: the one missing database a data command creates on first use.
+    path = Path(os.environ["XDG_DATA_HOME"]) / "usersctl" / "users.db"
+    spawn = Spawner(tmp_path / "runs", "")  # (an empty URL: the default; busy timeout 10 s)
     count = 5
     for i in range(count):
         spawn(*create(f"First {i}", f"first{i}@example.com"), stdin=f"first-password-{i}\n")

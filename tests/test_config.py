@@ -81,11 +81,11 @@ def test_database_url_precedence(
     if "file-default-location" in sources:
         write_config(default_config(), body)
 
-    result = invoke(*args, "list", env=env)
+    result = invoke(*args, "db", "upgrade", env=env)  # (the command that creates a database)
 
     assert result.exit_code == 0, result.stderr
     expected = default_database() if winner == "default" else candidates[winner]
-    assert f"Initialised the database at sqlite:///{expected} " in result.stderr
+    assert f"Upgraded sqlite:///{expected} " in result.stderr
     assert expected.is_file()
     for source, path in candidates.items():
         assert path.exists() == (source == winner), source

@@ -368,13 +368,16 @@ def test_missing_or_unusable_folders_are_refused(tmp_path: Path) -> None:
     started[("default", ("list",))] = start(
         ["list"], None, env={"XDG_DATA_HOME": str(not_a_folder)}
     )
-    for (key, _), proc in started.items():
+    for (key, args), proc in started.items():
         result = wait(proc)
         if key == "default":
             assert_one_line_error(result, 7, "cannot create folder", str(not_a_folder))
-        else:
+        elif args == ("db", "upgrade"):  # (the only command that creates a database)
             path, fragment = cases[key]
             assert_one_line_error(result, 7, str(path.parent), fragment)
+        else:
+            path, _ = cases[key]
+            assert_one_line_error(result, 7, f"no database at {path};", "usersctl db upgrade")
     assert sorted(tmp_path.rglob("*")) == before
     assert not_a_folder.read_text() == "not a folder\n"
 
@@ -764,6 +767,8 @@ def test_database_and_its_wal_are_private_when_created_under_umask_zero(tmp_path
     folder = tmp_path / "explicit"
     folder.mkdir(mode=0o755)
     path = folder / "users.db"
+    created = wait(start(["db", "upgrade"], url_of(path), preexec=umask_zero))
+    assert created.code == 0, created.describe()
     args = ["create", "--name", "Ada", "--email", "ada@example.com", "--random-password"]
     result = wait(
         start(

@@ -126,6 +126,7 @@ def test_editable_checkout_console_script_runs(user_env: dict[str, str], tmp_pat
     """The console script of the environment running the tests (editable install in CI)."""
     script = Path(sys.executable).parent / "usersctl"
     assert script.exists(), "install the project first: pip install -e '.[test]'"
+    (tmp_path / "u.db").touch(mode=0o600)  # an empty database (initialised on first use)
     env = {**user_env, "USERSCTL_DATABASE_URL": f"sqlite:///{tmp_path / 'u.db'}"}
     result = subprocess.run(
         [str(script), "list", "-o", "json"], cwd=tmp_path, env=env,

@@ -56,6 +56,7 @@ class Terminal:
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith("USERSCTL_")}
+    (tmp_path / "users.db").touch(mode=0o600)  # an empty database (initialised on first use)
     return {**keep, "HOME": str(tmp_path), "TERM": "dumb", "COLUMNS": "120",
             "USERSCTL_DATABASE_URL": f"sqlite:///{tmp_path / 'users.db'}"}  # fmt: skip
 

@@ -9,6 +9,7 @@ writers queue on the lock instead of failing half-way with "database is locked".
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,15 +40,50 @@ _READ_ONLY = "usersctl_read_only"
 _MIN_FREE_BYTES = 64 * 1024
 
 
+def _is_secret_key(key: str) -> bool:
+    """Query parameters that hold a password: password (psycopg), passwd (PyMySQL),
+    sslpassword (libpq), ssl_password, ..."""
+    return "pass" in key.lower()
+
+
+def _mask_text(text: str) -> str:
+    """Mask the password of a URL given as text, whatever SQLAlchemy would make of it: the
+    user info ends at the *last* @ before the path (an unencoded @ in a password), and
+    every query parameter that holds a password."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    at = rest.rfind("@", 0, rest.find("?") if "?" in rest else len(rest))
+    slash = rest.find("/", at + 1 if at >= 0 else 0)
+    if at > 0 and not rest.startswith("/") and (slash < 0 or at < slash):
+        user, colon, _password = rest[:at].partition(":")
+        rest = f"{user}:***{rest[at:]}" if colon else rest
+    base, question, query = rest.partition("?")
+    if question:
+        masked = []
+        for part in query.split("&"):
+            key, equals, value = part.partition("=")
+            masked.append(f"{key}=***" if equals and _is_secret_key(key) else part)
+        rest = base + "?" + "&".join(masked)
+    return f"{scheme}://{rest}"
+
+
 def display_url(url: URL | str) -> str:
     """The URL with its password masked, for every message that names a database."""
-    try:
-        parsed = make_url(url) if isinstance(url, str) else url
-    except (ArgumentError, ValueError):
-        return "<unparseable database URL>"
-    if "password" in parsed.query:  # e.g. postgresql+psycopg://u@h/db?password=...
-        parsed = parsed.update_query_dict({"password": "***"})
-    return parsed.render_as_string(hide_password=True)
+    if isinstance(url, str):
+        return _mask_text(url)
+    return _mask_text(url.render_as_string(hide_password=True))
+
+
+def url_secrets(url: URL) -> list[str]:
+    """Every password a URL carries (to scrub from a driver's error message)."""
+    secrets = [url.password] if isinstance(url.password, str) else []
+    for key, value in url.query.items():
+        if _is_secret_key(key):
+            secrets.extend([value] if isinstance(value, str) else value)
+    if url.host and "@" in url.host:  # (the rest of a password with an unencoded @)
+        secrets.append(url.host.rsplit("@", 1)[0])
+    return [secret for secret in secrets if secret]
 
 
 # The drivers the extras install, for URLs that name only the engine (SQLAlchemy would
@@ -60,22 +96,123 @@ _DEFAULT_DRIVERS = {
 
 
 def _sqlite_path(url: URL) -> Path | None:
+    """The file of a SQLite URL, `~` expanded (SQLite is handed the same path)."""
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database).expanduser()
 
 
-def _prepare_sqlite_file(path: Path, *, create_parent: bool) -> None:
-    """Create the database file (0600) and, for the default location, its folder (0700)."""
-    if path.exists():
+def missing_database_message(path: object) -> str:
+    return f"no database at {path}; create it with `usersctl db upgrade`"
+
+
+_JOURNALS = ("-wal", "-shm", "-journal")
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _private_group(info: os.stat_result) -> bool:
+    """Is the file's group its owner's own (a user private group, umask 002 distributions),
+    with nobody else in it?"""
+    import grp
+    import pwd
+
+    try:
+        group = grp.getgrgid(info.st_gid)
+        owner = pwd.getpwuid(info.st_uid)
+    except KeyError:
+        return False
+    others = [member for member in group.gr_mem if member != owner.pw_name]
+    return owner.pw_gid == info.st_gid and group.gr_name == owner.pw_name and not others
+
+
+def _check_trusted(path: Path, info: os.stat_result, what: str, fix: str) -> None:
+    """ssh's StrictModes for one file or folder: owned by the current user or root, and
+    writable by nobody else. Otherwise someone else could change (or plant) the users."""
+    me = os.geteuid()
+    if info.st_uid not in (me, 0):
+        owner = _user_name(info.st_uid)
+        allowed = "you (root)" if me == 0 else f"you ({_user_name(me)}) or root"
+        raise DatabaseUnavailable(
+            f"{what} is owned by {owner}, not {allowed}, so {owner} could change its users; "
+            f"run usersctl as {owner}, or `chown {_user_name(me)} {path}`"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o002 or (mode & 0o020 and not _private_group(info)):
+        who = "every user" if mode & 0o002 else "its group"
+        raise DatabaseUnavailable(
+            f"{what} is writable by {who} (mode {mode:04o}), so others could change its "
+            f"users; {fix}"
+        )
+
+
+def _check_folder(folder: Path, path: Path) -> None:
+    # A sticky world-writable folder (/tmp) is refused too: anyone may create the
+    # database's -wal file there before it exists, and SQLite would replay it.
+    _check_trusted(
+        folder,
+        os.stat(folder),
+        f"folder {folder} (of database {path})",
+        f"move the database to a folder only you can write to, or `chmod go-w {folder}`",
+    )
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Before SQLite opens `path`: it exists (SQLite would create it), and neither it, its
+    -wal/-shm/-journal nor its folder can be changed by another user."""
+    if not os.path.lexists(path):
+        raise DatabaseUnavailable(missing_database_message(path))
+    if not hasattr(os, "geteuid"):  # pragma: no cover - Windows has no such modes
         return
-    parent = path.parent
+    real = Path(os.path.realpath(path))
+    if not real.exists():
+        raise DatabaseUnavailable(
+            f"database {path} is a symbolic link to {real}, which does not exist; usersctl "
+            "never creates a database through a symbolic link"
+        )
+    try:
+        _check_folder(path.absolute().parent, path)
+        if real.parent != path.absolute().parent:
+            _check_folder(real.parent, path)
+        _check_trusted(real, os.stat(real), f"database {path}", f"`chmod 600 {real}`")
+        for suffix in _JOURNALS:
+            journal = Path(f"{real}{suffix}")
+            try:
+                info = os.lstat(journal)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                raise DatabaseUnavailable(
+                    f"{journal} is a symbolic link; SQLite would follow it: remove it"
+                )
+            _check_trusted(journal, info, f"SQLite file {journal}", f"`chmod 600 {journal}`")
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot check database {path}: {exc.strerror}") from None
+
+
+def _prepare_sqlite_file(path: Path, *, create_parent: bool, dry_run: bool = False) -> None:
+    """Create the database file (0600) and, for the default location, its folder (0700).
+    Never through a symbolic link, never in a folder others can write to. A dry run only
+    checks that it could."""
+    if os.path.lexists(path):
+        check_sqlite_file(path)  # (a dangling symbolic link is refused here)
+        return
+    parent = path.absolute().parent
     if not parent.is_dir():
         if not create_parent:
             raise DatabaseUnavailable(
                 f"cannot create database {path}: folder {parent} does not exist"
             )
+        if dry_run:
+            return
         try:
             # Every missing folder 0700, as XDG asks (mkdir(parents=True) would make the
             # intermediate ones with the umask's mode, e.g. world-writable under umask 0).
@@ -84,20 +221,42 @@ def _prepare_sqlite_file(path: Path, *, create_parent: bool) -> None:
                     folder.mkdir(mode=0o700)
         except OSError as exc:
             raise DatabaseUnavailable(f"cannot create folder {parent}: {exc.strerror}") from None
+    if hasattr(os, "geteuid"):
+        _check_folder(parent, path)
+    if dry_run:
+        return
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:  # another process just created it
+        check_sqlite_file(path)
         return
     except OSError as exc:
         raise DatabaseUnavailable(f"cannot create database {path}: {exc.strerror}") from None
     os.close(fd)
 
 
+def _sqlite_uri(path: Path) -> str:
+    """A URI that opens `path` read-write but never creates it (mode=rw)."""
+    from urllib.parse import quote
+
+    return "file://" + quote(os.path.abspath(path)) + "?mode=rw"
+
+
 def _unicode_lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
-def _install_sqlite_hooks(engine: Engine) -> None:
+def _install_sqlite_hooks(engine: Engine, path: Path | None) -> None:
+    if path is not None:
+
+        @event.listens_for(engine, "do_connect")
+        def _on_do_connect(_dialect: Any, _record: Any, cargs: list[Any], cparams: Any) -> None:
+            # Every open of the file: refuse one others could change, and never let SQLite
+            # create it (only `db upgrade` and the default location do, explicitly).
+            check_sqlite_file(path)
+            cargs[0] = _sqlite_uri(path)
+            cparams["uri"] = True
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # transactions are begun below, explicitly
@@ -123,22 +282,42 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+_ENGINES = ("sqlite", "postgresql", "mysql", "mariadb")
+
+
+def _looks_like_path(text: str) -> bool:
+    return "://" not in text and (
+        text.startswith(("/", "~", "./", "../")) or text.endswith((".db", ".sqlite", ".sqlite3"))
+    )
+
+
 def make_engine(settings: Settings) -> Engine:
+    text = settings.database_url
+    if _looks_like_path(text):
+        raise UsageError(f"database URL {text!r} is a file path, not a URL: use sqlite:///{text}")
     try:
-        url = make_url(settings.database_url)
+        url = make_url(text)
         url.port  # noqa: B018 - a non-numeric port raises here, not when connecting
         url = url.set(drivername=_DEFAULT_DRIVERS.get(url.drivername, url.drivername))
     except (ArgumentError, ValueError):
         raise UsageError(
-            f"invalid database URL {display_url(settings.database_url)!r}: "
+            f"invalid database URL {display_url(text)!r}: "
             "expected e.g. sqlite:////path/users.db or postgresql+psycopg://user@host/db"
         ) from None
-    connect_args: dict[str, Any] = {}
     backend = url.get_backend_name()
+    if backend not in _ENGINES:
+        raise UsageError(
+            f"unsupported database engine {backend!r} in {display_url(text)!r}: usersctl "
+            "supports sqlite, postgresql, mysql and mariadb"
+        )
+    if url.host and "@" in url.host:
+        raise UsageError(
+            f"database URL {display_url(text)!r}: its password contains an @; write it "
+            "percent-encoded, as %40"
+        )
+    connect_args: dict[str, Any] = {}
+    path = _sqlite_path(url) if backend == "sqlite" else None
     if backend == "sqlite":
-        path = _sqlite_path(url)
-        if path is not None:
-            _prepare_sqlite_file(path, create_parent=settings.url_is_default)
         connect_args["timeout"] = settings.busy_timeout
     elif backend == "postgresql":
         connect_args["connect_timeout"] = max(1, int(settings.busy_timeout))
@@ -160,7 +339,7 @@ def make_engine(settings: Settings) -> Engine:
             f"database driver for {url.drivername} is not installed ({exc.name}){hint}"
         ) from None
     if backend == "sqlite":
-        _install_sqlite_hooks(engine)
+        _install_sqlite_hooks(engine, path)
     return engine
 
 
@@ -171,7 +350,7 @@ def describe_db_error(exc: DBAPIError, engine: Engine, busy_timeout: float) -> s
     raw = str(exc.orig) if exc.orig is not None else str(exc)
     text = raw.lower()
     if url.get_backend_name() == "sqlite":
-        where = url.database or where
+        where = str(_sqlite_path(url) or url.database or where)
         if "locked" in text or "busy" in text:
             return (
                 f"database busy: {where} stayed locked by another process for the whole "
@@ -186,9 +365,8 @@ def describe_db_error(exc: DBAPIError, engine: Engine, busy_timeout: float) -> s
         if "disk is full" in text or "disk i/o" in text:
             return f"cannot write database {where}: {raw}"
     first_line = raw.strip().splitlines()[0] if raw.strip() else type(exc.orig).__name__
-    for secret in (url.password, url.query.get("password")):
-        if secret and isinstance(secret, str):
-            first_line = first_line.replace(secret, "***")
+    for secret in url_secrets(url):
+        first_line = first_line.replace(secret, "***")
     return f"database {where} unavailable: {first_line}"
 
 
@@ -270,6 +448,20 @@ class Database:
     def sqlite_path(self) -> Path | None:
         return _sqlite_path(self.engine.url) if self.is_sqlite else None
 
+    @property
+    def missing(self) -> bool:
+        """A SQLite database whose file does not exist (yet)."""
+        path = self.sqlite_path
+        return path is not None and not os.path.lexists(path)
+
+    def create_file(self, *, dry_run: bool = False) -> None:
+        """Create a missing SQLite file (0600; its folders 0700 at the default location).
+        Only `db upgrade` and first use of the default location do. A dry run only checks
+        that it could."""
+        path = self.sqlite_path
+        if path is not None:
+            _prepare_sqlite_file(path, create_parent=self.settings.url_is_default, dry_run=dry_run)
+
     def check_writable(self) -> None:
         """Before a write to a SQLite file: fail (exit 7) without touching anything when the
         file or its folder cannot be written or the disk is full. SQLite would find out
@@ -315,16 +507,18 @@ class Database:
             else:
                 transaction.commit()
 
-    def empty_stand_in(self) -> Database:
+    def empty_stand_in(self, *, schema: bool = True) -> Database:
         """An in-memory database at head with no users, for dry runs against a database
-        that has no schema yet (which a real run would first create, empty)."""
+        that has no schema yet (which a real run would first create, empty). Without
+        `schema`, one with no tables at all (for `db upgrade --dry-run`)."""
         from dataclasses import replace
 
         from usersctl.models import Base
 
         stand_in = Database(replace(self.settings, database_url="sqlite://"))
-        with stand_in.engine.begin() as connection:
-            Base.metadata.create_all(connection)
+        if schema:
+            with stand_in.engine.begin() as connection:
+                Base.metadata.create_all(connection)
         return stand_in
 
     def dispose(self) -> None:

@@ -393,8 +393,14 @@ def upgrade(
     *,
     dry_run: bool = False,
 ) -> MigrationResult:
-    """Upgrade to `revision`; a tutorial database is first adopted (stamped 0001)."""
+    """Upgrade to `revision`; a tutorial database is first adopted (stamped 0001). A
+    missing SQLite file is created (the one command that does); a dry run rehearses on an
+    empty in-memory stand-in instead, creating nothing."""
     target = _resolve(revision)
+    if db.missing:
+        db.create_file(dry_run=dry_run)
+        if dry_run:
+            return upgrade(db.empty_stand_in(schema=False), revision, progress, dry_run=True)
 
     def operation(config: Config, status: Status) -> MigrationResult:
         adopted = status.state is State.TUTORIAL

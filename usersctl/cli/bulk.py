@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -134,6 +135,54 @@ def import_(
     Renderer(output).one(summary, fields=list(summary))
 
 
+def _destination(path: Path) -> tuple[Path, bool]:
+    """Where and how `export --output-file` writes: (target, atomically?).
+
+    A regular file or a new path is replaced atomically; a symbolic link is followed (the
+    file it points to is replaced, never the link), but only one of your own or root's. A
+    FIFO, a character device (/dev/null, a terminal) and any path under /dev or /proc
+    (/dev/stdout: a stream, which may be a file the shell opened) are written directly:
+    they are streams, never replaced."""
+    current = str(path)
+    for _ in range(40):
+        absolute = os.path.abspath(current)
+        if absolute.split(os.sep)[1:2] in (["dev"], ["proc"]):
+            return Path(current), False
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            return Path(current), True
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+        if stat.S_ISLNK(info.st_mode):
+            if hasattr(os, "geteuid") and info.st_uid not in (os.geteuid(), 0):
+                raise UsageError(
+                    f"cannot write {path}: {current} is a symbolic link owned by another "
+                    "user (usersctl follows only yours and root's)"
+                )
+            current = os.path.join(os.path.dirname(absolute), os.readlink(current))
+            continue
+        if stat.S_ISREG(info.st_mode):
+            return Path(current), True
+        if stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode):
+            return Path(current), False
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a file, FIFO or device"
+        raise UsageError(f"cannot write {path}: it is {kind}")
+    raise UsageError(f"cannot write {path}: too many levels of symbolic links")
+
+
+@contextmanager
+def _direct_file(path: Path) -> Any:
+    """A stream (FIFO, device, /dev/stdout) opened as it is: appended to, never created,
+    truncated or replaced."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOCTTY)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    with open(fd, "w", encoding="utf-8", newline="") as handle:
+        yield handle
+
+
 @contextmanager
 def _atomic_file(path: Path, *, private: bool) -> Any:
     """Write to a temporary file beside `path`, renamed into place only on success."""
@@ -169,7 +218,8 @@ def export(
         typer.Option(
             "--output-file",
             help="Write here (atomically: a failed export leaves no partial file) "
-            "instead of stdout.",
+            "instead of stdout; - is stdout. A symbolic link is followed; a FIFO or a "
+            "device is written directly.",
             dir_okay=False,
         ),
     ] = None,
@@ -182,14 +232,17 @@ def export(
     """
     from usersctl import crud
 
+    if output_file is not None and str(output_file) == "-":
+        output_file = None  # stdout, as for `import -`
+    target, atomic = _destination(output_file) if output_file is not None else (None, False)
     if fmt is not None:
         chosen = fmt.value
-    elif output_file is not None:
+    elif output_file is not None and (atomic or output_file.suffix):
         from usersctl.bulk import guess_format
 
         chosen = guess_format(str(output_file), None)
     else:
-        chosen = "jsonl"
+        chosen = "jsonl"  # stdout, and streams named without an extension (/dev/stdout)
     fields = [*FIELDS, "password_hash"] if include_hashes else list(FIELDS)
     database = get_state(ctx).ready_database()
     with database.session(write=False) as session:
@@ -197,7 +250,9 @@ def export(
             rows = crud.export_rows(session=session, include_hashes=include_hashes)
             Renderer(OutputFormat(chosen)).many(rows, fields=fields, exact=True)
             return
-        with _atomic_file(output_file, private=include_hashes) as handle:
+        assert target is not None
+        opened = _atomic_file(target, private=include_hashes) if atomic else _direct_file(target)
+        with opened as handle:
             count = _export_to(handle, session, chosen, include_hashes, fields)
     typer.echo(f"Exported {count} user(s) to {output_file}.", err=True)
 

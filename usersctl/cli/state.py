@@ -64,6 +64,23 @@ class AppState:
             return database
         from usersctl.revision import HEAD, State, read_status, require_current
 
+        if database.missing:
+            # Only the default location is created on first use: elsewhere a missing file
+            # is a mistyped URL, which must not become a new, empty database.
+            if not self.settings.url_is_default:
+                from usersctl.database import missing_database_message
+                from usersctl.errors import DatabaseUnavailable
+
+                raise DatabaseUnavailable(missing_database_message(database.sqlite_path))
+            database.create_file(dry_run=dry_run)
+            if dry_run:  # (not even the data folder)
+                typer.echo(
+                    f"Dry run: {database.display_url} does not exist yet; the real run would "
+                    f"first create it (revision {HEAD}).",
+                    err=True,
+                )
+                return database.empty_stand_in()
+
         with database.connect(write=False) as connection:
             status = read_status(connection)  # the fast path: no Alembic, no lock
         if status.state is not State.CURRENT:
