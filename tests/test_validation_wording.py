@@ -403,3 +403,11 @@ def test_a_long_line_in_the_middle_names_its_line(cli: Cli, tmp_path: Path) -> N
 def test_an_endless_config_file_is_a_usage_error(cli: Cli) -> None:
     result = cli("list", env={"USERSCTL_CONFIG": "/dev/zero"})
     assert_error(result, 2, "config file /dev/zero is larger than 1 MiB")
+
+
+def test_the_rule_table_agrees_with_the_schema_limits() -> None:
+    from usersctl import models, passwords, rules
+
+    assert rules.NAME_MAX_LENGTH == models.NAME_LENGTH
+    assert (passwords.MIN_LENGTH, passwords.MAX_LENGTH) == (8, 1024)
+    assert rules.ID_MAX == 2**31 - 1
