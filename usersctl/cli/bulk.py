@@ -12,7 +12,7 @@ from typing import IO, Annotated, Any
 
 import typer
 
-from usersctl.cli.options import Output
+from usersctl.cli.options import Output, exclusive
 from usersctl.cli.progress import progress_bar
 from usersctl.cli.render import FIELDS, OutputFormat, Renderer
 from usersctl.cli.state import get_state
@@ -36,10 +36,34 @@ FormatOption = Annotated[
     typer.Option(
         "--format",
         "-f",
+        metavar="FORMAT",
         help="csv, json (one array) or jsonl. Default: from the file name's extension.",
         case_sensitive=False,
     ),
 ]
+ExportFormat = Annotated[
+    BulkFormat | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FORMAT",
+        help="csv, json (one array) or jsonl. Default: from the --output-file name's "
+        "extension, else jsonl.",
+        case_sensitive=False,
+    ),
+]
+ExportFormatAlias = Annotated[
+    BulkFormat | None,
+    typer.Option(
+        "--format", "-f", metavar="FORMAT", help="Same as --output.", case_sensitive=False
+    ),
+]
+
+
+def _complete_file(incomplete: str) -> list[Any]:
+    from typer._click.shell_completion import CompletionItem
+
+    return [CompletionItem(incomplete, type="file")]
 
 
 @contextmanager
@@ -58,7 +82,12 @@ def _open_input(source: str) -> Any:
 
 def import_(
     ctx: typer.Context,
-    source: Annotated[str, typer.Argument(metavar="FILE|-", help="File to read, or - for stdin.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE|-", help="File to read, or - for stdin.", autocompletion=_complete_file
+        ),
+    ],
     fmt: FormatOption = None,
     on_conflict: Annotated[
         OnConflict,
@@ -156,7 +185,8 @@ def _atomic_file(path: Path, *, private: bool) -> Any:
 
 def export(
     ctx: typer.Context,
-    fmt: FormatOption = None,
+    output: ExportFormat = None,
+    fmt: ExportFormatAlias = None,
     include_hashes: Annotated[
         bool,
         typer.Option(
@@ -179,9 +209,12 @@ def export(
     \b
     Example:
       usersctl export --include-hashes --output-file users-$(date +%F).jsonl
+      usersctl export -o csv > users.csv
     """
     from usersctl import crud
 
+    exclusive(ctx, "output", "fmt")
+    fmt = output or fmt
     if fmt is not None:
         chosen = fmt.value
     elif output_file is not None:
