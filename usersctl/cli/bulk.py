@@ -60,12 +60,6 @@ ExportFormatAlias = Annotated[
 ]
 
 
-def _complete_file(incomplete: str) -> list[Any]:
-    from typer._click.shell_completion import CompletionItem
-
-    return [CompletionItem(incomplete, type="file")]
-
-
 @contextmanager
 def _open_input(source: str) -> Any:
     if source == "-":
@@ -82,12 +76,7 @@ def _open_input(source: str) -> Any:
 
 def import_(
     ctx: typer.Context,
-    source: Annotated[
-        str,
-        typer.Argument(
-            metavar="FILE|-", help="File to read, or - for stdin.", autocompletion=_complete_file
-        ),
-    ],
+    source: Annotated[str, typer.Argument(metavar="FILE|-", help="File to read, or - for stdin.")],
     fmt: FormatOption = None,
     on_conflict: Annotated[
         OnConflict,
