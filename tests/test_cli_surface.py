@@ -358,3 +358,27 @@ def test_bash_completion_script_never_falls_back_to_files() -> None:
         assert "complete -o nosort -F" in result.stdout
         assert "-o default -F" not in result.stdout
     assert values(complete("usersctl import ", None)) == []
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"], indirect=True)
+def test_bash_completion_in_a_real_bash(cli: Cli, seed: Seeder, tmp_path: Path) -> None:
+    """The README's eval line, then what bash does on Tab (needs bash, like the users)."""
+    seed([{"name": "Ada", "email": "ada@example.com"}])
+    (tmp_path / "ada-notes.txt").write_text("a file in the current folder")
+    script = (
+        'eval "$(_USERSCTL_COMPLETE=bash_source usersctl)"\n'
+        "COMP_WORDS=(usersctl get a); COMP_CWORD=2; _usersctl_completion usersctl\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+        "COMP_WORDS=(usersctl list -o j); COMP_CWORD=3; COMPREPLY=()\n"
+        "_usersctl_completion usersctl\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    bin_dir = str(Path(sys.executable).parent)  # where the installed usersctl script is
+    env = {**terminal_env(cli.url, tmp_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", "--norc", "-c", script],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.split() == ["ada@example.com", "json", "jsonl"]
