@@ -615,7 +615,7 @@ DB_REFUSALS: dict[str, tuple[int, list[tuple[list[str], str]]]] = {
     "usage": (
         2,
         [
-            (["db", "downgrade", "0002", "--discard-audit-trail"], "--yes"),
+            # (a dry run needs no --yes: see test_db_consent.py)
             (["db", "upgrade", "0001"], "db downgrade 0001"),
         ],
     ),

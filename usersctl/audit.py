@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, false, or_, select
+from sqlalchemy import ColumnElement, Connection, Select, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from usersctl.database import driver_value, insert_many
@@ -137,18 +137,14 @@ def _user_clause(ref: str) -> ColumnElement[bool]:
     )
 
 
-def entries(
+def _filtered(
     *,
-    session: Session,
-    user: str | None = None,
-    action: str | None = None,
-    actor: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: int | None = None,
-    batch: int = 1000,
-) -> Iterator[dict[str, Any]]:
-    """Matching entries, newest first, as dicts (`changes` decoded), streamed."""
+    user: str | None,
+    action: str | None,
+    actor: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> Select[AuditEntry]:
     query = select(AuditEntry)
     if user is not None:
         query = query.where(_user_clause(user))
@@ -160,9 +156,42 @@ def entries(
         query = query.where(AuditEntry.at >= since)
     if until is not None:
         query = query.where(AuditEntry.at <= until)
+    return query
+
+
+def count(
+    *,
+    session: Session,
+    user: str | None = None,
+    action: str | None = None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    """How many entries match (what `entries` would yield without limit and offset)."""
+    query = _filtered(user=user, action=action, actor=actor, since=since, until=until)
+    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+
+def entries(
+    *,
+    session: Session,
+    user: str | None = None,
+    action: str | None = None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    batch: int = 1000,
+) -> Iterator[dict[str, Any]]:
+    """Matching entries, newest first, as dicts (`changes` decoded), streamed."""
+    query = _filtered(user=user, action=action, actor=actor, since=since, until=until)
     query = query.order_by(AuditEntry.id.desc())
     if limit is not None:
         query = query.limit(limit)
+    if offset:
+        query = query.offset(offset)
     for entry in session.scalars(query.execution_options(yield_per=batch)):
         yield {
             "id": entry.id,

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
+    cast,
     false,
     func,
     insert,
@@ -554,3 +555,26 @@ def _insert_rows(
 _INSERT_COLUMNS = (  # in table order (see database.insert_many)
     "name", "email", "password_hash", "role", "is_active", "created_at", "updated_at",
 )  # fmt: skip
+
+
+def user_refs(*, session: Session, prefix: str, limit: int) -> list[str]:
+    """USER values that start with `prefix`, for shell completion, at most `limit`: ids when
+    the prefix is a number, then emails (matched case-insensitively, as USER is)."""
+    needle = prefix.lower()
+    refs: list[str] = []
+    if needle.isdigit():
+        id_text = cast(User.id, String)
+        query = select(id_text).where(id_text.startswith(needle)).order_by(User.id)
+        refs += [str(value) for value in session.scalars(query.limit(limit))]
+    emails = (
+        select(User.email)
+        .where(User.email.startswith(needle, autoescape=True))
+        .order_by(User.email)
+        .limit(limit - len(refs))
+    )
+    return refs + list(session.scalars(emails))
+
+
+def roles(*, session: Session) -> list[str]:
+    """The roles in use, sorted."""
+    return list(session.scalars(select(User.role).distinct().order_by(User.role)))

@@ -33,7 +33,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.types import TypeEngine
 
 from usersctl.config import Settings
-from usersctl.errors import Conflict, DatabaseUnavailable, NotFound, UsageError
+from usersctl.errors import Conflict, DatabaseUnavailable, NotFound, SchemaMismatch, UsageError
 
 _DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 _READ_ONLY = "usersctl_read_only"
@@ -343,6 +343,32 @@ def make_engine(settings: Settings) -> Engine:
     return engine
 
 
+# Errors that say the tables differ from what the recorded revision promises (a table or
+# column missing or already there): PostgreSQL SQLSTATEs, MariaDB error numbers, SQLite text.
+_SCHEMA_SQLSTATES = {"42P01", "42P07", "42703", "42701", "42704", "42P06"}
+_SCHEMA_MYSQL_ERRORS = {1050, 1051, 1054, 1060, 1061, 1091, 1146}
+_SCHEMA_SQLITE_TEXT = ("already exists", "no such table", "no such column", "duplicate column")
+
+
+def _raise_if_schema_error(exc: DBAPIError) -> None:
+    """A schema problem is exit 8 (schema mismatch), never 7 (database unavailable)."""
+    orig = exc.orig
+    raw = str(orig) if orig is not None else str(exc)
+    sqlstate = getattr(orig, "sqlstate", None)
+    code = orig.args[0] if orig is not None and orig.args else None
+    if not (
+        sqlstate in _SCHEMA_SQLSTATES
+        or (isinstance(code, int) and code in _SCHEMA_MYSQL_ERRORS)
+        or (type(orig).__module__ == "sqlite3" and any(t in raw for t in _SCHEMA_SQLITE_TEXT))
+    ):
+        return
+    first_line = raw.strip().splitlines()[0] if raw.strip() else type(orig).__name__
+    raise SchemaMismatch(
+        f"the database's tables do not match its recorded schema revision ({first_line}); "
+        "see `usersctl db current` and `usersctl db check`"
+    ) from None
+
+
 def describe_db_error(exc: DBAPIError, engine: Engine, busy_timeout: float) -> str:
     """Turn a driver error into one line an admin can act on (never with a password)."""
     url = engine.url
@@ -421,9 +447,11 @@ class Database:
             raise Conflict("conflict: a unique value (email) is already taken") from None
         except StaleDataError:
             raise NotFound("user not found: another process deleted it meanwhile") from None
-        except (ProgrammingError, DataError, NotSupportedError, InternalError):
+        except (ProgrammingError, DataError, NotSupportedError, InternalError) as exc:
+            _raise_if_schema_error(exc)
             raise  # a bug in usersctl, not the database's state: exit 1 with --debug detail
         except DBAPIError as exc:  # OperationalError, DatabaseError, InterfaceError
+            _raise_if_schema_error(exc)
             raise DatabaseUnavailable(
                 describe_db_error(exc, self.engine, self.settings.busy_timeout)
             ) from None

@@ -260,6 +260,7 @@ def _run(
     any_state: bool = False,
     dry_run: bool = False,
     preflight: bool = True,
+    on_commit: Callable[[], None] | None = None,
     **attributes: Any,
 ) -> MigrationResult:
     """Run `operation` in one locked transaction and record it in the audit trail.
@@ -289,6 +290,8 @@ def _run(
                     _record(connection, db.settings.actor, action, result)
                     if scrub and _hashed_plaintext(result):
                         _mark_scrub_pending(connection)
+                if on_commit is not None:
+                    on_commit()
             except _DryRun as rehearsal:  # rolled back: nothing was written
                 return rehearsal.result
     result = replace(result, engine=db.engine.url.get_backend_name())
@@ -392,10 +395,12 @@ def upgrade(
     progress: ProgressFactory | None = None,
     *,
     dry_run: bool = False,
+    on_commit: Callable[[], None] | None = None,
 ) -> MigrationResult:
     """Upgrade to `revision`; a tutorial database is first adopted (stamped 0001). A
     missing SQLite file is created (the one command that does); a dry run rehearses on an
-    empty in-memory stand-in instead, creating nothing."""
+    empty in-memory stand-in instead, creating nothing. `on_commit` is called as soon as
+    the change is committed."""
     target = _resolve(revision)
     if db.missing:
         db.create_file(dry_run=dry_run)
@@ -426,11 +431,18 @@ def upgrade(
         command.upgrade(config, target or "base")
         return MigrationResult(before, _current(config), adopted, warnings=tuple(warnings))
 
-    return _run(db, operation, "db-upgrade", progress, scrub=True, dry_run=dry_run)
+    return _run(
+        db, operation, "db-upgrade", progress, scrub=True, dry_run=dry_run, on_commit=on_commit
+    )
 
 
 def downgrade(
-    db: Database, revision: str, *, discard_audit_trail: bool = False, dry_run: bool = False
+    db: Database,
+    revision: str,
+    *,
+    discard_audit_trail: bool = False,
+    dry_run: bool = False,
+    on_commit: Callable[[], None] | None = None,
 ) -> MigrationResult:
     """Downgrade to `revision`. Leaving 0003 drops the audit trail, which the migration
     refuses unless `discard_audit_trail`."""
@@ -454,20 +466,87 @@ def downgrade(
         return MigrationResult(status.revision, _current(config))
 
     return _run(
-        db, operation, "db-downgrade", dry_run=dry_run, discard_audit_trail=discard_audit_trail
+        db,
+        operation,
+        "db-downgrade",
+        dry_run=dry_run,
+        discard_audit_trail=discard_audit_trail,
+        to_base=target is None,
+        on_commit=on_commit,
     )
 
 
-def stamp(db: Database, revision: str) -> MigrationResult:
-    """Record `revision` without running migrations (for databases migrated by other means)."""
+def count_users(db: Database) -> int:
+    """How many rows the users table holds (0 without one): what dropping it deletes."""
+    with db.connect(write=False) as connection:
+        if not inspect(connection).has_table("users"):
+            return 0
+        return int(
+            connection.execute(select(func.count()).select_from(table("users"))).scalar_one()
+        )
+
+
+def stamp(
+    db: Database,
+    revision: str,
+    *,
+    dry_run: bool = False,
+    on_commit: Callable[[], None] | None = None,
+) -> MigrationResult:
+    """Record `revision` without running migrations (for databases migrated by other means).
+    Refuses (exit 8) when the tables present contradict it: a later `db upgrade` would then
+    fail half-way (`table audit_log already exists`), or every command would refuse."""
     target = _resolve(revision)
 
     def operation(config: Config, status: Status) -> MigrationResult:
-        command.stamp(config, target or "base", purge=True)
+        connection = config.attributes["connection"]
+        found, matches = describe_tables(connection)
+        if target not in matches:
+            fits = " or ".join(r or "base" for r in matches) or "no revision usersctl knows"
+            raise SchemaMismatch(
+                f"refusing to stamp {target or 'base'}: the database has {found}, which fits "
+                f"{'revision ' if matches else ''}{fits}, not {target or 'base'}; nothing changed"
+            )
+        if _offline(config):
+            command.stamp(config, target or "base", sql=True)
+        else:
+            command.stamp(config, target or "base", purge=True)
         return MigrationResult(status.revision, target)
 
-    # The escape hatch: works whatever state the database is in.
-    return _run(db, operation, "db-stamp", any_state=True, preflight=False)
+    # Works from any recorded revision (the escape hatch), but only to one the tables fit.
+    return _run(
+        db,
+        operation,
+        "db-stamp",
+        any_state=True,
+        preflight=False,
+        dry_run=dry_run,
+        on_commit=on_commit,
+    )
+
+
+def describe_tables(connection: Connection) -> tuple[str, list[str | None]]:
+    """What usersctl's tables look like, in words, and the revisions they fit."""
+    inspector = inspect(connection)
+    tables = set(inspector.get_table_names())
+    has_audit = "audit_log" in tables
+    if "users" not in tables:
+        if has_audit:
+            return "an audit_log table but no users table", []
+        return "no users or audit_log table", [None]
+    columns = {column["name"] for column in inspector.get_columns("users")}
+    count = connection.execute(select(func.count()).select_from(table("users"))).scalar_one()
+    users = f"{count} user{'' if count == 1 else 's'}"
+    if "password_hash" not in columns:
+        shape = f"the tutorial's users table (plaintext password column, {users})"
+        fits: list[str | None] = [] if has_audit else ["0001"]
+    else:
+        shape = f"a users table with hashed passwords ({users})"
+        audit_from = KNOWN_REVISIONS.index(AUDIT_REVISION)
+        later = KNOWN_REVISIONS[audit_from:] if has_audit else KNOWN_REVISIONS[1:audit_from]
+        fits = list(later)
+    shape += " and an audit_log table" if has_audit else " and no audit_log table"
+    return shape, fits
 
 
 def _forget_revision(config: Config) -> None:

@@ -57,11 +57,15 @@ def hash_many(
     """Hash on every core (argon2 releases the GIL), in order, reporting each one done."""
     hashes: list[str] = []
     work = partial(hash_password, enforce_policy=enforce_policy)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    try:
         for hashed in pool.map(work, passwords):
             hashes.append(hashed)
             if advance is not None:
                 advance(1)
+    finally:
+        # On Ctrl-C (or a bad password) drop the queued work instead of hashing it all.
+        pool.shutdown(wait=True, cancel_futures=True)
     return hashes
 
 

@@ -16,7 +16,8 @@ plaintext or every one hashed, and hashes each exactly once.
 
 The downgrade keeps every user and their password *hash* (in the old `password` column;
 plaintext cannot be recovered). It refuses when a user has a role other than 'user' or is
-disabled, because revision 0001 cannot say so and would silently re-enable the account.
+disabled, because revision 0001 cannot say so and would silently re-enable the account
+(unless the downgrade goes on to base, which drops the table).
 
 Revision ID: 0002
 Revises: 0001
@@ -238,18 +239,12 @@ def downgrade() -> None:
         sa.column("password_hash", sa.String),
         sa.column("password", sa.String),
     )
+    # Going on to base drops the table anyway: nothing can be silently re-enabled.
     columns = ops.column_names("users")
     blocked = 0
-    if {"role", "is_active"} <= columns:
-        blocked = (
-            ops.reader()
-            .execute(
-                sa.select(sa.func.count()).where(
-                    sa.or_(users.c.role != "user", users.c.is_active == sa.false())
-                )
-            )
-            .scalar_one()
-        )
+    if {"role", "is_active"} <= columns and not context.config.attributes.get("to_base", False):
+        not_plain = sa.or_(users.c.role != "user", users.c.is_active == sa.false())
+        blocked = ops.reader().execute(sa.select(sa.func.count()).where(not_plain)).scalar_one()
     if blocked:
         raise InvalidData(
             f"cannot downgrade below 0002, nothing changed: {blocked} user(s) have a role "

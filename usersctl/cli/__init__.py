@@ -2,12 +2,13 @@
 
 from usersctl.cli import audit, bulk, db, users
 from usersctl.cli.app import app, main
+from usersctl.cli.command import command
 
 users.register(app)
-app.command(name="import")(bulk.import_)
-app.command(name="export")(bulk.export)
-app.command(name="audit")(audit.audit)
-app.command(name="migrate")(db.migrate)
+command(app, "import")(bulk.import_)
+command(app, "export")(bulk.export)
+command(app, "audit")(audit.audit)
+command(app, "migrate")(db.migrate)
 app.add_typer(db.db_app)
 
 __all__ = ["app", "main"]

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -22,15 +22,28 @@ from usersctl.errors import UsersctlError
 EXIT_CODES = """\
 Exit codes:
   0  success
-  1  unexpected error (a bug; --debug shows the traceback), or a prompt answered "no"
+  1  unexpected error (a bug; see --debug), or a prompt answered no
   2  usage error: bad option, missing argument, no password source
   3  user not found
   4  conflict: email already taken
-  5  invalid data: bad email, empty name, weak password, bad import rows (with line numbers)
+  5  invalid data: bad email, empty name, weak password, bad import rows
   6  password verification failed, or the user is disabled
-  7  database unavailable: cannot connect, driver missing, not a database, read-only, busy
-  8  schema mismatch: run `usersctl db upgrade` (or the database is newer than usersctl)
+  7  database unavailable: cannot connect, no driver, not a database, busy
+  8  schema mismatch: run `usersctl db upgrade` (or the database is newer)
+  9  refused by a safety limit; nothing changed
+  130  interrupted (Ctrl-C); nothing changed
 """
+
+CONFIGURATION = """\
+Configuration: a flag wins over the environment, which wins over the file.
+  config file            $USERSCTL_CONFIG, else ~/.config/usersctl/config.toml
+                         (keys: database_url, actor, busy_timeout)
+  USERSCTL_BUSY_TIMEOUT  seconds to wait for a busy SQLite database (10)
+  The global options (--database-url, --actor, --debug) may also follow the
+  command: usersctl list --debug
+"""
+
+INTERRUPTED = "interrupted; nothing changed"
 
 
 def _debug_requested(args: Sequence[str]) -> bool:
@@ -68,8 +81,14 @@ class UsersctlGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        global _current_state
+        _current_state = None
         args = list(sys.argv[1:] if args is None else args)
         debug = _debug_requested(args)
+        if {"--install-completion", "--show-completion"}.intersection(args):
+            from usersctl.cli.completion import install_scripts
+
+            install_scripts()
         try:
             result = super().main(
                 args=args,
@@ -88,8 +107,14 @@ class UsersctlGroup(TyperGroup):
             _fail(exc.format_message() + hint, exc.exit_code)
         except click_exceptions.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
-        except typer.Abort:
+        except typer.Abort as exc:
+            # Click turns Ctrl-C at a prompt into Abort (the KeyboardInterrupt stays the
+            # exception's context); EOF or a "no" are plain aborts.
+            if isinstance(exc.__context__ or exc.__cause__, KeyboardInterrupt):
+                _interrupted()
             _fail("aborted, nothing changed", 1)
+        except KeyboardInterrupt:
+            _interrupted()
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             detail = f": {first}" if first else ""
@@ -100,7 +125,28 @@ class UsersctlGroup(TyperGroup):
                 exc,
                 debug=debug,
             )
+        if result == 130:  # Typer's answer to a KeyboardInterrupt, in non-standalone mode
+            _interrupted()
         sys.exit(result if isinstance(result, int) else 0)
+
+    def _main_shell_completion(
+        self, ctx_args: MutableMapping[str, Any], prog_name: str, complete_var: str | None = None
+    ) -> None:
+        from usersctl.cli.completion import run
+
+        run(self, ctx_args, prog_name, complete_var or "_USERSCTL_COMPLETE")
+
+
+def _interrupted() -> NoReturn:
+    """Ctrl-C: exit 130, saying honestly whether anything was already committed."""
+    state = _current_state
+    note = state.interrupt_note if state is not None else None
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")  # off the prompt or the ^C the terminal echoed
+    _fail(f"interrupted; {note}" if note else INTERRUPTED, 130)
+
+
+_current_state: AppState | None = None  # this invocation's, for the interrupt message
 
 
 app = typer.Typer(
@@ -108,10 +154,11 @@ app = typer.Typer(
     name="usersctl",
     help="Administer the users of an application's database.\n\n"
     "Examples:\n\n\b\n"
-    "  usersctl create --name 'Ada Lovelace' --email ada@example.com --random-password\n"
+    "  usersctl create --name 'Ada Lovelace' --email ada@example.com \\\n"
+    "      --random-password\n"
     "  usersctl list --role admin -o json\n"
-    "  usersctl db upgrade\n\n\b\n" + EXIT_CODES,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    "  usersctl db upgrade\n\n\b\n" + CONFIGURATION + "\n\b\n" + EXIT_CODES,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80},
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -166,7 +213,8 @@ def root(
 ) -> None:
     # Settings are resolved on first use, so `usersctl create --help` works even with a
     # broken config file; every command that touches the database reports it (exit 2).
-    ctx.obj = AppState(database_url=database_url, debug=debug, actor=actor)
+    global _current_state
+    ctx.obj = _current_state = AppState(database_url=database_url, debug=debug, actor=actor)
 
 
 def main() -> None:

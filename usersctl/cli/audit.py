@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from usersctl.cli.options import Output
+from usersctl.cli.completion import complete_users
+from usersctl.cli.options import Limit, Offset, Output, exclusive
 from usersctl.cli.render import AUDIT_DROP_ORDER, OutputFormat, Renderer, to_json
 from usersctl.cli.state import get_state
 from usersctl.errors import UsageError
@@ -18,7 +19,6 @@ from usersctl.timestamps import iso_utc
 if TYPE_CHECKING:
     from usersctl.audit import Trail
 
-MAX_ROWS = 2**62
 AUDIT_FIELDS = ("id", "at", "actor", "action", "user_id", "email", "changes")
 PLANNED_FIELDS = ("action", "user_id", "email", "changes")
 
@@ -93,11 +93,18 @@ def audit(
             "-u",
             metavar="USER",
             help="Only entries about this user (id, or an email it has or had).",
+            autocompletion=complete_users,
         ),
     ] = None,
     action: Annotated[
         Action | None,
-        typer.Option("--action", "-a", help="Only this action.", case_sensitive=False),
+        typer.Option(
+            "--action",
+            "-a",
+            metavar="ACTION",
+            help="Only this action: " + ", ".join(Action) + ".",
+            case_sensitive=False,
+        ),
     ] = None,
     actor: Annotated[
         str | None, typer.Option("--actor", metavar="NAME", help="Only changes by this actor.")
@@ -112,9 +119,11 @@ def audit(
         str | None,
         typer.Option("--until", metavar="TIME", help="Up to this time (same forms as --since)."),
     ] = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=0, max=MAX_ROWS, help="At most N entries.")
-    ] = None,
+    limit: Limit = None,
+    offset: Offset = 0,
+    count: Annotated[
+        bool, typer.Option("--count", help="Print only the number of matching entries.")
+    ] = False,
     output: Output = OutputFormat.table,
 ) -> None:
     """Show the audit trail, newest first: who changed what, and when.
@@ -132,20 +141,27 @@ def audit(
     from usersctl import audit as trail
     from usersctl.models import utcnow
 
+    exclusive(ctx, "count", "limit", "offset")
     now = utcnow()
     start = parse_when(since, "--since", now) if since is not None else None
     end = parse_when(until, "--until", now) if until is not None else None
+    if start is not None and end is not None and start > end:
+        raise UsageError(f"--since {since} is after --until {until}: nothing can match")
+    filters: dict[str, Any] = {
+        "user": user,
+        "action": action.value if action is not None else None,
+        "actor": actor,
+        "since": start,
+        "until": end,
+    }
     database = get_state(ctx).ready_database()
+    if count:
+        with database.session(write=False) as session:
+            total = trail.count(session=session, **filters)
+        Renderer(output).line(str(total))
+        return
     with database.session(write=False) as session:
-        entries = trail.entries(
-            session=session,
-            user=user,
-            action=action.value if action is not None else None,
-            actor=actor,
-            since=start,
-            until=end,
-            limit=limit,
-        )
+        entries = trail.entries(session=session, limit=limit, offset=offset, **filters)
         records = ({**entry, "at": iso_utc(entry["at"])} for entry in entries)
         shown = Renderer(output).many(
             _shaped(records, output), fields=AUDIT_FIELDS, drop=AUDIT_DROP_ORDER

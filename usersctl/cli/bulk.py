@@ -13,7 +13,7 @@ from typing import IO, Annotated, Any
 
 import typer
 
-from usersctl.cli.options import Output
+from usersctl.cli.options import Output, exclusive
 from usersctl.cli.progress import progress_bar
 from usersctl.cli.render import FIELDS, OutputFormat, Renderer
 from usersctl.cli.state import get_state
@@ -37,8 +37,26 @@ FormatOption = Annotated[
     typer.Option(
         "--format",
         "-f",
+        metavar="FORMAT",
         help="csv, json (one array) or jsonl. Default: from the file name's extension.",
         case_sensitive=False,
+    ),
+]
+ExportFormat = Annotated[
+    BulkFormat | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="FORMAT",
+        help="csv, json (one array) or jsonl. Default: from the --output-file name's "
+        "extension, else jsonl.",
+        case_sensitive=False,
+    ),
+]
+ExportFormatAlias = Annotated[
+    BulkFormat | None,
+    typer.Option(
+        "--format", "-f", metavar="FORMAT", help="Same as --output.", case_sensitive=False
     ),
 ]
 
@@ -205,7 +223,8 @@ def _atomic_file(path: Path, *, private: bool) -> Any:
 
 def export(
     ctx: typer.Context,
-    fmt: FormatOption = None,
+    output: ExportFormat = None,
+    fmt: ExportFormatAlias = None,
     include_hashes: Annotated[
         bool,
         typer.Option(
@@ -229,9 +248,12 @@ def export(
     \b
     Example:
       usersctl export --include-hashes --output-file users-$(date +%F).jsonl
+      usersctl export -o csv > users.csv
     """
     from usersctl import crud
 
+    exclusive(ctx, "output", "fmt")
+    fmt = output or fmt
     if output_file is not None and str(output_file) == "-":
         output_file = None  # stdout, as for `import -`
     target, atomic = _destination(output_file) if output_file is not None else (None, False)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from usersctl.cli.command import command
+from usersctl.cli.completion import complete_revisions, sqlite_file_exists
 from usersctl.cli.options import Output, Yes
 from usersctl.cli.progress import progress_bar
 from usersctl.cli.render import OutputFormat, Renderer
@@ -14,6 +17,7 @@ from usersctl.cli.state import get_state, stdin_is_terminal
 from usersctl.errors import SchemaMismatch, UsageError
 
 if TYPE_CHECKING:
+    from usersctl.database import Database
     from usersctl.migrations import MigrationResult
 
 db_app = typer.Typer(
@@ -24,7 +28,12 @@ db_app = typer.Typer(
 )
 
 Revision = Annotated[
-    str, typer.Argument(metavar="REV", help="Revision id (0001), 'head' or 'base'.")
+    str,
+    typer.Argument(
+        metavar="REV",
+        help="Revision id (0001), 'head' or 'base'.",
+        autocompletion=complete_revisions,
+    ),
 ]
 
 
@@ -82,12 +91,29 @@ def _show_dry_run(verb: str, where: str, result: MigrationResult) -> None:
     )
 
 
+def _migrating(ctx: typer.Context, database: Database) -> Callable[[], None]:
+    """Keeps the Ctrl-C message honest during a migration; returns its on_commit."""
+    state = get_state(ctx)
+    if database.engine.dialect.name in ("mysql", "mariadb"):
+        state.interrupt_note = (
+            "MariaDB commits each migration step as it goes: check `usersctl db current`"
+        )
+
+    def committed() -> None:
+        state.interrupt_note = "the migration was committed; only its report was cut short"
+
+    return committed
+
+
 def run_upgrade(ctx: typer.Context, revision: str, dry_run: bool = False) -> None:
     from usersctl import migrations
 
     database = get_state(ctx).database()
+    on_commit = None if dry_run else _migrating(ctx, database)
     with progress_bar("Hashing plaintext passwords") as progress:
-        result = migrations.upgrade(database, revision, progress, dry_run=dry_run)
+        result = migrations.upgrade(
+            database, revision, progress, dry_run=dry_run, on_commit=on_commit
+        )
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
     if dry_run:
@@ -120,11 +146,16 @@ def _plaintext_left(result: MigrationResult) -> str:
     return "the server's binary and redo logs and backups may keep old copies until recycled"
 
 
-@db_app.command("upgrade")
+@command(db_app, "upgrade")
 def upgrade(
     ctx: typer.Context,
     revision: Annotated[
-        str, typer.Argument(metavar="[REV]", help="Target revision [default: head].")
+        str,
+        typer.Argument(
+            metavar="REV",
+            help="Target revision: an id (0002) or 'head'.",
+            autocompletion=complete_revisions,
+        ),
     ] = "head",
     dry_run: SqlDryRun = False,
 ) -> None:
@@ -138,7 +169,18 @@ def upgrade(
     run_upgrade(ctx, revision, dry_run)
 
 
-@db_app.command("downgrade")
+def _consent(verb: str, question: str, *, yes: bool, dry_run: bool) -> None:
+    """The same rule for every command that rewrites the schema: a dry run needs no
+    consent; otherwise ask on a terminal, and require --yes off one."""
+    if yes or dry_run:
+        return
+    if not stdin_is_terminal():
+        raise UsageError(f"refusing to {verb} without --yes when stdin is not a terminal")
+    if not typer.confirm(question, default=False):
+        raise typer.Abort()
+
+
+@command(db_app, "downgrade")
 def downgrade(
     ctx: typer.Context,
     revision: Revision,
@@ -164,15 +206,21 @@ def downgrade(
     from usersctl import migrations
 
     database = get_state(ctx).database()
-    if not yes:
-        if not stdin_is_terminal():
-            raise UsageError("refusing to downgrade without --yes when stdin is not a terminal")
-        if not dry_run and not typer.confirm(
-            f"Downgrade {database.display_url} to {revision}?", default=False
-        ):
-            raise typer.Abort()
+    if revision == "base" and not (yes or dry_run):
+        users = migrations.count_users(database)
+        question = (
+            f"Downgrade {database.display_url} to base? This drops every table: it deletes "
+            f"every user ({users} user{'' if users == 1 else 's'}) and the audit trail."
+        )
+    else:
+        question = f"Downgrade {database.display_url} to {revision}?"
+    _consent("downgrade", question, yes=yes, dry_run=dry_run)
     result = migrations.downgrade(
-        database, revision, discard_audit_trail=discard_audit_trail, dry_run=dry_run
+        database,
+        revision,
+        discard_audit_trail=discard_audit_trail,
+        dry_run=dry_run,
+        on_commit=None if dry_run else _migrating(ctx, database),
     )
     if dry_run:
         _show_dry_run("downgrade", database.display_url, result)
@@ -180,7 +228,7 @@ def downgrade(
         _report("Downgraded", database.display_url, result)
 
 
-@db_app.command("current")
+@command(db_app, "current")
 def current(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
     """Print the database's schema revision and how it relates to this usersctl's head.
 
@@ -198,24 +246,43 @@ def current(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
     )
 
 
-@db_app.command("history")
-def history(output: Output = OutputFormat.table) -> None:
-    """List the migrations this usersctl ships, oldest first.
+@command(db_app, "history")
+def history(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
+    """List the migrations this usersctl ships, oldest first; mark the database's revision.
 
     \b
     Example:
       usersctl db history -o json
     """
     from usersctl import migrations
+    from usersctl.errors import UsersctlError
 
-    rows = [
-        {"revision": r.revision, "down_revision": r.down_revision, "message": r.message}
-        for r in migrations.history()
-    ]
-    Renderer(output).many(rows, fields=["revision", "down_revision", "message"])
+    current_revision = None  # the list needs no database: without one, nothing is marked
+    try:
+        state = get_state(ctx)
+        if sqlite_file_exists(state.settings.database_url):
+            current_revision = migrations.current(state.database()).revision
+    except UsersctlError:
+        pass
+    rows = []
+    for r in migrations.history():
+        is_current = r.revision == current_revision
+        shown = f"{r.revision} (current)" if is_current and output is OutputFormat.table else None
+        rows.append(
+            {
+                "revision": shown or r.revision,
+                "down_revision": r.down_revision,
+                "current": is_current,
+                "message": r.message,
+            }
+        )
+    fields = ["revision", "down_revision", "message"]
+    if output is not OutputFormat.table:
+        fields.insert(2, "current")
+    Renderer(output).many(rows, fields=fields)
 
 
-@db_app.command("check")
+@command(db_app, "check")
 def check(ctx: typer.Context) -> None:
     """Exit 0 if the database is at head and matches the models, 8 otherwise. Changes nothing.
 
@@ -241,17 +308,52 @@ def check(ctx: typer.Context) -> None:
     typer.echo(f"Database is at head ({HEAD}) and matches the models.", err=True)
 
 
-@db_app.command("stamp")
-def stamp(ctx: typer.Context, revision: Revision) -> None:
+@command(db_app, "stamp")
+def stamp(
+    ctx: typer.Context,
+    revision: Revision,
+    yes: Yes = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Run the checks, print the revision change and its SQL; change nothing.",
+        ),
+    ] = False,
+) -> None:
     """Record REV as the schema revision without running migrations.
 
+    For a database whose tables were migrated by other means. Refuses (exit 8) when
+    the tables present do not fit REV.
+
     \b
-    Example:
-      usersctl db stamp 0002
+    Examples:
+      usersctl db stamp head --dry-run
+      usersctl db stamp 0003 --yes
     """
     from usersctl import migrations
 
-    result = migrations.stamp(get_state(ctx).database(), revision)
+    database = get_state(ctx).database()
+    where = database.display_url
+    # The checks first (a rehearsal, rolled back): a refusal never waits for an answer.
+    planned = migrations.stamp(database, revision, dry_run=True)
+    before, after = _describe_revision(planned.before), _describe_revision(planned.after)
+    if planned.before == planned.after:
+        typer.echo(f"Already at revision {after}; nothing to do.", err=True)
+        return
+    if dry_run:
+        sys.stdout.write(f"-- usersctl db stamp --dry-run: {where} from {before} to {after}\n")
+        sql = [line for line in planned.sql.splitlines() if not line.startswith("-- Running")]
+        sys.stdout.write("".join(f"{line}\n" for line in sql if line))
+        typer.echo(
+            f"Dry run: would stamp {where} as revision {after} (was {before}) without "
+            "running migrations; nothing was written.",
+            err=True,
+        )
+        return
+    question = f"Stamp {where} as revision {after} (was {before}) without running migrations?"
+    _consent("stamp", question, yes=yes, dry_run=False)
+    result = migrations.stamp(database, revision, on_commit=_migrating(ctx, database))
     typer.echo(
         f"Stamped revision {_describe_revision(result.after)} "
         f"(was {_describe_revision(result.before)}).",

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from usersctl.database import Database
 
 
+COMMITTING = "the change may or may not have been committed: check `usersctl audit`"
+COMMITTED = "the change was committed; only its report was cut short"
+
+
 @dataclass
 class AppState:
     database_url: str | None = None  # the --database-url flag, if given
@@ -27,6 +31,8 @@ class AppState:
     _settings: Settings | None = field(default=None, repr=False)
     _database: Database | None = field(default=None, repr=False)
     _checked: bool = False
+    # What is already written if Ctrl-C comes now (None: nothing, the usual case).
+    interrupt_note: str | None = None
 
     @property
     def settings(self) -> Settings:
@@ -100,6 +106,7 @@ class AppState:
         if status.state is State.EMPTY:
             result = migrations.ensure_head(database)
             if result.changed:
+                self.interrupt_note = f"the database was initialised ({result.after})"
                 typer.echo(
                     f"Initialised the database at {database.display_url} "
                     f"(schema revision {result.after}).",
@@ -118,6 +125,10 @@ class AppState:
         trail = self.trail(dry_run=dry_run)
         with database.session(write=True, dry_run=dry_run) as session:
             yield session, trail
+            if not dry_run:
+                self.interrupt_note = COMMITTING
+        if not dry_run:
+            self.interrupt_note = COMMITTED
 
 
 def get_state(ctx: typer.Context) -> AppState:

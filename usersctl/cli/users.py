@@ -11,7 +11,18 @@ from typing import Annotated, Any
 import typer
 
 from usersctl.cli.audit import show_planned
-from usersctl.cli.options import DryRun, Output, UserRef, UserRefs, Yes
+from usersctl.cli.command import command
+from usersctl.cli.completion import complete_roles, complete_sort
+from usersctl.cli.options import (
+    DryRun,
+    Limit,
+    Offset,
+    Output,
+    UserRef,
+    UserRefs,
+    Yes,
+    exclusive,
+)
 from usersctl.cli.password_input import (
     PasswordInput,
     PasswordStdin,
@@ -23,8 +34,6 @@ from usersctl.cli.render import OutputFormat, Renderer, records, user_record
 from usersctl.cli.state import get_state, stdin_is_terminal
 from usersctl.cli.text import printable
 from usersctl.errors import UsageError
-
-MAX_ROWS = 2**62  # what every engine's LIMIT/OFFSET accepts
 
 SORT_HELP = "Sort by id, name, email, role, active, created_at or updated_at; prefix - to reverse."
 
@@ -46,22 +55,27 @@ def _show_user(
 
 
 def register(app: typer.Typer) -> None:
-    app.command(name="create")(create)
-    app.command(name="list")(list_)
-    app.command(name="get")(get)
-    app.command(name="update")(update)
-    app.command(name="passwd")(passwd)
-    app.command(name="verify-password")(verify_password)
-    app.command(name="disable")(disable)
-    app.command(name="enable")(enable)
-    app.command(name="delete")(delete)
+    command(app, "create")(create)
+    command(app, "list")(list_)
+    command(app, "get")(get)
+    command(app, "update")(update)
+    command(app, "passwd")(passwd)
+    command(app, "verify-password")(verify_password)
+    command(app, "disable")(disable)
+    command(app, "enable")(enable)
+    command(app, "delete")(delete)
 
 
 def create(
     ctx: typer.Context,
     name: Annotated[str, typer.Option("--name", "-n", help="Display name (1-200 characters).")],
     email: Annotated[str, typer.Option("--email", "-e", help="Email; unique, case-insensitive.")],
-    role: Annotated[str, typer.Option("--role", "-r", help="Role, e.g. user or admin.")] = "user",
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role", "-r", help="Role, e.g. user or admin.", autocompletion=complete_roles
+        ),
+    ] = "user",
     disabled: Annotated[
         bool, typer.Option("--disabled", help="Create the account locked (cannot log in).")
     ] = False,
@@ -81,7 +95,8 @@ def create(
 
     \b
     Example:
-      usersctl create --name 'Ada Lovelace' --email ada@example.com --random-password
+      usersctl create --name 'Ada Lovelace' --email ada@example.com \\
+          --random-password
     """
     from usersctl import crud
     from usersctl.passwords import hash_password
@@ -90,6 +105,7 @@ def create(
     user_in = parse(
         UserCreate, {"name": name, "email": email, "role": role, "is_active": not disabled}
     )
+    exclusive(ctx, "password_stdin", "random_password")
     password = new_password(password_stdin=password_stdin, random_password=random_password)
     password_hash = "" if dry_run else hash_password(password.value)
     with get_state(ctx).change(dry_run=dry_run) as (session, trail):
@@ -111,22 +127,24 @@ def create(
 
 def list_(
     ctx: typer.Context,
-    role: Annotated[str | None, typer.Option("--role", "-r", help="Only this role.")] = None,
-    active: Annotated[
-        bool | None,
-        typer.Option("--active/--disabled", help="Only active, or only disabled, users."),
+    role: Annotated[
+        str | None,
+        typer.Option("--role", "-r", help="Only this role.", autocompletion=complete_roles),
     ] = None,
+    active: Annotated[bool, typer.Option("--active", help="Only active users.")] = False,
+    disabled: Annotated[bool, typer.Option("--disabled", help="Only disabled users.")] = False,
     search: Annotated[
         str | None,
-        typer.Option("--search", "-s", help="Case-insensitive substring of name or email."),
+        typer.Option(
+            "--search", "-s", metavar="TEXT", help="Case-insensitive substring of name or email."
+        ),
     ] = None,
-    sort: Annotated[str, typer.Option("--sort", help=SORT_HELP)] = "id",
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=0, max=MAX_ROWS, help="At most N users.")
-    ] = None,
-    offset: Annotated[
-        int, typer.Option("--offset", min=0, max=MAX_ROWS, help="Skip the first N.")
-    ] = 0,
+    sort: Annotated[
+        str,
+        typer.Option("--sort", metavar="FIELD", help=SORT_HELP, autocompletion=complete_sort),
+    ] = "id",
+    limit: Limit = None,
+    offset: Offset = 0,
     count: Annotated[
         bool, typer.Option("--count", help="Print only the number of matching users.")
     ] = False,
@@ -140,6 +158,9 @@ def list_(
     """
     from usersctl import crud
 
+    exclusive(ctx, "active", "disabled")
+    exclusive(ctx, "count", "limit", "offset", "sort")
+    wanted = True if active else False if disabled else None
     descending = sort.startswith("-")
     field = sort.removeprefix("-")
     if field not in crud.SORT_FIELDS:
@@ -147,14 +168,14 @@ def list_(
     database = get_state(ctx).ready_database()
     if count:
         with database.session(write=False) as session:
-            total = crud.count_users(session=session, role=role, active=active, search=search)
+            total = crud.count_users(session=session, role=role, active=wanted, search=search)
         Renderer(output).line(str(total))
         return
     with database.session(write=False) as session:
         users = crud.iter_users(
             session=session,
             role=role,
-            active=active,
+            active=wanted,
             search=search,
             sort=field,
             descending=descending,
@@ -186,7 +207,10 @@ def update(
     user: UserRef,
     name: Annotated[str | None, typer.Option("--name", "-n", help="New name.")] = None,
     email: Annotated[str | None, typer.Option("--email", "-e", help="New email.")] = None,
-    role: Annotated[str | None, typer.Option("--role", "-r", help="New role.")] = None,
+    role: Annotated[
+        str | None,
+        typer.Option("--role", "-r", help="New role.", autocompletion=complete_roles),
+    ] = None,
     dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
@@ -225,11 +249,13 @@ def passwd(
 
     \b
     Example:
-      printf '%s\\n' "$NEW_PASSWORD" | usersctl passwd ada@example.com --password-stdin
+      printf '%s\\n' "$NEW_PASSWORD" |
+          usersctl passwd ada@example.com --password-stdin
     """
     from usersctl import crud
     from usersctl.passwords import hash_password
 
+    exclusive(ctx, "password_stdin", "random_password")
     password = new_password(password_stdin=password_stdin, random_password=random_password)
     password_hash = "" if dry_run else hash_password(password.value)
     with get_state(ctx).change(dry_run=dry_run) as (session, trail):
@@ -255,7 +281,8 @@ def verify_password(
 
     \b
     Example:
-      printf '%s\\n' "$PASSWORD" | usersctl verify-password ada@example.com --password-stdin
+      printf '%s\\n' "$PASSWORD" |
+          usersctl verify-password ada@example.com --password-stdin
     """
     from usersctl import crud
 
