@@ -2,6 +2,7 @@
 
 python scripts/readme_examples.py           # check: exit 1 with a diff for each stale block
 python scripts/readme_examples.py --update  # rewrite the stale blocks from real output
+python scripts/readme_examples.py --section Tour  # only sections whose title has "Tour"
 
 What runs (tests/test_readme.py does the same check, one test per section):
 
@@ -27,6 +28,7 @@ only blocks whose masked text differs, keeping the commands and writing the real
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
 import sqlite3
@@ -204,16 +206,19 @@ class Session:
         target = re.fullmatch(r"cat (\S+)", step.shell)
         if target and not (self.home / target[1]).exists():
             (self.home / target[1]).write_text("\n".join(step.output) + "\n", encoding="utf-8")
-        result = subprocess.run(
-            ["bash", "-c", step.shell],
-            cwd=self.home,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=TIMEOUT,
-            check=False,
-        )
+        try:
+            result = subprocess.run(
+                ["bash", "-c", step.shell],
+                cwd=self.home,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return [f"<still running after {TIMEOUT} seconds: stopped>"]
         text = result.stdout.decode("utf-8", errors="replace")
         text = text.replace(str(self.home), SHOWN_HOME)
         return [line.rstrip() for line in text.splitlines()]
@@ -294,17 +299,23 @@ def rewrite(text: str, outcomes: list[Outcome]) -> str:
 
 
 def main() -> int:
-    update = "--update" in sys.argv[1:]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--update", action="store_true", help="rewrite stale blocks")
+    parser.add_argument("--section", default="", help="only sections whose title has this")
+    options = parser.parse_args()
     text = README.read_text(encoding="utf-8")
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="readme-examples-") as scratch:
-        for number, section in enumerate(sections(text).values()):
-            outcomes += replay_section(section, Path(scratch) / str(number))
-    if update:
+        for number, (title, section) in enumerate(sections(text).items()):
+            if options.section in title:
+                outcomes += replay_section(section, Path(scratch) / str(number))
+    if options.update:
         new = rewrite(text, outcomes)
         if new != text:
             README.write_text(new, encoding="utf-8")
-        print(f"README.md: {sum(o.stale for o in outcomes)} console block(s) rewritten")
+        stale = [str(outcome.block.line) for outcome in outcomes if outcome.stale]
+        where = f" (at lines {', '.join(stale)}; review with git diff README.md)" if stale else ""
+        print(f"README.md: {len(stale)} console block(s) rewritten{where}")
         return 0
     problems = report(outcomes)
     if problems:
