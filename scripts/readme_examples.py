@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -206,20 +208,22 @@ class Session:
         target = re.fullmatch(r"cat (\S+)", step.shell)
         if target and not (self.home / target[1]).exists():
             (self.home / target[1]).write_text("\n".join(step.output) + "\n", encoding="utf-8")
+        process = subprocess.Popen(
+            ["bash", "-c", step.shell],
+            cwd=self.home,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, every process of a pipeline
+        )
         try:
-            result = subprocess.run(
-                ["bash", "-c", step.shell],
-                cwd=self.home,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=TIMEOUT,
-                check=False,
-            )
+            output, _ = process.communicate(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
             return [f"<still running after {TIMEOUT} seconds: stopped>"]
-        text = result.stdout.decode("utf-8", errors="replace")
+        text = output.decode("utf-8", errors="replace")
         text = text.replace(str(self.home), SHOWN_HOME)
         return [line.rstrip() for line in text.splitlines()]
 

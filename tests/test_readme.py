@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -130,3 +131,19 @@ def test_a_bad_directive_names_its_line(directive: str, message: str) -> None:
     with pytest.raises(ValueError, match="README.md line 3") as raised:
         examples.blocks(text)
     assert message in str(raised.value)
+
+
+def test_a_command_that_hangs_is_stopped_and_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(examples, "TIMEOUT", 0.5)
+    text = "## S\n\n```console\n$ cat\nhello\n$ sleep 600 | cat\n```\n"
+    started = time.monotonic()
+    outcomes = list(examples.replay_section(examples.sections(text)["S"], tmp_path))
+    assert time.monotonic() - started < 300  # the whole pipeline was stopped
+    # `cat` alone reads the closed stdin: it prints nothing, whatever the block says.
+    assert outcomes[0].actual == [
+        "$ cat",
+        "$ sleep 600 | cat",
+        "<still running after 0.5 seconds: stopped>",
+    ]
