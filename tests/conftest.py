@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,52 @@ def server_admin_url(engine: str) -> str | None:
 
 def postgres_admin_url() -> str | None:
     return server_admin_url("postgresql")
+
+
+# A skip for want of a server names its engine; the summary counts them, one line per engine.
+SERVER_SKIP = re.compile(r"\bno (postgresql|mariadb) server\b", re.IGNORECASE)
+
+
+def _server_skip_engine(report: pytest.TestReport) -> str | None:
+    longrepr = report.longrepr
+    if report.skipped and isinstance(longrepr, tuple | list) and len(longrepr) == 3:
+        match = SERVER_SKIP.search(str(longrepr[2]))
+        if match:
+            return match.group(1).lower()
+    return None
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter,
+) -> Generator[None, None, None]:
+    """Fold the skips for want of a server into one line per engine.
+
+    `-ra` would list each of them (hundreds) in the short summary, burying the other skip
+    reasons; those still show one by one. The final counts are left as they are.
+    """
+    skipped: list[pytest.TestReport] = terminalreporter.stats.get("skipped", [])
+    by_engine: dict[str, int] = {}
+    kept = []
+    for report in skipped:
+        engine = _server_skip_engine(report)
+        if engine is None:
+            kept.append(report)
+        else:
+            by_engine[engine] = by_engine.get(engine, 0) + 1
+    if by_engine:
+        terminalreporter.stats["skipped"] = kept
+    try:
+        yield
+    finally:
+        if by_engine:
+            terminalreporter.stats["skipped"] = skipped
+            for engine, count in sorted(by_engine.items()):
+                terminalreporter.write_line(
+                    f"SKIPPED {count} {engine} test(s): no {engine} server "
+                    f"({SERVER_ENVS[engine]} not set)",
+                    yellow=True,
+                )
 
 
 @pytest.fixture(autouse=True)
