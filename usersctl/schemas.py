@@ -122,10 +122,11 @@ class UserUpdate(BaseModel):
 
 
 def check_password_hash(value: str) -> str:
-    from usersctl.passwords import is_valid_hash
+    from usersctl.passwords import hash_problem
 
-    if not is_valid_hash(value):
-        raise ValueError("must be a well-formed argon2 ($argon2id$...) or bcrypt ($2b$...) hash")
+    problem = hash_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
