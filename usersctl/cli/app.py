@@ -15,9 +15,17 @@ from typer._click import exceptions as click_exceptions  # typer >= 0.29 vendors
 from typer.core import TyperGroup
 
 from usersctl import __version__
+from usersctl.cli.output import (
+    discard_stdout,
+    flush_stdout,
+    guard_standard_streams,
+    is_output_error,
+    output_failed,
+    start_command,
+)
 from usersctl.cli.state import AppState
 from usersctl.cli.text import printable
-from usersctl.errors import UsersctlError
+from usersctl.errors import OutputFailed, UsersctlError
 
 EXIT_CODES = """\
 Exit codes:
@@ -30,6 +38,8 @@ Exit codes:
   6  password verification failed, or the user is disabled
   7  database unavailable: cannot connect, driver missing, not a database, read-only, busy
   8  schema mismatch: run `usersctl db upgrade` (or the database is newer than usersctl)
+ 10  output failed: the result could not be written (stdout closed, disk full); the
+     message says whether the change was committed (a generated password never is)
 """
 
 
@@ -70,6 +80,7 @@ class UsersctlGroup(TyperGroup):
     ) -> Any:
         args = list(sys.argv[1:] if args is None else args)
         debug = _debug_requested(args)
+        start_command()
         try:
             result = super().main(
                 args=args,
@@ -78,6 +89,10 @@ class UsersctlGroup(TyperGroup):
                 standalone_mode=False,
                 **extra,
             )
+            flush_stdout()  # a full disk or closed stdout shows here, not at exit
+        except OutputFailed as exc:
+            discard_stdout()
+            _fail(exc.message, exc.exit_code, exc, debug=debug)
         except UsersctlError as exc:
             _fail(exc.message, exc.exit_code, exc, debug=debug, details=exc.details)
         except click_exceptions.NoArgsIsHelpError as exc:
@@ -90,17 +105,28 @@ class UsersctlGroup(TyperGroup):
             _fail(exc.format_message(), exc.exit_code)
         except typer.Abort:
             _fail("aborted, nothing changed", 1)
+        except OSError as exc:
+            if not is_output_error(exc):
+                _bug(exc, debug)
+            # Writing the result failed part-way (stdout on a full disk, or closed).
+            discard_stdout()
+            failure = output_failed(exc)
+            _fail(failure.message, failure.exit_code, exc, debug=debug)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            detail = f": {first}" if first else ""
-            _fail(
-                f"unexpected error ({type(exc).__name__}{detail}); this is a bug, rerun with "
-                "--debug for the traceback",
-                1,
-                exc,
-                debug=debug,
-            )
+            _bug(exc, debug)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def _bug(exc: Exception, debug: bool) -> NoReturn:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    detail = f": {first}" if first else ""
+    _fail(
+        f"unexpected error ({type(exc).__name__}{detail}); this is a bug, rerun with "
+        "--debug for the traceback",
+        1,
+        exc,
+        debug=debug,
+    )
 
 
 app = typer.Typer(
@@ -173,4 +199,5 @@ def main() -> None:
     """Console-script entry point."""
     # `usersctl list | head -1`: end quietly like other Unix tools when the reader goes away.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    guard_standard_streams()
     app()

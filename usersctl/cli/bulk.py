@@ -13,6 +13,7 @@ from typing import IO, Annotated, Any
 import typer
 
 from usersctl.cli.options import Output
+from usersctl.cli.output import writing
 from usersctl.cli.progress import progress_bar
 from usersctl.cli.render import FIELDS, OutputFormat, Renderer
 from usersctl.cli.state import get_state
@@ -197,7 +198,8 @@ def export(
             rows = crud.export_rows(session=session, include_hashes=include_hashes)
             Renderer(OutputFormat(chosen)).many(rows, fields=fields, exact=True)
             return
-        with _atomic_file(output_file, private=include_hashes) as handle:
+        # A full disk or read-only folder: exit 10 naming the file (and no partial file).
+        with writing(str(output_file)), _atomic_file(output_file, private=include_hashes) as handle:
             count = _export_to(handle, session, chosen, include_hashes, fields)
     typer.echo(f"Exported {count} user(s) to {output_file}.", err=True)
 

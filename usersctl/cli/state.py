@@ -101,6 +101,10 @@ class AppState:
         trail = self.trail(dry_run=dry_run)
         with database.session(write=True, dry_run=dry_run) as session:
             yield session, trail
+        if not dry_run:
+            from usersctl.cli.output import note_committed
+
+            note_committed()
 
 
 def get_state(ctx: typer.Context) -> AppState:
