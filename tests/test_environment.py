@@ -579,13 +579,17 @@ def test_no_password_or_hash_in_errors_even_with_debug(head_db: Path, trigger: s
     started = [start(args, url_of(head_db), stdin=stdin) for args, stdin in commands]
     for proc in started:
         result = wait(proc)
-        expected = 1 if trigger == "data-error" else 4
-        assert result.code == expected, result.describe()
         output = result.stdout + result.stderr
         assert PASSWORD not in output, result.describe()
         assert HASH_PREFIX not in output, result.describe()
         for value in stored:
             assert value.split("$")[-1] not in output
+        if "verify-password" in result.args:  # the re-hash is best effort: the login stands
+            assert result.code == 0, result.describe()
+            assert "note: the password hash was not upgraded" in result.stderr
+            continue
+        expected = 1 if trigger == "data-error" else 4
+        assert result.code == expected, result.describe()
         assert result.stderr.strip().splitlines()[-1].startswith("error: ")
         if trigger == "data-error":  # --debug did show a traceback: the check above is real
             assert "Traceback (most recent call last)" in result.stderr

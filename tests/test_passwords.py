@@ -373,7 +373,7 @@ def test_accepted_argon2_hashes_are_ones_argon2_can_parse(value: str) -> None:
 
 
 @pytest.mark.parametrize("kind", [argon2.Type.ID, argon2.Type.I, argon2.Type.D])
-@pytest.mark.parametrize(("t", "m", "p"), [(1, 8, 1), (3, 65536, 4), (10, 2**20, 16)])
+@pytest.mark.parametrize(("t", "m", "p"), [(1, 8, 1), (3, 65536, 4), (2, 2**20, 16)])
 def test_hashes_argon2_writes_are_accepted(kind: argon2.Type, t: int, m: int, p: int) -> None:
     hasher = argon2.PasswordHasher(time_cost=t, memory_cost=m, parallelism=p, type=kind)
     value = (

@@ -271,23 +271,54 @@ class Verification:
     new_hash: str | None  # set when the stored hash should be upgraded
 
 
-def verify_password(*, session: Session, ref: str, password: str) -> Verification:
-    """Raise VerificationFailed unless `password` matches an active user. Reads only.
+@dataclass(frozen=True)
+class Credentials:
+    """What a password check needs, read in a short transaction of its own."""
 
-    An unknown user costs the same argon2 work as a known one, and every failure raises
-    the same error, so neither the answer nor its timing tells which accounts exist.
+    user_id: int
+    email: str
+    password_hash: str
+    is_active: bool
+
+
+def read_credentials(*, session: Session, ref: str) -> Credentials | None:
+    """The stored hash of `ref`, or None for an unknown user. Reads only; end the
+    transaction before checking the password (check_password), so that no check, however
+    slow, ever holds a lock another command waits for."""
+    user = find_user(session, ref)
+    if user is None:
+        return None
+    return Credentials(
+        user_id=user.id,
+        email=user.email,
+        password_hash=user.password_hash,
+        is_active=user.is_active,
+    )
+
+
+def check_password(*, credentials: Credentials | None, password: str) -> Verification:
+    """Raise VerificationFailed unless `password` matches an active user. Runs outside any
+    transaction.
+
+    Every failure raises the same error after at least the argon2 work of the current
+    parameters (an unknown user is checked against a dummy hash; a failure against a
+    cheaper imported hash spends the dummy check too), so neither the answer nor its
+    timing tells which accounts exist.
     """
     from usersctl import passwords  # argon2 loads only for commands that hash
 
-    user = find_user(session, ref)
-    if user is None:
+    if credentials is None:
         passwords.dummy_verify(password)
         raise VerificationFailed("password verification failed")
-    matches, new_hash = passwords.verify(user.password_hash, password)
-    if not matches or not user.is_active:
+    matches, new_hash = passwords.verify(credentials.password_hash, password)
+    if not matches or not credentials.is_active:
+        passwords.pad_failure(credentials.password_hash, password)
         raise VerificationFailed("password verification failed")
     return Verification(
-        user_id=user.id, email=user.email, stored_hash=user.password_hash, new_hash=new_hash
+        user_id=credentials.user_id,
+        email=credentials.email,
+        stored_hash=credentials.password_hash,
+        new_hash=new_hash,
     )
 
 

@@ -38,6 +38,7 @@ from usersctl.errors import Conflict, DatabaseUnavailable, NotFound, SchemaMisma
 _DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 _READ_ONLY = "usersctl_read_only"
 _MIN_FREE_BYTES = 64 * 1024
+QUICK_LOCK_WAIT_MS = 100  # how long best-effort writes wait for a lock (quick_session)
 
 
 def _is_secret_key(key: str) -> bool:
@@ -534,6 +535,33 @@ class Database:
                 transaction.rollback()
             else:
                 transaction.commit()
+
+    @contextmanager
+    def quick_session(self) -> Iterator[Session]:
+        """A write transaction for best-effort work (a login's hash upgrade): it gives up
+        within about a second instead of waiting the busy timeout for another writer's lock
+        (SQLite's busy timeout, PostgreSQL's lock_timeout and MariaDB's lock wait timeouts,
+        set on a connection that is discarded afterwards). Fails like session()."""
+        backend = self.engine.url.get_backend_name()
+        with self.translate_errors(), self.engine.connect() as connection:
+            try:
+                if backend == "sqlite":
+                    connection.connection.driver_connection.execute(  # type: ignore[union-attr]
+                        f"PRAGMA busy_timeout = {QUICK_LOCK_WAIT_MS}"
+                    )
+                elif backend in ("mysql", "mariadb"):
+                    connection.exec_driver_sql(
+                        "SET SESSION innodb_lock_wait_timeout = 1, lock_wait_timeout = 1"
+                    )
+                    connection.commit()
+                with Session(connection, expire_on_commit=False) as session, session.begin():
+                    if backend == "postgresql":
+                        session.connection().exec_driver_sql(
+                            f"SET LOCAL lock_timeout = '{QUICK_LOCK_WAIT_MS}ms'"
+                        )
+                    yield session
+            finally:
+                connection.invalidate()  # its shortened timeouts never serve another command
 
     def empty_stand_in(self, *, schema: bool = True) -> Database:
         """An in-memory database at head with no users, for dry runs against a database

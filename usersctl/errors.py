@@ -40,3 +40,10 @@ class DatabaseUnavailable(UsersctlError):
 
 class SchemaMismatch(UsersctlError):
     exit_code = 8
+
+
+class OutputFailed(UsersctlError):
+    """The result could not be written (stdout closed or on a full disk, an export file's
+    disk full or folder read-only). The message says whether the change was committed."""
+
+    exit_code = 10

@@ -86,24 +86,68 @@ def is_supported_hash(value: str) -> bool:
     return is_argon2_hash(value) or is_bcrypt_hash(value)
 
 
-_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+_BCRYPT = re.compile(r"\$2[aby]\$(?P<cost>[0-9]{2})\$[./A-Za-z0-9]{53}")
 # The PHC string argon2-cffi writes. Stricter than argon2.extract_parameters (which takes
 # e.g. "m=+1" or an empty salt), and ~10x faster: import checks every row's hash with it.
 # tests/test_passwords.py checks that whatever it accepts, extract_parameters accepts.
 _ARGON2 = re.compile(
-    r"\$argon2(?:id|i|d)\$v=[0-9]{1,10}\$m=[0-9]{1,10},t=[0-9]{1,10},p=[0-9]{1,10}"
+    r"\$argon2(?:id|i|d)\$v=(?P<v>[0-9]{1,10})"
+    r"\$m=(?P<m>[0-9]{1,10}),t=(?P<t>[0-9]{1,10}),p=(?P<p>[0-9]{1,10})"
     r"\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
 )
 
+# The parameters a stored hash may have (README, "Security notes"): every hash real apps
+# make verifies within a few seconds and at most 1 GiB of memory; nothing outside can stall
+# a login for minutes, exhaust memory, or never verify at all.
+BCRYPT_COSTS = range(4, 16)  # 4 is bcrypt's minimum; 12 its default; 15 takes ~2-3 s
+ARGON2_VERSION = 19  # 0x13, the only version argon2-cffi writes since 2016
+ARGON2_PARALLELISM = range(1, 17)
+ARGON2_TIME_COSTS = range(1, 21)
+ARGON2_MAX_MEMORY_KIB = 1024 * 1024  # 1 GiB; the minimum is argon2's own, 8 KiB per lane
+ARGON2_MAX_WORK = 2 * ARGON2_MAX_MEMORY_KIB  # m x t: at most as much as m=1 GiB, t=2
+
+
+def hash_problem(value: str) -> str | None:
+    """Why `value` cannot be stored as a password hash, or None when it can: a parseable
+    argon2 PHC string or a well-formed bcrypt hash, no longer than the column, with
+    parameters inside the bounds above."""
+    malformed = "must be a well-formed argon2 ($argon2id$...) or bcrypt ($2b$...) hash"
+    if len(value) > 255 or not value.isascii() or not value.isprintable():
+        return malformed
+    if is_bcrypt_hash(value):
+        bcrypt_match = _BCRYPT.fullmatch(value)
+        if bcrypt_match is None:
+            return malformed
+        cost = int(bcrypt_match["cost"])
+        if cost not in BCRYPT_COSTS:
+            return f"bcrypt cost {cost} is outside {BCRYPT_COSTS.start}..{BCRYPT_COSTS.stop - 1}"
+        return None
+    match = _ARGON2.fullmatch(value)
+    if match is None:
+        return malformed
+    version, memory, time_cost, lanes = (int(match[k]) for k in ("v", "m", "t", "p"))
+    if version != ARGON2_VERSION:
+        return f"argon2 version {version} is not supported (only v={ARGON2_VERSION})"
+    if lanes not in ARGON2_PARALLELISM:
+        return f"argon2 parallelism p={lanes} is outside 1..{ARGON2_PARALLELISM.stop - 1}"
+    if not 8 * lanes <= memory <= ARGON2_MAX_MEMORY_KIB:
+        return (
+            f"argon2 memory m={memory} KiB is outside {8 * lanes}..{ARGON2_MAX_MEMORY_KIB} "
+            "(8 KiB per lane to 1 GiB)"
+        )
+    if time_cost not in ARGON2_TIME_COSTS:
+        return f"argon2 time cost t={time_cost} is outside 1..{ARGON2_TIME_COSTS.stop - 1}"
+    if memory * time_cost > ARGON2_MAX_WORK:
+        return (
+            f"argon2 work m*t={memory * time_cost} is above {ARGON2_MAX_WORK} "
+            "(as much as m=1 GiB, t=2)"
+        )
+    return None
+
 
 def is_valid_hash(value: str) -> bool:
-    """A hash `import` may store: a parseable argon2 PHC string or a well-formed bcrypt hash,
-    no longer than the column."""
-    if len(value) > 255 or not value.isascii() or not value.isprintable():
-        return False
-    if is_bcrypt_hash(value):
-        return _BCRYPT.fullmatch(value) is not None
-    return _ARGON2.fullmatch(value) is not None
+    """A hash `import` may store (see hash_problem)."""
+    return hash_problem(value) is None
 
 
 def _verify_bcrypt(stored_hash: str, password: str) -> bool:
@@ -111,8 +155,11 @@ def _verify_bcrypt(stored_hash: str, password: str) -> bool:
         import bcrypt
     except ImportError:  # pragma: no cover - bcrypt ships with usersctl
         return False
+    # Every bcrypt before bcrypt 5 used only the first 72 bytes of a password (bcrypt 5
+    # raises instead): the app that made this hash did the same, so its users' passwords
+    # still verify.
     try:
-        return bool(bcrypt.checkpw(password.encode(), stored_hash.encode()))
+        return bool(bcrypt.checkpw(password.encode()[:72], stored_hash.encode()))
     except ValueError:
         return False
 
@@ -123,6 +170,10 @@ def verify(stored_hash: str, password: str) -> tuple[bool, str | None]:
     Returns (matches, new_hash); new_hash is set when the stored hash should be replaced
     (weaker argon2 parameters, or a bcrypt hash) and is None otherwise.
     """
+    if hash_problem(stored_hash) is not None:
+        # Never spend unbounded time or memory on a hash outside the bounds (one written
+        # straight into the database): it cannot match.
+        return False, None
     if is_bcrypt_hash(stored_hash):
         if _verify_bcrypt(stored_hash, password):
             return True, _hasher.hash(password)
@@ -139,3 +190,17 @@ def verify(stored_hash: str, password: str) -> tuple[bool, str | None]:
 def dummy_verify(password: str) -> None:
     """Spend the time a real verification takes, for an account that does not exist."""
     verify(DUMMY_HASH, password)
+
+
+def pad_failure(stored_hash: str, password: str) -> None:
+    """After a failed check against `stored_hash`: when that hash is cheaper than the
+    current parameters (an imported bcrypt or weaker argon2 hash, or one that could not be
+    checked at all), also spend the dummy verification, so that a failure for this account
+    takes at least as long as one for an unknown account."""
+    if is_argon2_hash(stored_hash) and hash_problem(stored_hash) is None:
+        try:
+            if not _hasher.check_needs_rehash(stored_hash):
+                return  # the current parameters: it already cost what the dummy costs
+        except InvalidHashError:
+            pass
+    dummy_verify(password)

@@ -158,10 +158,11 @@ class UserUpdate(BaseModel):
 
 
 def check_password_hash(value: str) -> str:
-    from usersctl.passwords import is_valid_hash
+    from usersctl.passwords import hash_problem
 
-    if not is_valid_hash(value):
-        raise ValueError(rules.PASSWORD_HASH_INVALID)
+    problem = hash_problem(value)
+    if problem is not None:
+        raise ValueError(f"invalid password_hash: {problem}")
     return value
 
 

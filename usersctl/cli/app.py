@@ -15,9 +15,17 @@ from typer._click import exceptions as click_exceptions  # typer >= 0.29 vendors
 from typer.core import TyperGroup
 
 from usersctl import __version__
+from usersctl.cli.output import (
+    discard_stdout,
+    flush_stdout,
+    guard_standard_streams,
+    is_output_error,
+    output_failed,
+    start_command,
+)
 from usersctl.cli.state import AppState
 from usersctl.cli.text import printable
-from usersctl.errors import UsersctlError
+from usersctl.errors import OutputFailed, UsersctlError
 
 EXIT_CODES = """\
 Exit codes:
@@ -31,6 +39,7 @@ Exit codes:
   7  database unavailable: cannot connect, no driver, not a database, busy
   8  schema mismatch: run `usersctl db upgrade` (or the database is newer)
   9  refused by a safety limit; nothing changed
+  10  output failed (stdout closed, disk full); says if the change committed
   130  interrupted (Ctrl-C); nothing changed
 """
 
@@ -89,6 +98,7 @@ class UsersctlGroup(TyperGroup):
             from usersctl.cli.completion import install_scripts
 
             install_scripts()
+        start_command()
         try:
             result = super().main(
                 args=args,
@@ -97,6 +107,10 @@ class UsersctlGroup(TyperGroup):
                 standalone_mode=False,
                 **extra,
             )
+            flush_stdout()  # a full disk or closed stdout shows here, not at exit
+        except OutputFailed as exc:
+            discard_stdout()
+            _fail(exc.message, exc.exit_code, exc, debug=debug)
         except UsersctlError as exc:
             _fail(exc.message, exc.exit_code, exc, debug=debug, details=exc.details)
         except click_exceptions.NoArgsIsHelpError as exc:
@@ -115,16 +129,15 @@ class UsersctlGroup(TyperGroup):
             _fail("aborted, nothing changed", 1)
         except KeyboardInterrupt:
             _interrupted()
+        except OSError as exc:
+            if not is_output_error(exc):
+                _bug(exc, debug)
+            # Writing the result failed part-way (stdout on a full disk, or closed).
+            discard_stdout()
+            failure = output_failed(exc)
+            _fail(failure.message, failure.exit_code, exc, debug=debug)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            detail = f": {first}" if first else ""
-            _fail(
-                f"unexpected error ({type(exc).__name__}{detail}); this is a bug, rerun with "
-                "--debug for the traceback",
-                1,
-                exc,
-                debug=debug,
-            )
+            _bug(exc, debug)
         if result == 130:  # Typer's answer to a KeyboardInterrupt, in non-standalone mode
             _interrupted()
         sys.exit(result if isinstance(result, int) else 0)
@@ -147,6 +160,18 @@ def _interrupted() -> NoReturn:
 
 
 _current_state: AppState | None = None  # this invocation's, for the interrupt message
+
+
+def _bug(exc: Exception, debug: bool) -> NoReturn:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    detail = f": {first}" if first else ""
+    _fail(
+        f"unexpected error ({type(exc).__name__}{detail}); this is a bug, rerun with "
+        "--debug for the traceback",
+        1,
+        exc,
+        debug=debug,
+    )
 
 
 app = typer.Typer(
@@ -221,4 +246,5 @@ def main() -> None:
     """Console-script entry point."""
     # `usersctl list | head -1`: end quietly like other Unix tools when the reader goes away.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    guard_standard_streams()
     app()

@@ -14,6 +14,7 @@ from typing import IO, Annotated, Any
 import typer
 
 from usersctl.cli.options import Output, exclusive
+from usersctl.cli.output import writing
 from usersctl.cli.progress import progress_bar
 from usersctl.cli.render import FIELDS, OutputFormat, Renderer
 from usersctl.cli.state import get_state
@@ -274,7 +275,8 @@ def export(
             return
         assert target is not None
         opened = _atomic_file(target, private=include_hashes) if atomic else _direct_file(target)
-        with opened as handle:
+        # A full disk or read-only folder: exit 10 naming the file (and no partial file).
+        with writing(str(target)), opened as handle:
             count = _export_to(handle, session, chosen, include_hashes, fields)
     typer.echo(f"Exported {count} user(s) to {output_file}.", err=True)
 

@@ -129,6 +129,9 @@ class AppState:
                 self.interrupt_note = COMMITTING
         if not dry_run:
             self.interrupt_note = COMMITTED
+            from usersctl.cli.output import note_committed
+
+            note_committed()
 
 
 def get_state(ctx: typer.Context) -> AppState:

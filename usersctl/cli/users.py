@@ -6,7 +6,7 @@ transaction, and renders after the commit, so nothing is reported that did not h
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -31,9 +31,13 @@ from usersctl.cli.password_input import (
     new_password,
 )
 from usersctl.cli.render import OutputFormat, Renderer, records, user_record
-from usersctl.cli.state import get_state, stdin_is_terminal
+from usersctl.cli.state import AppState, get_state, stdin_is_terminal
 from usersctl.cli.text import printable
-from usersctl.errors import UsageError
+from usersctl.errors import UsageError, UsersctlError
+
+if TYPE_CHECKING:
+    from usersctl.crud import Verification
+    from usersctl.database import Database
 
 SORT_HELP = "Sort by id, name, email, role, active, created_at or updated_at; prefix - to reverse."
 
@@ -52,6 +56,20 @@ def _show_user(
         renderer.line(password.value)
     else:
         renderer.one({**user_data, "password": password.value}, fields=[*user_data, "password"])
+
+
+def _deliver_password(
+    user_data: dict[str, Any], output: OutputFormat, password: PasswordInput
+) -> None:
+    """A generated password is shown inside the transaction and must reach stdout's file or
+    pipe before the change commits: if it cannot (a full disk, stdout closed), the change is
+    rolled back, so a rerun can make it again and nobody is left with an unknown password."""
+    if not password.generated:
+        return
+    from usersctl.cli.output import delivered_before_commit
+
+    with delivered_before_commit():
+        _show_user(user_data, output, password)
 
 
 def register(app: typer.Typer) -> None:
@@ -117,11 +135,13 @@ def create(
             if_not_exists=if_not_exists,
         )
         shown = user_record(user) if user.id is not None else {}
+        if created and not dry_run:
+            _deliver_password(shown, output, password)
     if not created:
         typer.echo(f"User {printable(shown['email'])} already exists; left unchanged.", err=True)
     if dry_run:
         show_planned(trail, output)
-    else:
+    elif not (created and password.generated):
         _show_user(shown, output, password if created else None)
 
 
@@ -264,11 +284,14 @@ def passwd(
             session=session, user=target, password_hash=password_hash, trail=trail
         )
         shown = user_record(target)
+        if not dry_run:
+            _deliver_password(shown, output, password)
     if dry_run:
         show_planned(trail, output)
         return
     typer.echo(f"Password changed for {printable(shown['email'])}.", err=True)
-    _show_user(shown, output, password)
+    if not password.generated:
+        _show_user(shown, output, password)
 
 
 def verify_password(
@@ -287,14 +310,43 @@ def verify_password(
     from usersctl import crud
 
     password = existing_password(password_stdin=password_stdin)
-    database = get_state(ctx).ready_database()
-    # Verified in a read transaction: a login check never waits for, or blocks, writers.
+    state = get_state(ctx)
+    database = state.ready_database()
+    # The hash is read in a short read transaction and checked after it ended: a login
+    # check, however slow its hash, never waits for, or holds up, another command.
     with database.session(write=False) as session:
-        verification = crud.verify_password(session=session, ref=user, password=password)
+        credentials = crud.read_credentials(session=session, ref=user)
+    verification = crud.check_password(credentials=credentials, password=password)
     if verification.new_hash is not None:
-        with get_state(ctx).change() as (session, trail):
-            crud.upgrade_hash(session=session, verification=verification, trail=trail)
+        _upgrade_hash(state, database, verification)
     typer.echo("Password verified.", err=True)
+
+
+def _upgrade_hash(state: AppState, database: Database, verification: Verification) -> None:
+    """Store the upgraded hash, best effort: a database that cannot be written now (read-only
+    file or folder, a SELECT-only role, another writer holding the lock) does not fail the
+    login. The old hash stays, and a later successful verification tries again."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from usersctl import crud
+
+    try:
+        database.check_writable()
+        with database.quick_session() as session:
+            crud.upgrade_hash(session=session, verification=verification, trail=state.trail())
+    except (UsersctlError, SQLAlchemyError) as exc:
+        if state.debug:
+            reason = exc.message if isinstance(exc, UsersctlError) else _first_line(exc)
+            typer.echo(
+                f"note: the password hash was not upgraded (kept the old one): {reason}",
+                err=True,
+            )
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _set_active(
