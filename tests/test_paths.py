@@ -360,6 +360,21 @@ def test_a_database_others_can_write_is_refused(folder: Path) -> None:
 
 
 @needs_root
+def test_a_user_private_group_may_write(folder: Path) -> None:
+    """umask 002 distributions make files group-writable by the owner's own group."""
+    import grp
+
+    if grp.getgrgid(0).gr_mem:
+        pytest.skip("root's group has other members here")
+    path, url = upgraded(folder)
+    os.chown(path, 0, 0)
+    path.chmod(0o660)
+    folder.chmod(0o770)
+    result = invoke(url, "list", "-o", "json")
+    assert result.exit_code == 0, result.stderr
+
+
+@needs_root
 def test_a_database_owned_by_another_user_is_refused(folder: Path) -> None:
     path, url = upgraded(folder)
     os.chown(path, NOBODY, NOBODY)

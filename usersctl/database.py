@@ -227,7 +227,9 @@ def _prepare_sqlite_file(path: Path, *, create_parent: bool, dry_run: bool = Fal
     if dry_run:
         return
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600
+        )
     except FileExistsError:  # another process just created it
         check_sqlite_file(path)
         return
