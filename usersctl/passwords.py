@@ -65,9 +65,11 @@ def hash_many(
     return hashes
 
 
-def generate_password() -> str:
-    """A random password with 144 bits of entropy (24 URL-safe characters)."""
-    return secrets.token_urlsafe(18)
+def generate_password(length: int = 24) -> str:
+    """A random password of `length` (at least 24) URL-safe characters: 144 bits of entropy
+    or more, so it passes the password policy by construction."""
+    length = max(length, 24)
+    return secrets.token_urlsafe(length)[:length]
 
 
 def is_argon2_hash(value: str) -> bool:

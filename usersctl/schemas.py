@@ -109,6 +109,8 @@ class UserCreate(BaseModel):
     email: Email
     role: Role = "user"
     is_active: bool = True
+    expires_at: AwareDatetime | None = None
+    must_change_password: bool = False
 
 
 class UserUpdate(BaseModel):
@@ -119,6 +121,7 @@ class UserUpdate(BaseModel):
     name: Name | None = None
     email: Email | None = None
     role: Role | None = None
+    expires_at: AwareDatetime | None = None  # given as None: never expires
 
 
 def check_password_hash(value: str) -> str:
@@ -168,6 +171,12 @@ class UserPublic(BaseModel):
     active: bool = Field(validation_alias="is_active")
     created_at: datetime
     updated_at: datetime
+    last_login_at: datetime | None = None
+    password_changed_at: datetime | None = None
+    expires_at: datetime | None = None
+    must_change_password: bool = False
+    locked: bool = False
+    has_password: bool = True
 
 
 def _describe(error: Any) -> str:

@@ -19,7 +19,13 @@ from typing import IO, Any
 from usersctl.cli.text import printable
 from usersctl.timestamps import iso_utc
 
-FIELDS = ("id", "name", "email", "role", "active", "created_at", "updated_at")
+FIELDS = (
+    "id", "name", "email", "role", "active", "created_at", "updated_at",
+    "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
+    "has_password",
+)  # fmt: skip
+TABLE_FIELDS = ("id", "name", "email", "role", "active", "last_login_at")
+"""`list`'s default table columns: readable at 80 columns (--columns chooses others)."""
 
 Record = Mapping[str, Any]
 
@@ -41,8 +47,9 @@ def user_record(user: Any) -> dict[str, Any]:
 
     public = UserPublic.model_validate(user)
     record = public.model_dump()
-    record["created_at"] = iso_utc(public.created_at)
-    record["updated_at"] = iso_utc(public.updated_at)
+    for name in ("created_at", "updated_at", "last_login_at", "password_changed_at", "expires_at"):
+        value = record[name]
+        record[name] = None if value is None else iso_utc(value)
     return record
 
 
