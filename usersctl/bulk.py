@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,7 +19,11 @@ from usersctl.errors import InvalidData, UsageError
 
 FORMATS = ("csv", "json", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-_OPTIONAL = {"role", "active", "password", "password_hash", "id", "created_at", "updated_at"}
+_OPTIONAL = {
+    "role", "active", "password", "password_hash", "id", "created_at", "updated_at",
+    "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
+    "has_password",
+}  # fmt: skip
 
 
 def guess_format(source: str, given: str | None) -> str:
@@ -148,8 +152,12 @@ class ParsedImport:
 MAX_REPORTED = 50
 
 
-def validate(records: Iterator[Record]) -> ParsedImport:
-    """Validate every record; collect every problem (the first MAX_REPORTED in words)."""
+def validate(
+    records: Iterator[Record], row_check: Callable[[Any], None] | None = None
+) -> ParsedImport:
+    """Validate every record; collect every problem (the first MAX_REPORTED in words).
+    `row_check` raises InvalidData for a valid row that the configuration refuses (a weak
+    plaintext password, a role outside the pinned ones)."""
     from pydantic import ValidationError
 
     from usersctl.schemas import UserImport, validation_message
@@ -172,6 +180,12 @@ def validate(records: Iterator[Record]) -> ParsedImport:
         except ValidationError as exc:
             problem(record.line, validation_message(exc))
             continue
+        if row_check is not None:
+            try:
+                row_check(row)
+            except InvalidData as exc:
+                problem(record.line, exc.message)
+                continue
         if row.email in first_line:
             problem(
                 record.line, f"duplicate email {row.email} (first on line {first_line[row.email]})"

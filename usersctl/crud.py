@@ -21,6 +21,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
+    case,
     false,
     func,
     insert,
@@ -357,7 +358,11 @@ def count_users(
     return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
 
 
-EXPORT_FIELDS = ("id", "name", "email", "role", "active", "created_at", "updated_at")
+EXPORT_FIELDS = (
+    "id", "name", "email", "role", "active", "created_at", "updated_at",
+    "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
+    "has_password",
+)  # fmt: skip
 
 
 def export_rows(
@@ -367,26 +372,36 @@ def export_rows(
     (plus password_hash), timestamps already in the ISO-8601 UTC form every output uses.
 
     One loop builds each dict: an export of a million rows spends its time per row here."""
+    from usersctl.lifecycle import now
+
     sqlite = session.get_bind().dialect.name == "sqlite"
-    stamps: tuple[Any, ...] = (User.created_at, User.updated_at)
+    stamps: tuple[Any, ...] = (
+        User.created_at, User.updated_at, User.last_login_at, User.password_changed_at,
+        User.expires_at,
+    )  # fmt: skip
     if sqlite:  # the stored text, reshaped by slicing: no datetime built per value
         stamps = tuple(type_coerce(column, String()) for column in stamps)
-    columns = (User.id, User.name, User.email, User.role, User.is_active, *stamps)
-    if include_hashes:
-        columns = (*columns, User.password_hash)
+    locked = User.locked_until > now()
+    columns = (
+        User.id, User.name, User.email, User.role, User.is_active, *stamps,
+        User.must_change_password, case((locked, True), else_=False), User.password_hash,
+    )  # fmt: skip
     iso = iso_from_sqlite_text if sqlite else iso_utc
     query = select(*columns).order_by(User.id)
     result = session.connection().execution_options(yield_per=batch).execute(query)
-    if include_hashes:
-        for uid, name, email, role, active, created, updated, password_hash in result:
-            yield {"id": uid, "name": name, "email": email, "role": role,
-                   "active": bool(active), "created_at": iso(created),
-                   "updated_at": iso(updated), "password_hash": password_hash}  # fmt: skip
-    else:
-        for uid, name, email, role, active, created, updated in result:
-            yield {"id": uid, "name": name, "email": email, "role": role,
-                   "active": bool(active), "created_at": iso(created),
-                   "updated_at": iso(updated)}  # fmt: skip
+    for (uid, name, email, role, active, created, updated, login, changed, expires, must,
+         is_locked, password_hash) in result:  # fmt: skip
+        row = {"id": uid, "name": name, "email": email, "role": role,
+               "active": bool(active), "created_at": iso(created),
+               "updated_at": iso(updated),
+               "last_login_at": None if login is None else iso(login),
+               "password_changed_at": None if changed is None else iso(changed),
+               "expires_at": None if expires is None else iso(expires),
+               "must_change_password": bool(must), "locked": bool(is_locked),
+               "has_password": bool(password_hash)}  # fmt: skip
+        if include_hashes:
+            row["password_hash"] = password_hash
+        yield row
 
 
 @dataclass
@@ -431,7 +446,9 @@ def _import_changes(row: UserImport, existing: _Existing) -> dict[str, Any]:
         if name in row.model_fields_set:
             after[name] = getattr(row, name)
     changes = diff(before, after)
-    if row.password is not None or row.password_hash != existing.password_hash:
+    if row.has_password and (
+        row.password is not None or row.password_hash != existing.password_hash
+    ):
         changes["password"] = PASSWORD_CHANGED
     return changes
 
@@ -487,7 +504,10 @@ def apply_import(
             "email": row.email,
             "role": row.role,
             "is_active": row.active,
-            "password_hash": hashes[row.email],
+            "password_hash": hashes.get(row.email),
+            "expires_at": row.expires_at,
+            "must_change_password": row.must_change_password,
+            "failed_logins": 0,
         }
 
     if plan.create:
@@ -554,6 +574,9 @@ def _insert_rows(
                 **values(row),
                 "created_at": row.created_at or now,
                 "updated_at": row.updated_at or now,
+                "last_login_at": row.last_login_at,
+                "password_changed_at": row.password_changed_at
+                or (now if row.email in hashes else None),
                 **({"id": row.id} if row.id is not None else {}),
             }
             for _, row in plan.create
@@ -567,10 +590,16 @@ def _insert_rows(
     connection = session.connection()
     last_id = session.scalar(select(func.max(User.id))) or 0
     stamp = driver_value(connection.dialect, UTCDateTime(), now)
+
+    def moment(value: datetime | None) -> Any:
+        return None if value is None else driver_value(connection.dialect, UTCDateTime(), value)
+
     new_rows = [
-        (row.name, row.email, hashes[row.email], row.role, row.active, stamp, stamp)
+        (row.name, row.email, hashes.get(row.email), row.role, row.active, stamp, stamp,
+         stamp if row.email in hashes else None, moment(row.expires_at),
+         row.must_change_password)
         for _, row in plan.create
-    ]
+    ]  # fmt: skip
     insert_many(connection, users_table, _INSERT_COLUMNS, new_rows)
     # The new ids, by email: every new id is past the old maximum. (Another writer's rows
     # there are not in `emails`; anything else missed is looked up by email.)
@@ -586,6 +615,7 @@ def _insert_rows(
 
 _INSERT_COLUMNS = (  # in table order (see database.insert_many)
     "name", "email", "password_hash", "role", "is_active", "created_at", "updated_at",
+    "password_changed_at", "expires_at", "must_change_password",
 )  # fmt: skip
 
 

@@ -148,10 +148,21 @@ class UserImport(BaseModel):
     id: int | None = Field(default=None, ge=1, le=2**31 - 1)
     created_at: AwareDatetime | None = None
     updated_at: AwareDatetime | None = None
+    last_login_at: AwareDatetime | None = None
+    password_changed_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    must_change_password: bool = False
+    locked: bool = False  # as exported; a lock is transient and is not restored
+    has_password: bool = True  # false, with no password columns: an account without one
 
     @model_validator(mode="after")
     def _one_password(self) -> UserImport:
-        if (self.password is None) == (self.password_hash is None):
+        given = (self.password is not None) + (self.password_hash is not None)
+        if not self.has_password:
+            if given:
+                raise ValueError("has_password is false but a password is given")
+            return self
+        if given != 1:
             raise ValueError("give exactly one of password and password_hash")
         return self
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,6 +18,9 @@ from usersctl.cli.progress import progress_bar
 from usersctl.cli.render import FIELDS, OutputFormat, Renderer
 from usersctl.cli.state import get_state
 from usersctl.errors import UsageError
+
+if TYPE_CHECKING:
+    from usersctl.config import Settings
 
 
 class BulkFormat(StrEnum):
@@ -54,6 +58,24 @@ def _open_input(source: str) -> Any:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from None
     with handle:
         yield handle
+
+
+def _row_check(settings: Settings) -> Callable[[Any], None]:
+    """What the configuration adds to a row's validation: the password policy for
+    plaintext passwords, and the pinned roles."""
+    from usersctl import password_policy
+    from usersctl.lifecycle import check_role
+
+    def check(row: Any) -> None:
+        check_role(row.role, settings)
+        if row.password is not None:
+            password_policy.check(
+                row.password,
+                min_length=settings.password_min_length,
+                user_inputs=(row.name, row.email),
+            )
+
+    return check
 
 
 def import_(
@@ -96,10 +118,10 @@ def import_(
     from usersctl.passwords import hash_many
 
     chosen = bulk.guess_format(source, fmt.value if fmt else None)
-    with _open_input(source) as stream:
-        parsed = bulk.validate(bulk.read_records(stream, chosen))
-    bulk.check(parsed)
     state = get_state(ctx)
+    with _open_input(source) as stream:
+        parsed = bulk.validate(bulk.read_records(stream, chosen), _row_check(state.settings))
+    bulk.check(parsed)
     database = state.ready_database(write=True, dry_run=dry_run)
 
     if dry_run:  # the same checks as the real run, in a read transaction; nothing hashed
