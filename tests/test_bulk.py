@@ -306,8 +306,9 @@ def test_export_file_without_hashes_follows_the_umask_and_is_atomic(
 def test_empty_export_is_valid_in_every_format(cli: Cli) -> None:
     assert cli.ok("export", "-f", "json").stdout == "[]\n"
     assert cli.ok("export", "-f", "jsonl").stdout == ""
-    assert (
-        cli.ok("export", "-f", "csv").stdout == "id,name,email,role,active,created_at,updated_at\n"
+    assert cli.ok("export", "-f", "csv").stdout == (
+        "id,name,email,role,active,created_at,updated_at,last_login_at,password_changed_at,"
+        "expires_at,must_change_password,locked,has_password\n"
     )
 
 

@@ -16,7 +16,12 @@ from typer.testing import Result
 
 from conftest import SEED_PASSWORD, Cli, Seeder, assert_error
 
-FIELDS = ("id", "name", "email", "role", "active", "created_at", "updated_at")
+FIELDS = (
+    "id", "name", "email", "role", "active", "created_at", "updated_at",
+    "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
+    "has_password",
+)  # fmt: skip
+TABLE_FIELDS = ("id", "name", "email", "role", "active", "last_login_at")
 FORMATS = ("table", "json", "jsonl", "csv", "plain")
 MACHINE_FORMATS = ("json", "jsonl", "csv")
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -40,7 +45,7 @@ def text_of(value: Any) -> str:
     """A JSON value as the text formats (table, csv, plain) show it."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    return "" if value is None else str(value)
 
 
 def as_text(record: Mapping[str, Any]) -> Row:
@@ -53,7 +58,7 @@ def parse_vertical_table(stdout: str) -> Row:
     for line in stdout.splitlines():
         if line.strip():
             key, value = line.split(None, 1)
-            row[key] = value.rstrip()
+            row[key] = "" if value.rstrip() == "-" else value.rstrip()
     return row
 
 
@@ -66,7 +71,10 @@ def parse_table(stdout: str) -> list[Row]:
     assert set(lines[1].strip()) == {"─"}, lines[1]
     rows = [re.split(r" {2,}", line.strip()) for line in lines[2:]]
     assert all(len(row) == len(header) for row in rows), rows
-    return [dict(zip(header, row, strict=True)) for row in rows]
+    return [
+        {key: "" if cell == "-" else cell for key, cell in zip(header, row, strict=True)}
+        for row in rows
+    ]
 
 
 def parse_many(fmt: str, stdout: str, fields: Iterable[str] = FIELDS) -> list[Row]:
@@ -471,7 +479,7 @@ def test_password_hash_is_never_printed(cli: Cli, seed: Seeder, fmt: str, comman
     seed([user("Ada", "ada@example.com")])
     args = ("get", "1") if command == "get" else ("list",)
     result = cli.ok(*args, "-o", fmt)
-    assert "password" not in result.stdout
+    assert "password_hash" not in result.stdout
     assert "$argon2" not in result.stdout + result.stderr
 
 

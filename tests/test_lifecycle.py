@@ -232,3 +232,22 @@ def test_export_import_round_trip_keeps_lifecycle_fields(cli: Cli, tmp_path: Pat
     path.write_text(dump)
     cli.ok("import", str(path), "--restore")
     assert cli.json("list") == before
+
+
+def test_pinned_roles(cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config(monkeypatch, tmp_path, 'roles = ["user", "admin"]\n')
+    cli.create("Ada", "ada@example.com", "--role", "admin")
+    bad = cli("create", "--name", "Bob", "--email", "bob@example.com", "--role", "admn",
+              "--password-stdin", input=SEED_PASSWORD + "\n")  # fmt: skip
+    assert_error(bad, 5, "invalid role 'admn'", "user, admin")
+    assert_error(cli("update", "ada@example.com", "--role", "root"), 5, "allows only user, admin")
+    assert_error(cli("list", "--role", "admn"), 5, "invalid role 'admn'")
+    path = tmp_path / "users.csv"
+    path.write_text(f"name,email,role,password\nCy,cy@example.com,staff,{SEED_PASSWORD}\n")
+    result = cli("import", str(path))
+    assert result.exit_code == 5 and "line 2: invalid role 'staff'" in result.stderr
+    assert cli.ok("list", "--role", "admin", "--count").stdout == "1\n"
+
+
+def test_list_role_is_validated_like_create(cli: Cli) -> None:
+    assert_error(cli("list", "--role", "Admin"), 5, "invalid role")

@@ -78,6 +78,11 @@ def _text_value(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _cell(value: Any) -> str:
+    """A table cell: an empty value (never logged in, no expiry) shows as '-'."""
+    return "-" if value is None else _text_value(value)
+
+
 class Renderer:
     """Writes records in one format to `out` (stdout by default)."""
 
@@ -181,7 +186,7 @@ class Renderer:
             table.add_column(name, overflow="fold", no_wrap=not self.out.isatty())
         count = 0
         for record in records:
-            table.add_row(*(Text(printable(_text_value(record.get(k)))) for k in fields))
+            table.add_row(*(Text(printable(_cell(record.get(k)))) for k in fields))
             count += 1
         if count:
             self._console().print(table, soft_wrap=False)
@@ -196,7 +201,7 @@ class Renderer:
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold", no_wrap=not self.out.isatty())
         for name in fields:
-            table.add_row(name, Text(printable(_text_value(record.get(name)))))
+            table.add_row(name, Text(printable(_cell(record.get(name)))))
         self._console().print(table)
 
     def line(self, text: str) -> None:

@@ -329,7 +329,7 @@ def passwd(
     from usersctl.passwords import hash_password
 
     state = get_state(ctx)
-    with state.ready_database(dry_run=dry_run).session(write=False) as session:
+    with state.ready_database(write=True, dry_run=dry_run).session(write=False) as session:
         found = crud.get_user(session=session, ref=user)  # its name and email guide the policy
         context = (found.name, found.email)
     password = new_password(
