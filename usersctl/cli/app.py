@@ -27,7 +27,7 @@ Exit codes:
   3  user not found
   4  conflict: email already taken
   5  invalid data: bad email, empty name, weak password, bad import rows (with line numbers)
-  6  password verification failed, or the user is disabled
+  6  password verification failed; or the user is disabled, locked, expired, passwordless
   7  database unavailable: cannot connect, driver missing, not a database, read-only, busy
   8  schema mismatch: run `usersctl db upgrade` (or the database is newer than usersctl)
 """

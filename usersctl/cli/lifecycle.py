@@ -57,7 +57,7 @@ NoPassword = Annotated[
 OptionalUserRefs = Annotated[
     list[str] | None,
     typer.Argument(
-        metavar="[USER]...",
+        metavar="USER...",
         help="User ids or emails (or select users with the filters instead).",
         show_default=False,
     ),
