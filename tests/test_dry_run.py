@@ -299,8 +299,8 @@ def test_dry_run_that_would_change_nothing_says_so(cli: Cli, users: list[int]) -
 
 # --- errors: the same exit code, nothing written ---------------------------------------------
 
-BAD_ROWS = '{"name": "", "email": "x@example.com", "password": "long-enough-1"}\n'
-TAKEN_ROW = '{"name": "Ada", "email": "ada@example.com", "password": "long-enough-1"}\n'
+BAD_ROWS = '{"name": "", "email": "x@example.com", "password": "long-enough-and-strong-1"}\n'
+TAKEN_ROW = '{"name": "Ada", "email": "ada@example.com", "password": "long-enough-and-strong-1"}\n'
 
 ERRORS: dict[str, tuple[int, list[tuple[list[str], str | None, str]]]] = {
     # kind: (exit code, [(args, stdin, fragment of the error line), ...])

@@ -92,7 +92,7 @@ def test_create_if_not_exists_survives_losing_a_race(
 
 
 def test_json_import_rejects_content_after_the_array(cli: Cli) -> None:
-    row = {"name": "A", "email": "a@example.com", "password": "long-enough-1"}
+    row = {"name": "A", "email": "a@example.com", "password": "long-enough-and-strong-1"}
     body = json.dumps([row]) + "\n" + json.dumps([row])
     assert_error(cli("import", "-", "-f", "json", input=body), 5, "after the JSON array")
     assert cli.json("list") == []
@@ -100,8 +100,8 @@ def test_json_import_rejects_content_after_the_array(cli: Cli) -> None:
 
 def test_import_rejects_duplicate_ids_and_malformed_hashes(cli: Cli) -> None:
     rows = [
-        {"id": 7, "name": "A", "email": "a@example.com", "password": "long-enough-1"},
-        {"id": 7, "name": "B", "email": "b@example.com", "password": "long-enough-1"},
+        {"id": 7, "name": "A", "email": "a@example.com", "password": "long-enough-and-strong-1"},
+        {"id": 7, "name": "B", "email": "b@example.com", "password": "long-enough-and-strong-1"},
         {"name": "C", "email": "c@example.com", "password_hash": "$argon2id$bogus"},
         {"name": "D", "email": "d@example.com", "password_hash": "$2b$04$" + "x" * 300},
     ]
@@ -115,8 +115,8 @@ def test_import_rejects_duplicate_ids_and_malformed_hashes(cli: Cli) -> None:
 
 def test_restore_with_and_without_ids(cli: Cli, empty_db_url: str) -> None:
     rows = [
-        {"id": 10, "name": "A", "email": "a@example.com", "password": "long-enough-1"},
-        {"name": "B", "email": "b@example.com", "password": "long-enough-1"},
+        {"id": 10, "name": "A", "email": "a@example.com", "password": "long-enough-and-strong-1"},
+        {"name": "B", "email": "b@example.com", "password": "long-enough-and-strong-1"},
     ]
     target = Cli(url=empty_db_url, runner=cli.runner)
     target.ok("import", "-", "-f", "jsonl", "--restore", input="\n".join(map(json.dumps, rows)))
