@@ -28,8 +28,8 @@ def test_import_update_changes_only_the_columns_given(
           {"name": "Fired", "email": "fired@example.com", "is_active": False}])  # fmt: skip
     source = tmp_path / "f.csv"
     source.write_text(
-        "name,email,password\nBoss 2,boss@example.com,new-password-1\n"
-        "Fired 2,fired@example.com,new-password-2\n"
+        "name,email,password\nBoss 2,boss@example.com,new-password-1-violet-quokka\n"
+        "Fired 2,fired@example.com,new-password-2-violet-quokka\n"
     )
     cli.ok("import", str(source), "--on-conflict", "update")
     boss, fired = cli.json("get", "boss@example.com"), cli.json("get", "fired@example.com")
@@ -37,7 +37,7 @@ def test_import_update_changes_only_the_columns_given(
     assert (fired["name"], fired["active"]) == ("Fired 2", False)  # not unlocked
     with_role = tmp_path / "g.jsonl"
     with_role.write_text(json.dumps({"name": "B", "email": "boss@example.com", "role": "user",
-                                     "active": False, "password": "new-password-3"}))  # fmt: skip
+                                     "active": False, "password": "new-pw-3-quokka-7"}))  # fmt: skip
     cli.ok("import", str(with_role), "--on-conflict", "update")
     assert (cli.json("get", "boss@example.com")["role"], cli.json("get", "1")["active"]) == (
         "user",

@@ -627,13 +627,18 @@ class PasswordCheck:
     matches: bool = False
     stored_hash: str | None = None
     new_hash: str | None = None  # set when the stored hash should be upgraded
+    may_log_in: bool = False  # active, not locked, not expired, as read
+    must_change_password: bool = False
 
 
-def check_password(*, session: Session, ref: str, password: str) -> PasswordCheck:
+def check_password(
+    *, session: Session, ref: str, password: str, moment: datetime | None = None
+) -> PasswordCheck:
     """Verify `password` against the account `ref` names. Reads only. An unknown user or an
     account without a password costs the same argon2 work as a real check."""
     from usersctl import passwords  # argon2 loads only for commands that hash
 
+    moment = moment or utcnow()
     user = find_user(session, ref)
     if user is None:
         passwords.dummy_verify(password)
@@ -642,7 +647,14 @@ def check_password(*, session: Session, ref: str, password: str) -> PasswordChec
         passwords.dummy_verify(password)
         return PasswordCheck(user_id=user.id)
     matches, new_hash = passwords.verify(user.password_hash, password)
-    return PasswordCheck(user.id, matches, user.password_hash, new_hash)
+    may_log_in = (
+        user.is_active
+        and (user.locked_until is None or user.locked_until <= moment)
+        and (user.expires_at is None or user.expires_at > moment)
+    )
+    return PasswordCheck(
+        user.id, matches, user.password_hash, new_hash, may_log_in, user.must_change_password
+    )
 
 
 def record_login(

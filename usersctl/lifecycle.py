@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from usersctl.errors import InvalidData, UsageError
+from usersctl.errors import DatabaseUnavailable, InvalidData, UsageError
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
@@ -140,19 +140,26 @@ def login(
 
     moment = moment or now()
     with database.session(write=False) as session:
-        check = crud.check_password(session=session, ref=ref, password=password)
+        check = crud.check_password(session=session, ref=ref, password=password, moment=moment)
     if check.user_id is None:
         return LoginResult(verified=False)
     trail = Trail(actor=settings.actor)
-    with database.session(write=True) as session:
-        return crud.record_login(
-            session=session,
-            check=check,
-            threshold=settings.lockout_threshold,
-            lock_for=timedelta(minutes=settings.lockout_minutes),
-            moment=moment,
-            trail=trail,
-        )
+    try:
+        with database.session(write=True) as session:
+            return crud.record_login(
+                session=session,
+                check=check,
+                threshold=settings.lockout_threshold,
+                lock_for=timedelta(minutes=settings.lockout_minutes),
+                moment=moment,
+                trail=trail,
+            )
+    except DatabaseUnavailable:
+        # Busy past the timeout, or read-only: a login check never fails because a writer
+        # holds the database. The answer stands on what was read; the attempt is not
+        # recorded (a missed last_login_at only makes the account look less active).
+        verified = check.matches and check.may_log_in
+        return LoginResult(verified, verified and check.must_change_password)
 
 
 def as_record_time(value: Any) -> str | None:

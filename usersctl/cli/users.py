@@ -379,7 +379,7 @@ def verify_password(
 
     password = existing_password(password_stdin=password_stdin)
     state = get_state(ctx)
-    database = state.ready_database(write=True)
+    database = state.ready_database()
     result = login(database=database, settings=state.settings, ref=user, password=password)
     if output is not OutputFormat.table:
         Renderer(output).one(
