@@ -37,7 +37,7 @@ def test_import_update_changes_only_the_columns_given(
     assert (fired["name"], fired["active"]) == ("Fired 2", False)  # not unlocked
     with_role = tmp_path / "g.jsonl"
     with_role.write_text(json.dumps({"name": "B", "email": "boss@example.com", "role": "user",
-                                     "active": False, "password": "new-pw-3-quokka-7"}))  # fmt: skip
+                                     "active": False, "password": "pw-3-quokka-777"}))  # fmt: skip
     cli.ok("import", str(with_role), "--on-conflict", "update")
     assert (cli.json("get", "boss@example.com")["role"], cli.json("get", "1")["active"]) == (
         "user",
