@@ -73,7 +73,9 @@ def test_json_formats_from_stdin_need_format(cli: Cli, fmt: str) -> None:
 
 
 def test_format_comes_from_the_extension(cli: Cli, tmp_path: Path) -> None:
-    line = json.dumps({"name": "Ada", "email": "ada@example.com", "password": "long-enough-1"})
+    line = json.dumps(
+        {"name": "Ada", "email": "ada@example.com", "password": "long-enough-and-strong-1"}
+    )
     assert summary(cli, str(write(tmp_path, "u.ndjson", line + "\n")))["created"] == 1
     assert_error(cli("import", str(write(tmp_path, "u.txt", line))), 2, "--format")
     assert_error(cli("import", str(tmp_path / "missing.csv")), 2, "cannot read")
@@ -109,14 +111,14 @@ def test_every_bad_row_is_reported_with_its_line(cli: Cli, seed: Seeder, tmp_pat
         tmp_path,
         "bad.csv",
         "name,email,role,active,password\n"
-        "Ada,ada@example.com,admin,true,long-enough-1\n"  # line 2: fine
-        ",nobody@example.com,,,long-enough-1\n"  # line 3: empty name
-        "Bob,not-an-email,,,long-enough-1\n"  # line 4
-        'Carol,"carol@example.com",Admin,,long-enough-1\n'  # line 5: bad role
-        "Dan,dan@example.com,,maybe,long-enough-1\n"  # line 6: bad active
+        "Ada,ada@example.com,admin,true,long-enough-and-strong-1\n"  # line 2: fine
+        ",nobody@example.com,,,long-enough-and-strong-1\n"  # line 3: empty name
+        "Bob,not-an-email,,,long-enough-and-strong-1\n"  # line 4
+        'Carol,"carol@example.com",Admin,,long-enough-and-strong-1\n'  # line 5: bad role
+        "Dan,dan@example.com,,maybe,long-enough-and-strong-1\n"  # line 6: bad active
         "Eve,eve@example.com,,,tiny\n"  # line 7: weak password
-        '"Multi\nLine",ml@example.com,,,long-enough-1\n'  # lines 8-9: control char
-        "Fay,ADA@example.com,,,long-enough-1\n"  # line 10: duplicate of line 2
+        '"Multi\nLine",ml@example.com,,,long-enough-and-strong-1\n'  # lines 8-9: control char
+        "Fay,ADA@example.com,,,long-enough-and-strong-1\n"  # line 10: duplicate of line 2
         "Gus,gus@example.com,,\n",  # line 11: too few fields
     )
     result = cli("import", str(source))
@@ -126,7 +128,7 @@ def test_every_bad_row_is_reported_with_its_line(cli: Cli, seed: Seeder, tmp_pat
     reported = {line.split(":")[0] for line in lines[:-1]}
     assert reported == {f"line {n}" for n in (3, 4, 5, 6, 7, 8, 10, 11)}
     assert any("line 10: duplicate email ada@example.com (first on line 2)" in x for x in lines)
-    assert "long-enough-1" not in result.stderr and "tiny" not in result.stderr.lower()
+    assert "long-enough-and-strong-1" not in result.stderr and "tiny" not in result.stderr.lower()
     assert snapshot(cli) == before
 
 
@@ -154,7 +156,7 @@ def test_unknown_columns_are_errors_not_dropped(cli: Cli, tmp_path: Path) -> Non
 
 def test_json_array_rows_carry_their_line_numbers(cli: Cli, tmp_path: Path) -> None:
     body = (
-        '[\n  {"name": "A", "email": "a@example.com", "password": "long-enough-1"},\n'
+        '[\n  {"name": "A", "email": "a@example.com", "password": "long-enough-and-strong-1"},\n'
         '  {\n    "name": "B",\n    "email": "bad"\n  },\n  7\n]\n'
     )
     result = cli("import", str(write(tmp_path, "x.json", body)))
@@ -166,7 +168,7 @@ def test_json_array_rows_carry_their_line_numbers(cli: Cli, tmp_path: Path) -> N
 def test_password_and_hash_together_or_neither_are_bad_rows(cli: Cli, tmp_path: Path) -> None:
     rows = [
         {"name": "A", "email": "a@example.com"},
-        {"name": "B", "email": "b@example.com", "password": "long-enough-1",
+        {"name": "B", "email": "b@example.com", "password": "long-enough-and-strong-1",
          "password_hash": "$2b$04$" + "x" * 53},
         {"name": "C", "email": "c@example.com", "password_hash": "plaintext-not-a-hash"},
     ]  # fmt: skip
@@ -259,7 +261,7 @@ def test_restore_needs_an_empty_table(cli: Cli, seed: Seeder, tmp_path: Path) ->
 
 
 def test_without_restore_ids_and_timestamps_are_ignored(cli: Cli, tmp_path: Path) -> None:
-    row = {"id": 99, "name": "A", "email": "a@example.com", "password": "long-enough-1",
+    row = {"id": 99, "name": "A", "email": "a@example.com", "password": "long-enough-and-strong-1",
            "created_at": "2001-01-01T00:00:00Z", "updated_at": "2001-01-01T00:00:00Z"}  # fmt: skip
     cli.ok("import", str(write(tmp_path, "x.jsonl", json.dumps(row))))
     user = cli.json("get", "a@example.com")
@@ -280,7 +282,9 @@ def test_export_formats_to_stdout(cli: Cli, seed: Seeder, fmt: str) -> None:
     else:
         records = [json.loads(line) for line in out.splitlines()]
         assert list(records[0]) == ["id", "name", "email", "role", "active", "created_at",
-                                    "updated_at"]  # fmt: skip
+                                    "updated_at", "last_login_at", "password_changed_at",
+                                    "expires_at", "must_change_password", "locked",
+                                    "has_password"]  # fmt: skip
     assert "$argon2" not in out
     assert "$argon2id$" in cli.ok("export", "-f", fmt, "--include-hashes").stdout
 
@@ -306,8 +310,9 @@ def test_export_file_without_hashes_follows_the_umask_and_is_atomic(
 def test_empty_export_is_valid_in_every_format(cli: Cli) -> None:
     assert cli.ok("export", "-f", "json").stdout == "[]\n"
     assert cli.ok("export", "-f", "jsonl").stdout == ""
-    assert (
-        cli.ok("export", "-f", "csv").stdout == "id,name,email,role,active,created_at,updated_at\n"
+    assert cli.ok("export", "-f", "csv").stdout == (
+        "id,name,email,role,active,created_at,updated_at,last_login_at,password_changed_at,"
+        "expires_at,must_change_password,locked,has_password\n"
     )
 
 
@@ -328,7 +333,7 @@ def test_list_count(cli: Cli, seed: Seeder) -> None:
 def test_sigkill_during_import_leaves_all_rows_or_none(db_url: str, tmp_path: Path) -> None:
     from argon2 import PasswordHasher
 
-    hashed = PasswordHasher().hash("long-enough-1")
+    hashed = PasswordHasher().hash("long-enough-and-strong-1")
     rows = 40_000
     source = tmp_path / "big.jsonl"
     with source.open("w") as handle:

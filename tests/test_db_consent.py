@@ -57,7 +57,8 @@ def test_stamp_dry_run_shows_the_change_and_writes_nothing(cli: Cli) -> None:
 @pytest.mark.parametrize(
     ("target", "fragments"),
     [
-        ("0002", ["refusing to stamp 0002", "an audit_log table", "fits revision 0003"]),
+        ("0002", ["refusing to stamp 0002", "an audit_log table", "fits revision 0004"]),
+        ("0003", ["refusing to stamp 0003", "account lifecycle columns", "fits revision 0004"]),
         ("0001", ["refusing to stamp 0001", "hashed passwords"]),
         ("base", ["refusing to stamp base", "(2 users)"]),
     ],
@@ -78,6 +79,14 @@ def test_stamp_head_refused_below_the_audit_table(cli: Cli) -> None:
     assert_error(cli("db", "stamp", "head", "--yes"), 8, "no audit_log table", "fits revision 0002")
     assert revision(cli) == "0002"
     cli.ok("db", "upgrade")  # what the message's state asks for still works
+    assert revision(cli) == HEAD
+
+
+def test_stamp_head_refused_below_the_lifecycle_columns(cli: Cli) -> None:
+    cli.ok("db", "downgrade", "0003", "--yes")
+    assert_error(cli("db", "stamp", "head", "--yes"), 8, "an audit_log table", "fits revision 0003")
+    assert revision(cli) == "0003"
+    cli.ok("db", "upgrade")
     assert revision(cli) == HEAD
 
 

@@ -245,7 +245,10 @@ def test_dry_run_changes_are_spelled_out(cli: Cli, users: list[int]) -> None:
         }
     ]
     passwd = cli("passwd", "cy@example.com", "--random-password", "--dry-run", "-o", "json")
-    assert planned(passwd)[0]["changes"] == {"password": "changed"}
+    assert planned(passwd)[0]["changes"] == {
+        "password": "changed",  # an admin-generated password must be changed at first use
+        "must_change_password": {"before": False, "after": True},
+    }
     delete = cli("delete", "2", "--yes", "--dry-run", "-o", "json")
     assert planned(delete)[0]["changes"] == {
         "name": {"before": "Bob", "after": None},
@@ -296,8 +299,8 @@ def test_dry_run_that_would_change_nothing_says_so(cli: Cli, users: list[int]) -
 
 # --- errors: the same exit code, nothing written ---------------------------------------------
 
-BAD_ROWS = '{"name": "", "email": "x@example.com", "password": "long-enough-1"}\n'
-TAKEN_ROW = '{"name": "Ada", "email": "ada@example.com", "password": "long-enough-1"}\n'
+BAD_ROWS = '{"name": "", "email": "x@example.com", "password": "long-enough-and-strong-1"}\n'
+TAKEN_ROW = '{"name": "Ada", "email": "ada@example.com", "password": "long-enough-and-strong-1"}\n'
 
 ERRORS: dict[str, tuple[int, list[tuple[list[str], str | None, str]]]] = {
     # kind: (exit code, [(args, stdin, fragment of the error line), ...])
@@ -399,7 +402,7 @@ def test_random_password_dry_run_prints_no_password(
     """The generated password is replaced by a marker, which no dry run may print."""
     from usersctl import passwords
 
-    monkeypatch.setattr(passwords, "generate_password", lambda: MARKER_PASSWORD)
+    monkeypatch.setattr(passwords, "generate_password", lambda *_: MARKER_PASSWORD)
     commands = [
         ["create", "-n", "Dee", "-e", "dee@example.com", "--disabled", "--random-password"],
         ["passwd", "bob@example.com", "--random-password"],
@@ -529,7 +532,7 @@ def _at_0001(cli: Cli) -> None:
 
 @pytest.mark.parametrize(
     ("setup", "start", "steps"),
-    [(_at_0002, "0002", ["0003"]), (_at_0001, "0001", ["0002", "0003"])],
+    [(_at_0002, "0002", ["0003", "0004"]), (_at_0001, "0001", ["0002", "0003", "0004"])],
     ids=["from-0002", "from-0001"],
 )
 def test_db_upgrade_dry_run_prints_the_sql_and_changes_nothing(
@@ -567,7 +570,7 @@ def test_db_upgrade_dry_run_prints_the_sql_and_changes_nothing(
 def test_db_upgrade_dry_run_of_an_empty_database_writes_nothing(fresh: Cli) -> None:
     dry = fresh("db", "upgrade", "--dry-run")
     assert dry.exit_code == 0, (dry.stdout, dry.stderr)
-    assert dry.stdout.splitlines()[1].startswith("-- revisions: 0001, 0002, 0003 ")
+    assert dry.stdout.splitlines()[1].startswith("-- revisions: 0001, 0002, 0003, 0004 ")
     assert "CREATE TABLE users" in dry.stdout and "CREATE TABLE audit_log" in dry.stdout
     assert tables(fresh.url) == set()
     assert revision(fresh) == ""  # `db current` prints no revision for an empty database
@@ -592,7 +595,7 @@ def test_db_downgrade_dry_run_prints_the_sql_and_changes_nothing(
     lines = dry.stdout.splitlines()
     assert lines[0].startswith("-- usersctl db downgrade --dry-run: ")
     assert f"from {HEAD} to 0002" in lines[0]
-    assert lines[1].startswith("-- revisions: 0003 ")
+    assert lines[1].startswith("-- revisions: 0004, 0003 ")
     assert "-- Running downgrade 0003 -> 0002" in dry.stdout
     assert "DROP TABLE audit_log" in dry.stdout
     assert WROTE in dry.stderr

@@ -319,7 +319,7 @@ INVALID_DATA: list[tuple[str, list[str], str | None, tuple[str, ...]]] = [
     ("role-upper", _create(role="Admin"), None, ("invalid role",)),
     ("role-digit-first", _create(role="1x"), None, ("invalid role",)),
     ("role-33", _create(role="r" * 33), None, ("invalid role",)),
-    ("create-pw-7", [*_CREATE, "--password-stdin"], "s3v3n!!\n", ("password too short", "8")),
+    ("create-pw-7", [*_CREATE, "--password-stdin"], "s3v3n!!\n", ("password too short", "15")),
     (
         "create-pw-1025",
         [*_CREATE, "--password-stdin"],

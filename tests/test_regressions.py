@@ -28,8 +28,8 @@ def test_import_update_changes_only_the_columns_given(
           {"name": "Fired", "email": "fired@example.com", "is_active": False}])  # fmt: skip
     source = tmp_path / "f.csv"
     source.write_text(
-        "name,email,password\nBoss 2,boss@example.com,new-password-1\n"
-        "Fired 2,fired@example.com,new-password-2\n"
+        "name,email,password\nBoss 2,boss@example.com,new-password-1-violet-quokka\n"
+        "Fired 2,fired@example.com,new-password-2-violet-quokka\n"
     )
     cli.ok("import", str(source), "--on-conflict", "update")
     boss, fired = cli.json("get", "boss@example.com"), cli.json("get", "fired@example.com")
@@ -37,7 +37,7 @@ def test_import_update_changes_only_the_columns_given(
     assert (fired["name"], fired["active"]) == ("Fired 2", False)  # not unlocked
     with_role = tmp_path / "g.jsonl"
     with_role.write_text(json.dumps({"name": "B", "email": "boss@example.com", "role": "user",
-                                     "active": False, "password": "new-password-3"}))  # fmt: skip
+                                     "active": False, "password": "pw-3-quokka-777"}))  # fmt: skip
     cli.ok("import", str(with_role), "--on-conflict", "update")
     assert (cli.json("get", "boss@example.com")["role"], cli.json("get", "1")["active"]) == (
         "user",
@@ -92,7 +92,7 @@ def test_create_if_not_exists_survives_losing_a_race(
 
 
 def test_json_import_rejects_content_after_the_array(cli: Cli) -> None:
-    row = {"name": "A", "email": "a@example.com", "password": "long-enough-1"}
+    row = {"name": "A", "email": "a@example.com", "password": "long-enough-and-strong-1"}
     body = json.dumps([row]) + "\n" + json.dumps([row])
     assert_error(cli("import", "-", "-f", "json", input=body), 5, "after the JSON array")
     assert cli.json("list") == []
@@ -100,8 +100,8 @@ def test_json_import_rejects_content_after_the_array(cli: Cli) -> None:
 
 def test_import_rejects_duplicate_ids_and_malformed_hashes(cli: Cli) -> None:
     rows = [
-        {"id": 7, "name": "A", "email": "a@example.com", "password": "long-enough-1"},
-        {"id": 7, "name": "B", "email": "b@example.com", "password": "long-enough-1"},
+        {"id": 7, "name": "A", "email": "a@example.com", "password": "long-enough-and-strong-1"},
+        {"id": 7, "name": "B", "email": "b@example.com", "password": "long-enough-and-strong-1"},
         {"name": "C", "email": "c@example.com", "password_hash": "$argon2id$bogus"},
         {"name": "D", "email": "d@example.com", "password_hash": "$2b$04$" + "x" * 300},
     ]
@@ -115,8 +115,8 @@ def test_import_rejects_duplicate_ids_and_malformed_hashes(cli: Cli) -> None:
 
 def test_restore_with_and_without_ids(cli: Cli, empty_db_url: str) -> None:
     rows = [
-        {"id": 10, "name": "A", "email": "a@example.com", "password": "long-enough-1"},
-        {"name": "B", "email": "b@example.com", "password": "long-enough-1"},
+        {"id": 10, "name": "A", "email": "a@example.com", "password": "long-enough-and-strong-1"},
+        {"name": "B", "email": "b@example.com", "password": "long-enough-and-strong-1"},
     ]
     target = Cli(url=empty_db_url, runner=cli.runner)
     target.ok("import", "-", "-f", "jsonl", "--restore", input="\n".join(map(json.dumps, rows)))

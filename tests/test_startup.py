@@ -28,9 +28,10 @@ import pytest
 
 pytestmark = pytest.mark.slow  # real subprocesses of the installed script
 
-HELP_FORBIDDEN = frozenset({"sqlalchemy", "alembic", "argon2", "email_validator"})
+HELP_FORBIDDEN = frozenset({"sqlalchemy", "alembic", "argon2", "email_validator", "zxcvbn"})
 DATA_FORBIDDEN = frozenset({"alembic"})
-READ_FORBIDDEN = DATA_FORBIDDEN | {"argon2", "email_validator"}
+READ_FORBIDDEN = DATA_FORBIDDEN | {"argon2", "email_validator", "zxcvbn"}
+NO_POLICY_FORBIDDEN = DATA_FORBIDDEN | {"zxcvbn"}  # commands that set no password
 # Import names that belong to a forbidden distribution without sharing its top-level name.
 FAMILY = {
     "pydantic_core": "pydantic",
@@ -248,3 +249,17 @@ def test_create_loads_no_alembic(env: Env) -> None:
     )  # fmt: skip
     check(result, DATA_FORBIDDEN)
     assert json.loads(result.stdout)["email"] == "grace@example.com"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("verify-password", "ada@example.com", "--password-stdin"),
+        ("update", "ada@example.com", "--expires", "never"),
+        ("disable", "--inactive-since", "2000-01-01"),
+        ("unlock", "ada@example.com"),
+        ("list", "--inactive-since", "90d", "--columns", "id,email,last_login_at"),
+    ],
+)
+def test_commands_that_set_no_password_load_no_zxcvbn(env: Env, args: tuple[str, ...]) -> None:
+    check(env.run(*args, input=PASSWORD + "\n", profile=True), NO_POLICY_FORBIDDEN)

@@ -27,35 +27,40 @@ RULES: list[tuple[str, list[str], str | None, dict[str, Any], str]] = [
         "empty name",
         ["create", "--name", "  ", "--email", "a@example.com", "--random-password"],
         None,
-        {"name": " ", "email": "a@example.com", "password": "long-enough-1"},
+        {"name": " ", "email": "a@example.com", "password": "long-enough-and-strong-1"},
         "invalid name: must not be empty",
     ),
     (
         "long name",
         ["create", "--name", "x" * 201, "--email", "a@example.com", "--random-password"],
         None,
-        {"name": "x" * 201, "email": "a@example.com", "password": "long-enough-1"},
+        {"name": "x" * 201, "email": "a@example.com", "password": "long-enough-and-strong-1"},
         "invalid name: at most 200 characters are allowed",
     ),
     (
         "control character",
         ["update", "1", "--name", "A\x1b[31mB"],
         None,
-        {"name": "A\x1b[31mB", "email": "a@example.com", "password": "long-enough-1"},
+        {"name": "A\x1b[31mB", "email": "a@example.com", "password": "long-enough-and-strong-1"},
         "invalid name: must not contain control or invisible characters (found U+001B)",
     ),
     (
         "bad email",
         ["create", "--name", "A", "--email", "not-an-email", "--random-password"],
         None,
-        {"name": "A", "email": "not-an-email", "password": "long-enough-1"},
+        {"name": "A", "email": "not-an-email", "password": "long-enough-and-strong-1"},
         "invalid email: an email address must have an @-sign",
     ),
     (
         "bad role",
         ["update", "1", "--role", "Admin"],
         None,
-        {"name": "A", "email": "a@example.com", "role": "Admin", "password": "long-enough-1"},
+        {
+            "name": "A",
+            "email": "a@example.com",
+            "role": "Admin",
+            "password": "long-enough-and-strong-1",
+        },
         "invalid role: must be 1-32 lowercase letters, digits, '_' or '-', starting with a letter",
     ),
     (
@@ -63,7 +68,8 @@ RULES: list[tuple[str, list[str], str | None, dict[str, Any], str]] = [
         ["create", "--name", "A", "--email", "a@example.com", "--password-stdin"],
         "seven-7\n",
         {"name": "A", "email": "a@example.com", "password": "seven-7"},
-        "password too short: at least 8 characters are required",
+        "password too short: 7 characters, at least 15 are required (try a passphrase of several "
+        "unrelated words, or --random-password)",
     ),
     (
         "long password",
@@ -96,7 +102,9 @@ def test_one_wording_per_rule_for_commands_and_import_rows(
 
     source = tmp_path / "rows.jsonl"
     source.write_text(
-        json.dumps({"name": "Fine", "email": "f@example.com", "password": "long-enough-1"})
+        json.dumps(
+            {"name": "Fine", "email": "f@example.com", "password": "long-enough-and-strong-1"}
+        )
         + "\n"
         + json.dumps(row)
         + "\n"
@@ -109,14 +117,14 @@ def test_one_wording_per_rule_for_commands_and_import_rows(
 @pytest.mark.parametrize("engine_name", ["sqlite"])
 def test_import_rows_never_show_pydantic_words(cli: Cli, tmp_path: Path) -> None:
     rows = [
-        {"name": 5, "email": "a@example.com", "password": "long-enough-1"},
+        {"name": 5, "email": "a@example.com", "password": "long-enough-and-strong-1"},
         {"name": "B", "email": "x", "role": "Admin", "active": "maybe", "id": "x",
          "created_at": "yesterday", "password_hash": "nope"},
         {"name": "C", "email": "c@example.com", "id": 0, "updated_at": "2026-01-01T00:00:00",
          "password": 12345678},
-        {"name": "D", "email": "d@example.com", "id": 1.5, "password": "long-enough-1", "x": 1},
+        {"name": "D", "email": "d@example.com", "id": 1.5, "password": "long-enough-and-strong-1", "x": 1},
         {"name": "E", "email": "e@example.com"},
-        {"email": "f@example.com", "password": "long-enough-1"},
+        {"email": "f@example.com", "password": "long-enough-and-strong-1"},
     ]  # fmt: skip
     source = tmp_path / "bad.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -175,7 +183,7 @@ def test_special_use_domains_companies_use_are_accepted(
 ) -> None:
     assert cli.create("Someone", typed)["email"] == stored
     source = tmp_path / "rows.csv"
-    source.write_text(f"name,email,password\nOther,other.{typed},long-enough-1\n")
+    source.write_text(f"name,email,password\nOther,other.{typed},long-enough-and-strong-1\n")
     assert cli.json("import", str(source))["created"] == 1
     assert cli.json("get", f"other.{stored}")["email"] == f"other.{stored}"
 
@@ -221,7 +229,7 @@ def test_names_with_invisible_characters_are_refused_everywhere(
     after_create = cli.ok("export", "--include-hashes").stdout
     assert_error(cli("update", "ada@example.com", "--name", name), 5, message)
     source = tmp_path / "rows.jsonl"
-    row = {"name": name, "email": "b@example.com", "password": "long-enough-1"}
+    row = {"name": name, "email": "b@example.com", "password": "long-enough-and-strong-1"}
     source.write_text(json.dumps(row) + "\n")
     result = cli("import", str(source))
     assert result.exit_code == 5 and result.stderr.splitlines()[0] == f"line 1: {message}"
@@ -348,7 +356,9 @@ def _deep(depth: int) -> str:
 def test_hostile_json_values_are_bad_rows_with_a_line(
     cli: Cli, tmp_path: Path, value: str, problem: str
 ) -> None:
-    good = json.dumps({"name": "A", "email": "a@example.com", "password": "long-enough-1"})
+    good = json.dumps(
+        {"name": "A", "email": "a@example.com", "password": "long-enough-and-strong-1"}
+    )
     jsonl = tmp_path / "x.jsonl"
     jsonl.write_text(f'{good}\n{{"name": "B", "id": {value}}}\n')
     result = cli("import", str(jsonl))
@@ -391,11 +401,13 @@ def test_an_endless_stdin_is_refused(db_url: str, tmp_path: Path, fmt: str) -> N
 @pytest.mark.parametrize("engine_name", ["sqlite"])
 def test_a_long_line_in_the_middle_names_its_line(cli: Cli, tmp_path: Path) -> None:
     source = tmp_path / "x.csv"
-    source.write_text("name,email,password\nA,a@example.com,long-enough-1\n" + "x" * (2 << 20))
+    source.write_text(
+        "name,email,password\nA,a@example.com,long-enough-and-strong-1\n" + "x" * (2 << 20)
+    )
     assert_error(cli("import", str(source)), 5, "line 3: longer than 1 MiB")
     quoted = tmp_path / "q.csv"
     record = '"' + "line\n" * 300_000 + '"'  # one quoted field over 1 MiB of short lines
-    quoted.write_text(f"name,email,password\n{record},a@example.com,long-enough-1\n")
+    quoted.write_text(f"name,email,password\n{record},a@example.com,long-enough-and-strong-1\n")
     assert_error(cli("import", str(quoted)), 5, "line 2:")
 
 

@@ -29,6 +29,8 @@ ACTIONS = (
     "delete",
     "import",
     "rehash",
+    "lock",
+    "unlock",
     "db-upgrade",
     "db-downgrade",
     "db-stamp",
@@ -46,7 +48,15 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 def snapshot(user: User) -> dict[str, Any]:
     """A user's audited fields, under the names every output uses."""
-    return {"name": user.name, "email": user.email, "role": user.role, "active": user.is_active}
+    values: dict[str, Any] = {
+        "name": user.name,
+        "email": user.email,
+        "role": user.role,
+        "active": user.is_active,
+    }
+    expires_at = getattr(user, "expires_at", None)
+    values["expires_at"] = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ") if expires_at else None
+    return values
 
 
 def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> Changes:

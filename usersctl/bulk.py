@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,7 +20,11 @@ from usersctl.errors import InvalidData, UsageError
 
 FORMATS = ("csv", "json", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-_OPTIONAL = {"role", "active", "password", "password_hash", "id", "created_at", "updated_at"}
+_OPTIONAL = {
+    "role", "active", "password", "password_hash", "id", "created_at", "updated_at",
+    "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
+    "has_password",
+}  # fmt: skip
 
 
 def guess_format(source: str, given: str | None) -> str:
@@ -268,11 +272,18 @@ class ParsedImport:
 MAX_REPORTED = 50
 
 
-def validate(records: Iterator[Record], *, restore: bool = False) -> ParsedImport:
+def validate(
+    records: Iterator[Record],
+    row_check: Callable[[Any], None] | None = None,
+    *,
+    restore: bool = False,
+) -> ParsedImport:
     """Validate every record; collect every problem (the first MAX_REPORTED in words).
 
     A restore (a usersctl backup) keeps names, emails and roles exactly as stored
-    (schemas.UserRestore), so that whatever a database held comes back."""
+    (schemas.UserRestore), so that whatever a database held comes back. `row_check` raises
+    InvalidData for a valid row that the configuration refuses (a weak plaintext password,
+    a role outside the pinned ones)."""
     from pydantic import ValidationError
 
     from usersctl.schemas import UserImport, UserRestore, validation_message
@@ -297,6 +308,12 @@ def validate(records: Iterator[Record], *, restore: bool = False) -> ParsedImpor
         except ValidationError as exc:
             problem(record.line, validation_message(exc))
             continue
+        if row_check is not None:
+            try:
+                row_check(row)
+            except InvalidData as exc:
+                problem(record.line, exc.message)
+                continue
         if row.email in first_line:
             problem(
                 record.line, f"duplicate email {row.email} (first on line {first_line[row.email]})"

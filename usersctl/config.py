@@ -13,11 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from usersctl import rules
 from usersctl.errors import UsageError
 
 ENV_PREFIX = "USERSCTL_"
 DEFAULT_BUSY_TIMEOUT = 10.0
-_CONFIG_KEYS = {"database_url", "busy_timeout", "actor"}
+_CONFIG_KEYS = {
+    "database_url",
+    "busy_timeout",
+    "actor",
+    "lockout_threshold",
+    "lockout_minutes",
+    "password_min_length",
+    "roles",
+}
+DEFAULT_LOCKOUT_THRESHOLD = 10
+MAX_LOCKOUT_THRESHOLD = 100  # NIST SP 800-63B-4: at most 100 consecutive failures
+DEFAULT_LOCKOUT_MINUTES = 15
+DEFAULT_PASSWORD_MIN_LENGTH = rules.PASSWORD_MIN_LENGTH  # NIST SP 800-63B-4, single-factor
+LOWEST_PASSWORD_MIN_LENGTH = rules.PASSWORD_MIN_LENGTH_FLOOR
 ACTOR_LENGTH = 200
 MAX_CONFIG_SIZE = 1 << 20  # bytes
 
@@ -29,6 +43,10 @@ class Settings:
     debug: bool = False
     url_is_default: bool = False
     actor: str = "unknown"  # who the audit trail names for changes made by this process
+    lockout_threshold: int = DEFAULT_LOCKOUT_THRESHOLD
+    lockout_minutes: int = DEFAULT_LOCKOUT_MINUTES
+    password_min_length: int = DEFAULT_PASSWORD_MIN_LENGTH
+    roles: tuple[str, ...] | None = None  # when set, the only roles allowed
 
 
 def config_path() -> Path:
@@ -120,6 +138,34 @@ def _resolve_actor(flag: str | None, env: Any, file_values: dict[str, Any], path
     return os_user()
 
 
+def _as_int(values: dict[str, Any], key: str, default: int, low: int, high: int, where: str) -> int:
+    if key not in values:
+        return default
+    value = values[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{where}: {key} must be a whole number between {low} and {high}")
+    return value
+
+
+def _as_roles(values: dict[str, Any], where: str) -> tuple[str, ...] | None:
+    if "roles" not in values:
+        return None
+    import re
+
+    roles = values["roles"]
+    pattern = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+    if (
+        not isinstance(roles, list)
+        or not roles
+        or not all(isinstance(r, str) and pattern.fullmatch(r) for r in roles)
+    ):
+        raise UsageError(
+            f"{where}: roles must be a non-empty list of role names (lowercase letters, digits, "
+            "'_' or '-', starting with a letter), e.g. roles = [\"user\", \"admin\"]"
+        )
+    return tuple(dict.fromkeys(roles))
+
+
 def load_settings(
     *, database_url: str | None = None, debug: bool = False, actor: str | None = None
 ) -> Settings:
@@ -149,4 +195,17 @@ def load_settings(
         debug=debug or _truthy(env.get("USERSCTL_DEBUG")),
         url_is_default=url_is_default,
         actor=_resolve_actor(actor, env, file_values, path),
-    )
+        lockout_threshold=_as_int(
+            file_values, "lockout_threshold", DEFAULT_LOCKOUT_THRESHOLD, 1,
+            MAX_LOCKOUT_THRESHOLD, f"config file {path}",
+        ),
+        lockout_minutes=_as_int(
+            file_values, "lockout_minutes", DEFAULT_LOCKOUT_MINUTES, 1, 525_600,
+            f"config file {path}",
+        ),
+        password_min_length=_as_int(
+            file_values, "password_min_length", DEFAULT_PASSWORD_MIN_LENGTH,
+            LOWEST_PASSWORD_MIN_LENGTH, 64, f"config file {path}",
+        ),
+        roles=_as_roles(file_values, f"config file {path}"),
+    )  # fmt: skip

@@ -525,6 +525,14 @@ def stamp(
     )
 
 
+LIFECYCLE_REVISION = "0004"
+LIFECYCLE_COLUMNS = frozenset(
+    {"last_login_at", "password_changed_at", "expires_at", "must_change_password",
+     "failed_logins", "locked_until"}
+)  # fmt: skip
+"""The columns revision 0004 adds (alembic/versions/0004_account_lifecycle.py)."""
+
+
 def describe_tables(connection: Connection) -> tuple[str, list[str | None]]:
     """What usersctl's tables look like, in words, and the revisions they fit."""
     inspector = inspect(connection)
@@ -543,8 +551,17 @@ def describe_tables(connection: Connection) -> tuple[str, list[str | None]]:
     else:
         shape = f"a users table with hashed passwords ({users})"
         audit_from = KNOWN_REVISIONS.index(AUDIT_REVISION)
-        later = KNOWN_REVISIONS[audit_from:] if has_audit else KNOWN_REVISIONS[1:audit_from]
-        fits = list(later)
+        lifecycle = LIFECYCLE_COLUMNS & columns
+        if not has_audit:
+            fits = list(KNOWN_REVISIONS[1:audit_from]) if not lifecycle else []
+        elif lifecycle == LIFECYCLE_COLUMNS:
+            shape += " with the account lifecycle columns"
+            fits = [LIFECYCLE_REVISION]
+        else:  # none of 0004's columns, or some (a MariaDB upgrade killed part-way: the
+            # next db upgrade adds the rest)
+            if lifecycle:
+                shape += " with some of the account lifecycle columns"
+            fits = list(KNOWN_REVISIONS[audit_from : KNOWN_REVISIONS.index(LIFECYCLE_REVISION)])
     shape += " and an audit_log table" if has_audit else " and no audit_log table"
     return shape, fits
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Dialect, Integer, String, Table, Text, true
+from sqlalchemy import Boolean, DateTime, Dialect, Integer, String, Table, Text, false, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -67,11 +67,30 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     email: Mapped[str] = mapped_column(String(EMAIL_LENGTH), unique=True, index=True)
-    password_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
+    password_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH))  # None: no password
     role: Mapped[str] = mapped_column(String(ROLE_LENGTH), default="user", server_default="user")
     is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Account lifecycle (revision 0004).
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    password_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # (Server defaults only: bulk inserts name just the columns they set.)
+    must_change_password: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    failed_logins: Mapped[int] = mapped_column(Integer, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def has_password(self) -> bool:
+        return bool(self.password_hash)
+
+    @property
+    def locked(self) -> bool:
+        """Locked out after too many failed logins, now (usersctl.lifecycle's clock)."""
+        from usersctl.lifecycle import now
+
+        return self.locked_until is not None and self.locked_until > now()
 
 
 users_table: Table = User.__table__  # type: ignore[assignment]

@@ -20,7 +20,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from usersctl import rules
 from usersctl.errors import InvalidData
 
-MIN_LENGTH = rules.PASSWORD_MIN_LENGTH
+MIN_LENGTH = rules.PASSWORD_MIN_LENGTH_FLOOR  # the backstop under the policy
 MAX_LENGTH = rules.PASSWORD_MAX_LENGTH
 
 _hasher = PasswordHasher()
@@ -34,8 +34,10 @@ DUMMY_HASH = (
 
 
 def check_policy(password: str) -> None:
-    """Raise InvalidData when the password is too short or too long. Never echoes it."""
-    problem = rules.password_problem(password)
+    """Raise InvalidData when the password's length is outside what any configuration
+    allows (the lowest minimum, the maximum): a backstop under the policy that the commands
+    apply first (usersctl.password_policy). Never echoes it."""
+    problem = rules.password_problem(password, min_length=rules.PASSWORD_MIN_LENGTH_FLOOR)
     if problem is not None:
         raise InvalidData(problem)
 
@@ -69,9 +71,11 @@ def hash_many(
     return hashes
 
 
-def generate_password() -> str:
-    """A random password with 144 bits of entropy (24 URL-safe characters)."""
-    return secrets.token_urlsafe(18)
+def generate_password(length: int = 24) -> str:
+    """A random password of `length` (at least 24) URL-safe characters: 144 bits of entropy
+    or more, so it passes the password policy by construction."""
+    length = max(length, 24)
+    return secrets.token_urlsafe(length)[:length]
 
 
 def is_argon2_hash(value: str) -> bool:

@@ -7,7 +7,8 @@ schemas both use it.
 
 from __future__ import annotations
 
-PASSWORD_MIN_LENGTH = 8
+PASSWORD_MIN_LENGTH_FLOOR = 8  # config password_min_length may lower the minimum to this
+PASSWORD_MIN_LENGTH = 15  # the default minimum (NIST SP 800-63B-4, single-factor)
 PASSWORD_MAX_LENGTH = 1024
 NAME_MAX_LENGTH = 200  # = models.NAME_LENGTH (a test keeps them equal)
 ID_MAX = 2**31 - 1
@@ -20,8 +21,15 @@ EMAIL_INVALID = "invalid email: {}"
 ROLE_INVALID = (
     "invalid role: must be 1-32 lowercase letters, digits, '_' or '-', starting with a letter"
 )
-PASSWORD_TOO_SHORT = f"password too short: at least {PASSWORD_MIN_LENGTH} characters are required"
+PASSWORD_ACCEPTED = "try a passphrase of several unrelated words, or --random-password"
+PASSWORD_TOO_SHORT = (
+    "password too short: {length} characters, at least {minimum} are required ("
+    + PASSWORD_ACCEPTED
+    + ")"
+)
 PASSWORD_TOO_LONG = f"password too long: at most {PASSWORD_MAX_LENGTH} characters are allowed"
+PASSWORD_GUESSABLE = "password too easy to guess: {} (" + PASSWORD_ACCEPTED + ")"
+PASSWORD_ON_CONTEXT = "it is built on your name, email or the service name"
 PASSWORD_HASH_INVALID = (
     "invalid password_hash: must be a well-formed argon2 ($argon2id$...) or bcrypt ($2b$...) hash"
 )
@@ -57,10 +65,19 @@ def email_reason(message: str) -> str:
     return EMAIL_INVALID.format(message)
 
 
-def password_problem(password: str) -> str | None:
-    """The policy's message for `password`, or None when it is acceptable."""
-    if len(password) < PASSWORD_MIN_LENGTH:
-        return PASSWORD_TOO_SHORT
+def password_length(password: str) -> int:
+    """Length in Unicode code points after NFKC normalisation (NIST SP 800-63B-4)."""
+    import unicodedata
+
+    return len(unicodedata.normalize("NFKC", password))
+
+
+def password_problem(password: str, *, min_length: int = PASSWORD_MIN_LENGTH) -> str | None:
+    """The length rules' message for `password`, or None when its length is acceptable (the
+    rest of the policy, guessability, is usersctl.password_policy.check)."""
     if len(password) > PASSWORD_MAX_LENGTH:
         return PASSWORD_TOO_LONG
+    length = password_length(password)
+    if length < min_length:
+        return PASSWORD_TOO_SHORT.format(length=length, minimum=min_length)
     return None

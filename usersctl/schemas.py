@@ -145,6 +145,8 @@ class UserCreate(BaseModel):
     email: Email
     role: Role = "user"
     is_active: bool = True
+    expires_at: AwareDatetime | None = None
+    must_change_password: bool = False
 
 
 class UserUpdate(BaseModel):
@@ -155,6 +157,7 @@ class UserUpdate(BaseModel):
     name: Name | None = None
     email: Email | None = None
     role: Role | None = None
+    expires_at: AwareDatetime | None = None  # given as None: never expires
 
 
 def check_password_hash(value: str) -> str:
@@ -167,7 +170,9 @@ def check_password_hash(value: str) -> str:
 
 
 def check_password(value: str) -> str:
-    problem = rules.password_problem(value)
+    """The maximum length; the policy proper (the configured minimum, guessability) is
+    checked by import with the config at hand, in the same words as create."""
+    problem = rules.password_problem(value, min_length=0)
     if problem is not None:
         raise ValueError(problem)
     return value
@@ -191,10 +196,21 @@ class UserImport(BaseModel):
     id: int | None = Field(default=None, ge=1, le=rules.ID_MAX)
     created_at: AwareDatetime | None = None
     updated_at: AwareDatetime | None = None
+    last_login_at: AwareDatetime | None = None
+    password_changed_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    must_change_password: bool = False
+    locked: bool = False  # as exported; a lock is transient and is not restored
+    has_password: bool = True  # false, with no password columns: an account without one
 
     @model_validator(mode="after")
     def _one_password(self) -> UserImport:
-        if (self.password is None) == (self.password_hash is None):
+        given = (self.password is not None) + (self.password_hash is not None)
+        if not self.has_password:
+            if given:
+                raise ValueError("has_password is false but a password is given")
+            return self
+        if given != 1:
             raise ValueError(rules.ONE_PASSWORD)
         return self
 
@@ -240,6 +256,12 @@ class UserPublic(BaseModel):
     active: bool = Field(validation_alias="is_active")
     created_at: datetime
     updated_at: datetime
+    last_login_at: datetime | None = None
+    password_changed_at: datetime | None = None
+    expires_at: datetime | None = None
+    must_change_password: bool = False
+    locked: bool = False
+    has_password: bool = True
 
 
 def _describe(error: Any) -> str:

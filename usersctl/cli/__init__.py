@@ -1,10 +1,11 @@
 """The Typer application. Parsing, rendering and exit codes only: no SQL here."""
 
-from usersctl.cli import audit, bulk, db, users
+from usersctl.cli import audit, bulk, db, lifecycle, users
 from usersctl.cli.app import app, main
 from usersctl.cli.command import command
 
 users.register(app)
+lifecycle.register(app)
 command(app, "import")(bulk.import_)
 command(app, "export")(bulk.export)
 command(app, "audit")(audit.audit)

@@ -35,7 +35,7 @@ Exit codes:
   3  user not found
   4  conflict: email already taken
   5  invalid data: bad email, empty name, weak password, bad import rows
-  6  password verification failed, or the user is disabled
+  6  verification failed (wrong or no password; disabled, locked, expired)
   7  database unavailable: cannot connect, no driver, not a database, busy
   8  schema mismatch: run `usersctl db upgrade` (or the database is newer)
   9  refused by a safety limit; nothing changed

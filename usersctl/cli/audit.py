@@ -30,7 +30,7 @@ Action = StrEnum(  # type: ignore[misc]
         (name, name)
         for name in (
             "create", "update", "passwd", "disable", "enable", "delete", "import", "rehash",
-            "db-upgrade", "db-downgrade", "db-stamp",
+            "lock", "unlock", "db-upgrade", "db-downgrade", "db-stamp",
         )
     ],
 )  # fmt: skip

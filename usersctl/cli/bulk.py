@@ -6,10 +6,11 @@ import os
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +20,9 @@ from usersctl.cli.progress import progress_bar
 from usersctl.cli.render import FIELDS, OutputFormat, Renderer
 from usersctl.cli.state import get_state
 from usersctl.errors import UsageError
+
+if TYPE_CHECKING:
+    from usersctl.config import Settings
 
 
 class BulkFormat(StrEnum):
@@ -76,6 +80,26 @@ def _open_input(source: str) -> Any:
         yield handle
 
 
+def _row_check(settings: Settings, restore: bool) -> Callable[[Any], None]:
+    """What the configuration adds to a row's validation: the password policy for
+    plaintext passwords, and the pinned roles (not in a restore, which brings back the
+    roles a database held, as it does names and emails)."""
+    from usersctl import password_policy
+    from usersctl.lifecycle import check_role
+
+    def check(row: Any) -> None:
+        if not restore:
+            check_role(row.role, settings)
+        if row.password is not None:
+            password_policy.check(
+                row.password,
+                min_length=settings.password_min_length,
+                user_inputs=(row.name, row.email),
+            )
+
+    return check
+
+
 def import_(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(metavar="FILE|-", help="File to read, or - for stdin.")],
@@ -116,10 +140,12 @@ def import_(
     from usersctl.passwords import hash_many
 
     chosen = bulk.guess_format(source, fmt.value if fmt else None)
-    with _open_input(source) as stream:
-        parsed = bulk.validate(bulk.read_records(stream, chosen), restore=restore)
-    bulk.check(parsed)
     state = get_state(ctx)
+    with _open_input(source) as stream:
+        parsed = bulk.validate(
+            bulk.read_records(stream, chosen), _row_check(state.settings, restore), restore=restore
+        )
+    bulk.check(parsed)
     database = state.ready_database(write=True, dry_run=dry_run)
 
     if dry_run:  # the same checks as the real run, in a read transaction; nothing hashed

@@ -6,6 +6,7 @@ Never from argv (it would show in `ps` and shell history), never echoed, never l
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -57,23 +58,43 @@ def read_stdin_line() -> str:
     return line
 
 
-def new_password(*, password_stdin: bool, random_password: bool) -> PasswordInput:
-    """The password to set. Raises UsageError (exit 2) when there is no source."""
-    from usersctl import passwords
+PROMPT_ATTEMPTS = 3
+
+
+def new_password(
+    *,
+    password_stdin: bool,
+    random_password: bool,
+    user_inputs: Sequence[str] = (),
+    min_length: int | None = None,
+) -> PasswordInput:
+    """The password to set, checked against the policy (exit 5 when refused; the prompt
+    asks again, up to 3 times). Raises UsageError (exit 2) when there is no source."""
+    from usersctl import password_policy, passwords
 
     if password_stdin and random_password:
         raise UsageError("--password-stdin and --random-password cannot be used together")
-    if random_password:
-        return PasswordInput(passwords.generate_password(), generated=True)
+    minimum = password_policy.DEFAULT_MIN_LENGTH if min_length is None else min_length
+    if random_password:  # long and random enough for the policy by construction
+        return PasswordInput(passwords.generate_password(minimum), generated=True)
     if password_stdin:
         value = read_stdin_line()
     elif stdin_is_terminal():
-        value = _prompt_twice()
+        for attempt in range(1, PROMPT_ATTEMPTS + 1):
+            value = _prompt_twice()
+            try:
+                password_policy.check(value, min_length=minimum, user_inputs=user_inputs)
+            except InvalidData as exc:
+                if attempt == PROMPT_ATTEMPTS:
+                    raise
+                typer.echo(f"{exc.message}; please choose another.", err=True)
+            else:
+                return PasswordInput(value)
     else:
         raise UsageError(
             "no password source: stdin is not a terminal; use --password-stdin or --random-password"
         )
-    passwords.check_policy(value)
+    password_policy.check(value, min_length=minimum, user_inputs=user_inputs)
     return PasswordInput(value)
 
 

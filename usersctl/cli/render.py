@@ -21,7 +21,13 @@ from usersctl.bulk import FORMULA_START
 from usersctl.cli.text import FORMAT_CHARACTERS, printable
 from usersctl.timestamps import iso_utc
 
-FIELDS = ("id", "name", "email", "role", "active", "created_at", "updated_at")
+FIELDS = (
+    "id", "name", "email", "role", "active", "created_at", "updated_at",
+    "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
+    "has_password",
+)  # fmt: skip
+TABLE_FIELDS = ("id", "name", "email", "role", "active", "last_login_at")
+"""`list`'s default table columns: readable at 80 columns (--columns chooses others)."""
 
 Record = Mapping[str, Any]
 
@@ -43,8 +49,9 @@ def user_record(user: Any) -> dict[str, Any]:
 
     public = UserPublic.model_validate(user)
     record = public.model_dump()
-    record["created_at"] = iso_utc(public.created_at)
-    record["updated_at"] = iso_utc(public.updated_at)
+    for name in ("created_at", "updated_at", "last_login_at", "password_changed_at", "expires_at"):
+        value = record[name]
+        record[name] = None if value is None else iso_utc(value)
     return record
 
 
@@ -92,8 +99,16 @@ def csv_cell(value: str) -> str:
 # users) or AUDIT_DROP_ORDER (audit entries); README, "Output formats".
 WRAPPING = frozenset({"name", "changes", "message"})
 WRAP_MIN_WIDTH = 16
-DROP_ORDER = ("updated_at", "created_at", "active", "role", "down_revision")
+DROP_ORDER = (
+    "updated_at", "created_at", "password_changed_at", "has_password", "must_change_password",
+    "locked", "expires_at", "last_login_at", "active", "role", "down_revision",
+)  # fmt: skip
 AUDIT_DROP_ORDER = ("id", "actor", "email")
+
+
+def _cell(value: Any) -> str:
+    """A table cell: an empty value (never logged in, no expiry) shows as '-'."""
+    return "-" if value is None else _text_value(value)
 
 
 class Renderer:
@@ -209,7 +224,7 @@ class Renderer:
     ) -> int:
         from rich.console import Console
 
-        rows = [[printable(_text_value(record.get(k))) for k in fields] for record in records]
+        rows = [[printable(_cell(record.get(k))) for k in fields] for record in records]
         if not rows:
             return 0
         if not self.out.isatty():
@@ -241,7 +256,7 @@ class Renderer:
         table.add_column("field", style="bold", no_wrap=True)
         table.add_column("value", overflow="fold")
         for name in fields:
-            table.add_row(name, Text(printable(_text_value(record.get(name)))))
+            table.add_row(name, Text(printable(_cell(record.get(name)))))
         self._print(table)
 
     def line(self, text: str) -> None:

@@ -13,13 +13,27 @@ import typer
 from usersctl.cli.audit import show_planned
 from usersctl.cli.command import command
 from usersctl.cli.completion import complete_roles, complete_sort
+from usersctl.cli.lifecycle import (
+    Columns,
+    Expired,
+    Expires,
+    InactiveSince,
+    Locked,
+    MustChange,
+    NoPassword,
+    OptionalUserRefs,
+    check_selection,
+    columns,
+    filters,
+    say_none_matched,
+    select_users,
+)
 from usersctl.cli.options import (
     DryRun,
     Limit,
     Offset,
     Output,
     UserRef,
-    UserRefs,
     Yes,
     exclusive,
 )
@@ -30,14 +44,15 @@ from usersctl.cli.password_input import (
     existing_password,
     new_password,
 )
-from usersctl.cli.render import OutputFormat, Renderer, records, user_record
-from usersctl.cli.state import AppState, get_state, stdin_is_terminal
+from usersctl.cli.render import FIELDS, TABLE_FIELDS, OutputFormat, Renderer, records, user_record
+from usersctl.cli.state import get_state, stdin_is_terminal
 from usersctl.cli.text import printable
-from usersctl.errors import UsageError, UsersctlError
+from usersctl.errors import UsageError, VerificationFailed
 
 if TYPE_CHECKING:
-    from usersctl.crud import Verification
-    from usersctl.database import Database
+    from datetime import datetime
+
+    from usersctl.lifecycle import Filters
 
 SORT_HELP = "Sort by id, name, email, role, active, created_at or updated_at; prefix - to reverse."
 
@@ -59,12 +74,12 @@ def _show_user(
 
 
 def _deliver_password(
-    user_data: dict[str, Any], output: OutputFormat, password: PasswordInput
+    user_data: dict[str, Any], output: OutputFormat, password: PasswordInput | None
 ) -> None:
     """A generated password is shown inside the transaction and must reach stdout's file or
     pipe before the change commits: if it cannot (a full disk, stdout closed), the change is
     rolled back, so a rerun can make it again and nobody is left with an unknown password."""
-    if not password.generated:
+    if password is None or not password.generated:
         return
     from usersctl.cli.output import delivered_before_commit
 
@@ -99,6 +114,16 @@ def create(
     ] = False,
     password_stdin: PasswordStdin = False,
     random_password: RandomPassword = False,
+    no_password: Annotated[
+        bool,
+        typer.Option(
+            "--no-password",
+            help="Create the account without a password (SSO or HR-provisioned): it cannot "
+            "log in until `usersctl passwd` gives it one.",
+        ),
+    ] = False,
+    must_change: MustChange = False,
+    expires: Expires = None,
     if_not_exists: Annotated[
         bool,
         typer.Option(
@@ -117,15 +142,35 @@ def create(
           --random-password
     """
     from usersctl import crud
+    from usersctl.lifecycle import check_role, now, parse_expiry
     from usersctl.passwords import hash_password
     from usersctl.schemas import UserCreate, parse
 
-    user_in = parse(
-        UserCreate, {"name": name, "email": email, "role": role, "is_active": not disabled}
-    )
+    exclusive(ctx, "no_password", "password_stdin", "random_password", "must_change")
     exclusive(ctx, "password_stdin", "random_password")
-    password = new_password(password_stdin=password_stdin, random_password=random_password)
-    password_hash = "" if dry_run else hash_password(password.value)
+    settings = get_state(ctx).settings
+    user_in = parse(
+        UserCreate,
+        {
+            "name": name,
+            "email": email,
+            "role": role,
+            "is_active": not disabled,
+            "expires_at": parse_expiry(expires, now()) if expires is not None else None,
+            "must_change_password": must_change or random_password,
+        },
+    )
+    check_role(user_in.role, settings)
+    password = None
+    password_hash = ""
+    if not no_password:
+        password = new_password(
+            password_stdin=password_stdin,
+            random_password=random_password,
+            user_inputs=(user_in.name, user_in.email),
+            min_length=settings.password_min_length,
+        )
+        password_hash = "" if dry_run else hash_password(password.value)
     with get_state(ctx).change(dry_run=dry_run) as (session, trail):
         user, created = crud.create_user(
             session=session,
@@ -141,7 +186,7 @@ def create(
         typer.echo(f"User {printable(shown['email'])} already exists; left unchanged.", err=True)
     if dry_run:
         show_planned(trail, output)
-    elif not (created and password.generated):
+    elif not (created and password is not None and password.generated):
         _show_user(shown, output, password if created else None)
 
 
@@ -159,6 +204,10 @@ def list_(
             "--search", "-s", metavar="TEXT", help="Case-insensitive substring of name or email."
         ),
     ] = None,
+    inactive_since: InactiveSince = None,
+    expired: Expired = False,
+    locked: Locked = False,
+    no_password: NoPassword = False,
     sort: Annotated[
         str,
         typer.Option("--sort", metavar="FIELD", help=SORT_HELP, autocompletion=complete_sort),
@@ -168,6 +217,7 @@ def list_(
     count: Annotated[
         bool, typer.Option("--count", help="Print only the number of matching users.")
     ] = False,
+    columns_: Columns = None,
     output: Output = OutputFormat.table,
 ) -> None:
     """List users, ordered by id unless --sort says otherwise.
@@ -177,6 +227,7 @@ def list_(
       usersctl list --role admin --active --sort -created_at -o json
     """
     from usersctl import crud
+    from usersctl.lifecycle import check_role, now
 
     exclusive(ctx, "active", "disabled")
     exclusive(ctx, "count", "limit", "offset", "sort")
@@ -185,10 +236,31 @@ def list_(
     field = sort.removeprefix("-")
     if field not in crud.SORT_FIELDS:
         raise UsageError(f"cannot sort by {field!r}: choose one of {', '.join(crud.SORT_FIELDS)}")
+    fields = columns(columns_, TABLE_FIELDS if output is OutputFormat.table else FIELDS)
+    if role is not None:
+        from usersctl.schemas import UserUpdate, parse
+
+        parse(UserUpdate, {"role": role})  # the same rules as create --role
+        check_role(role, get_state(ctx).settings)
+    moment = now()
+    chosen = filters(
+        inactive_since=inactive_since,
+        expired=expired,
+        locked=locked,
+        no_password=no_password,
+        moment=moment,
+    )
     database = get_state(ctx).ready_database()
     if count:
         with database.session(write=False) as session:
-            total = crud.count_users(session=session, role=role, active=wanted, search=search)
+            total = crud.count_users(
+                session=session,
+                role=role,
+                active=wanted,
+                search=search,
+                lifecycle=chosen,
+                moment=moment,
+            )
         Renderer(output).line(str(total))
         return
     with database.session(write=False) as session:
@@ -201,13 +273,20 @@ def list_(
             descending=descending,
             limit=limit,
             offset=offset,
+            lifecycle=chosen,
+            moment=moment,
         )
-        shown = Renderer(output).many(records(users))
+        shown = Renderer(output).many(records(users), fields=fields)
     if shown == 0 and output is OutputFormat.table:
         typer.echo("No users.", err=True)
 
 
-def get(ctx: typer.Context, user: UserRef, output: Output = OutputFormat.table) -> None:
+def get(
+    ctx: typer.Context,
+    user: UserRef,
+    columns_: Columns = None,
+    output: Output = OutputFormat.table,
+) -> None:
     """Show one user.
 
     \b
@@ -219,7 +298,7 @@ def get(ctx: typer.Context, user: UserRef, output: Output = OutputFormat.table) 
     database = get_state(ctx).ready_database()
     with database.session(write=False) as session:
         shown = user_record(crud.get_user(session=session, ref=user))
-    Renderer(output).one(shown)
+    Renderer(output).one(shown, fields=columns(columns_, FIELDS))
 
 
 def update(
@@ -231,6 +310,7 @@ def update(
         str | None,
         typer.Option("--role", "-r", help="New role.", autocompletion=complete_roles),
     ] = None,
+    expires: Expires = None,
     dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
@@ -241,12 +321,19 @@ def update(
       usersctl update ada@example.com --role admin
     """
     from usersctl import crud
+    from usersctl.lifecycle import check_role, now, parse_expiry
     from usersctl.schemas import UserUpdate, parse
 
-    given = {k: v for k, v in {"name": name, "email": email, "role": role}.items() if v is not None}
+    given: dict[str, Any] = {
+        k: v for k, v in {"name": name, "email": email, "role": role}.items() if v is not None
+    }
+    if expires is not None:
+        given["expires_at"] = parse_expiry(expires, now())
     if not given:
-        raise UsageError("nothing to change: give --name, --email and/or --role")
+        raise UsageError("nothing to change: give --name, --email, --role and/or --expires")
     user_in = parse(UserUpdate, given)
+    if user_in.role is not None:
+        check_role(user_in.role, get_state(ctx).settings)
     with get_state(ctx).change(dry_run=dry_run) as (session, trail):
         target = crud.get_user(session=session, ref=user, lock=True)
         updated = crud.update_user(session=session, user=target, user_in=user_in, trail=trail)
@@ -262,10 +349,13 @@ def passwd(
     user: UserRef,
     password_stdin: PasswordStdin = False,
     random_password: RandomPassword = False,
+    must_change: MustChange = False,
     dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
-    """Set a new password for a user.
+    """Set a new password for a user (also one that had none).
+
+    Without --must-change (or --random-password) the must-change flag is cleared.
 
     \b
     Example:
@@ -276,12 +366,25 @@ def passwd(
     from usersctl.passwords import hash_password
 
     exclusive(ctx, "password_stdin", "random_password")
-    password = new_password(password_stdin=password_stdin, random_password=random_password)
+    state = get_state(ctx)
+    with state.ready_database(write=True, dry_run=dry_run).session(write=False) as session:
+        found = crud.get_user(session=session, ref=user)  # its name and email guide the policy
+        context = (found.name, found.email)
+    password = new_password(
+        password_stdin=password_stdin,
+        random_password=random_password,
+        user_inputs=context,
+        min_length=state.settings.password_min_length,
+    )
     password_hash = "" if dry_run else hash_password(password.value)
-    with get_state(ctx).change(dry_run=dry_run) as (session, trail):
+    with state.change(dry_run=dry_run) as (session, trail):
         target = crud.get_user(session=session, ref=user, lock=True)
         crud.set_password_hash(
-            session=session, user=target, password_hash=password_hash, trail=trail
+            session=session,
+            user=target,
+            password_hash=password_hash,
+            trail=trail,
+            must_change=must_change or random_password,
         )
         shown = user_record(target)
         if not dry_run:
@@ -295,69 +398,72 @@ def passwd(
 
 
 def verify_password(
-    ctx: typer.Context, user: UserRef, password_stdin: PasswordStdin = False
+    ctx: typer.Context,
+    user: UserRef,
+    password_stdin: PasswordStdin = False,
+    output: Output = OutputFormat.table,
 ) -> None:
     """Check a password: exit 0 if it matches an active user, 6 if not.
 
-    Unknown users, wrong passwords and disabled accounts all fail the same way (exit 6, same
-    message, about the same time), so the answer does not reveal which accounts exist.
+    Unknown users, wrong passwords, and disabled, locked, expired or password-less accounts
+    all fail the same way (exit 6, same message, about the same time), so the answer does
+    not reveal which accounts exist. Each attempt is recorded: a success sets the last login
+    and resets the failure counter; too many failures in a row lock the account for a
+    while (config lockout_threshold, lockout_minutes). With -o json and the like, prints
+    whether the password was verified and whether it must be changed now.
 
     \b
     Example:
       printf '%s\\n' "$PASSWORD" |
           usersctl verify-password ada@example.com --password-stdin
     """
-    from usersctl import crud
+    from usersctl.lifecycle import login
 
     password = existing_password(password_stdin=password_stdin)
     state = get_state(ctx)
     database = state.ready_database()
-    # The hash is read in a short read transaction and checked after it ended: a login
-    # check, however slow its hash, never waits for, or holds up, another command.
-    with database.session(write=False) as session:
-        credentials = crud.read_credentials(session=session, ref=user)
-    verification = crud.check_password(credentials=credentials, password=password)
-    if verification.new_hash is not None:
-        _upgrade_hash(state, database, verification)
-    typer.echo("Password verified.", err=True)
-
-
-def _upgrade_hash(state: AppState, database: Database, verification: Verification) -> None:
-    """Store the upgraded hash, best effort: a database that cannot be written now (read-only
-    file or folder, a SELECT-only role, another writer holding the lock) does not fail the
-    login. The old hash stays, and a later successful verification tries again."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from usersctl import crud
-
-    try:
-        database.check_writable()
-        with database.quick_session() as session:
-            crud.upgrade_hash(session=session, verification=verification, trail=state.trail())
-    except (UsersctlError, SQLAlchemyError) as exc:
-        if state.debug:
-            reason = exc.message if isinstance(exc, UsersctlError) else _first_line(exc)
-            typer.echo(
-                f"note: the password hash was not upgraded (kept the old one): {reason}",
-                err=True,
-            )
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    result = login(database=database, settings=state.settings, ref=user, password=password)
+    if output is not OutputFormat.table:
+        Renderer(output).one(
+            {"verified": result.verified, "must_change_password": result.must_change_password},
+            fields=("verified", "must_change_password"),
+        )
+    if result.not_recorded is not None and state.debug:
+        what = (
+            "the password hash was not upgraded (kept the old one), nor the attempt recorded"
+            if result.hash_kept
+            else "the attempt was not recorded"
+        )
+        typer.echo(f"note: {what}: {result.not_recorded}", err=True)
+    if not result.verified:
+        raise VerificationFailed("password verification failed")
+    if result.must_change_password:
+        typer.echo("Password verified; it must be changed now (usersctl passwd).", err=True)
+    else:
+        typer.echo("Password verified.", err=True)
 
 
 def _set_active(
-    ctx: typer.Context, users: list[str], active: bool, dry_run: bool, output: OutputFormat
+    ctx: typer.Context,
+    users: list[str] | None,
+    chosen_filters: dict[str, Any],
+    active: bool,
+    dry_run: bool,
+    output: OutputFormat,
 ) -> None:
     from usersctl import crud
+    from usersctl.lifecycle import now
 
+    moment = now()
+    chosen = filters(**chosen_filters, moment=moment)
+    refs = check_selection(users, chosen)
     with get_state(ctx).change(dry_run=dry_run) as (session, trail):
-        targets = crud.get_users(session=session, refs=users, lock=True)
+        targets = select_users(session, refs, chosen, moment, lock=True)
         changed = crud.set_active(session=session, users=targets, active=active, trail=trail)
         shown = [user_record(u) for u in changed]
+    if not targets:
+        say_none_matched(chosen)
+        return
     if dry_run:
         show_planned(trail, output)
     else:
@@ -366,43 +472,60 @@ def _set_active(
 
 def disable(
     ctx: typer.Context,
-    users: UserRefs,
+    users: OptionalUserRefs = None,
+    inactive_since: InactiveSince = None,
+    expired: Expired = False,
+    locked: Locked = False,
+    no_password: NoPassword = False,
     dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
     """Lock users out (they can no longer log in). All or nothing: one unknown USER changes none.
 
+    Instead of USER arguments, filters select the users (e.g. everyone inactive for 90 days).
+
     \b
     Example:
       usersctl disable ada@example.com 42
+      usersctl disable --inactive-since 90d --dry-run
     """
-    _set_active(ctx, users, False, dry_run, output)
+    selection = {"inactive_since": inactive_since, "expired": expired, "locked": locked,
+                 "no_password": no_password}  # fmt: skip
+    _set_active(ctx, users, selection, False, dry_run, output)
 
 
 def enable(
     ctx: typer.Context,
-    users: UserRefs,
+    users: OptionalUserRefs = None,
+    inactive_since: InactiveSince = None,
+    expired: Expired = False,
+    locked: Locked = False,
+    no_password: NoPassword = False,
     dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
     """Unlock users. All or nothing: one unknown USER changes none.
 
+    Instead of USER arguments, filters select the users.
+
     \b
     Example:
       usersctl enable ada@example.com
     """
-    _set_active(ctx, users, True, dry_run, output)
+    selection = {"inactive_since": inactive_since, "expired": expired, "locked": locked,
+                 "no_password": no_password}  # fmt: skip
+    _set_active(ctx, users, selection, True, dry_run, output)
 
 
-def _confirm_delete(ctx: typer.Context, users: list[str], missing_ok: bool) -> None:
+def _confirm_delete(
+    ctx: typer.Context, users: list[str], chosen: Filters, moment: datetime, missing_ok: bool
+) -> None:
     """Ask before deleting, in a read transaction: no lock is held while a person thinks."""
-    from usersctl import crud
-
     database = get_state(ctx).ready_database()
     with database.session(write=False) as session:
         targets = [
             user_record(u)
-            for u in crud.get_users(session=session, refs=users, missing_ok=missing_ok)
+            for u in select_users(session, users, chosen, moment, missing_ok=missing_ok)
         ]
     if not targets:
         return
@@ -414,7 +537,11 @@ def _confirm_delete(ctx: typer.Context, users: list[str], missing_ok: bool) -> N
 
 def delete(
     ctx: typer.Context,
-    users: UserRefs,
+    users: OptionalUserRefs = None,
+    inactive_since: InactiveSince = None,
+    expired: Expired = False,
+    locked: Locked = False,
+    no_password: NoPassword = False,
     yes: Yes = False,
     missing_ok: Annotated[
         bool, typer.Option("--missing-ok", help="Ignore users that do not exist (exit 0).")
@@ -424,23 +551,37 @@ def delete(
 ) -> None:
     """Delete users and print what was deleted. Asks first on a terminal.
 
-    All or nothing: one unknown USER (without --missing-ok) deletes none.
+    All or nothing: one unknown USER (without --missing-ok) deletes none. Instead of USER
+    arguments, filters select the users.
 
     \b
     Example:
       usersctl delete ada@example.com --yes
     """
     from usersctl import crud
+    from usersctl.lifecycle import now
 
+    moment = now()
+    chosen = filters(
+        inactive_since=inactive_since,
+        expired=expired,
+        locked=locked,
+        no_password=no_password,
+        moment=moment,
+    )
+    refs = check_selection(users, chosen)
     if not yes:
         if not stdin_is_terminal():
             raise UsageError("refusing to delete without --yes when stdin is not a terminal")
         if not dry_run:  # nothing to confirm: a dry run deletes nothing
-            _confirm_delete(ctx, users, missing_ok)
+            _confirm_delete(ctx, refs, chosen, moment, missing_ok)
     with get_state(ctx).change(dry_run=dry_run) as (session, trail):
-        targets = crud.get_users(session=session, refs=users, missing_ok=missing_ok, lock=True)
+        targets = select_users(session, refs, chosen, moment, missing_ok=missing_ok, lock=True)
         shown = [user_record(u) for u in targets]
         crud.delete_users(session=session, users=targets, trail=trail)
+    if chosen and not targets:
+        say_none_matched(chosen)
+        return
     if dry_run:
         show_planned(trail, output)
         return

@@ -1,0 +1,193 @@
+"""Account lifecycle: the clock, expiry dates, the auditors' filters, and login.
+
+`login` is the one entry point for checking a password (verify-password now; an HTTP login
+later): it verifies in a read transaction (argon2 never holds a writer lock), then records
+the outcome in a write transaction. A failure increments the counter in SQL
+(`failed_logins = failed_logins + 1`), so parallel attempts are all counted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from usersctl.errors import InvalidData, UsageError, UsersctlError
+
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
+
+    from usersctl.config import Settings
+    from usersctl.database import Database
+
+
+def now() -> datetime:
+    """The current time, in UTC, to the second. Tests replace it (no sleeping)."""
+    from usersctl.models import utcnow
+
+    return utcnow()
+
+
+_DURATION = re.compile(r"(\d{1,6})\s*([hdwy])", re.IGNORECASE)
+_DURATION_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1),
+                   "y": timedelta(days=365)}  # fmt: skip
+
+
+def parse_expiry(text: str, moment: datetime) -> datetime | None:
+    """`--expires`: `never` (None), a date or time (ISO-8601; a date is its midnight UTC;
+    no offset means UTC) or a duration from now (`12h`, `90d`, `4w`, `1y`)."""
+    value = text.strip()
+    if value.lower() == "never":
+        return None
+    match = _DURATION.fullmatch(value)
+    try:
+        if match:
+            return moment + int(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+        parsed = datetime.fromisoformat(value)
+    except (ValueError, OverflowError):
+        raise UsageError(
+            f"invalid --expires {text!r}: give a date (2027-06-30), a duration from now "
+            "(90d, 12h, 4w, 1y) or never"
+        ) from None
+    parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return parsed.replace(microsecond=0)
+
+
+def parse_since(text: str, moment: datetime) -> datetime:
+    """`--inactive-since`: a date or time, or a time ago (`90d`, `12h`, `2w`)."""
+    from usersctl.timestamps import parse_moment
+
+    try:
+        return parse_moment(text, moment)
+    except ValueError:
+        raise UsageError(
+            f"invalid --inactive-since {text!r}: give a date (2026-09-01) or a time ago "
+            "(90d, 12h, 2w)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The auditors' questions; all given ones must hold (AND)."""
+
+    inactive_since: datetime | None = None
+    expired: bool = False
+    locked: bool = False
+    no_password: bool = False
+
+    def __bool__(self) -> bool:
+        return self.inactive_since is not None or self.expired or self.locked or self.no_password
+
+    def clauses(self, moment: datetime) -> list[ColumnElement[bool]]:
+        from sqlalchemy import func, or_
+
+        from usersctl.models import User
+
+        clauses: list[ColumnElement[bool]] = []
+        if self.inactive_since is not None:
+            # Never logged in: counted from when the account was created.
+            last_seen = func.coalesce(User.last_login_at, User.created_at)
+            clauses.append(last_seen < self.inactive_since)
+        if self.expired:
+            clauses.append(User.expires_at <= moment)
+        if self.locked:
+            clauses.append(User.locked_until > moment)
+        if self.no_password:
+            clauses.append(or_(User.password_hash.is_(None), User.password_hash == ""))
+        return clauses
+
+    def describe(self) -> str:
+        parts = []
+        if self.inactive_since is not None:
+            parts.append(f"inactive since {self.inactive_since.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        if self.expired:
+            parts.append("expired")
+        if self.locked:
+            parts.append("locked")
+        if self.no_password:
+            parts.append("without a password")
+        return ", ".join(parts)
+
+
+def check_role(role: str, settings: Settings) -> None:
+    """With `roles` pinned in the config, any other role is invalid data (exit 5)."""
+    if settings.roles is not None and role not in settings.roles:
+        raise InvalidData(
+            f"invalid role {role!r}: the config file allows only {', '.join(settings.roles)}"
+        )
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    verified: bool
+    must_change_password: bool = False
+    locked_now: bool = False  # this failure locked the account
+    not_recorded: str | None = None  # why the attempt could not be written (best effort)
+    hash_kept: bool = False  # ... and so an upgrade of the stored hash was not made
+
+
+def login(
+    *,
+    database: Database,
+    settings: Settings,
+    ref: str,
+    password: str,
+    moment: datetime | None = None,
+) -> LoginResult:
+    """Check a password and record the attempt. Never raises for a failed login: the
+    caller reports every failure alike (the result says nothing of why).
+
+    Three steps, so that no check, however slow its hash, ever holds or waits for a lock:
+    the stored hash and login state are read in a short read transaction; the password is
+    checked with no transaction open; the outcome (last login and counter reset, a hash
+    upgrade, or the failure count and lockout) is written in a quick write transaction
+    that waits at most about a second for a lock. That write is best effort: a database
+    that cannot be written now (read-only file or folder, a SELECT-only role, a busy writer)
+    does not change the answer, which stands on what was read; the attempt is then not
+    recorded (`not_recorded` says why)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from usersctl import crud
+    from usersctl.audit import Trail
+
+    moment = moment or now()
+    with database.session(write=False) as session:
+        credentials = crud.read_credentials(session=session, ref=ref)
+    check = crud.check_password(credentials=credentials, password=password, moment=moment)
+    if check.user_id is None:
+        return LoginResult(verified=False)
+    verified = check.matches and check.may_log_in
+    read_answer = LoginResult(verified, verified and check.must_change_password)
+    try:
+        database.check_writable()
+        with database.quick_session() as session:
+            return crud.record_login(
+                session=session,
+                check=check,
+                threshold=settings.lockout_threshold,
+                lock_for=timedelta(minutes=settings.lockout_minutes),
+                moment=moment,
+                trail=Trail(actor=settings.actor),
+            )
+    except (UsersctlError, SQLAlchemyError) as exc:
+        return LoginResult(
+            read_answer.verified,
+            read_answer.must_change_password,
+            not_recorded=_reason(exc),
+            hash_kept=check.new_hash is not None,
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UsersctlError):
+        return exc.message
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def as_record_time(value: Any) -> str | None:
+    from usersctl.timestamps import iso_utc
+
+    return None if value is None else iso_utc(value)
