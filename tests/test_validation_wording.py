@@ -122,7 +122,8 @@ def test_import_rows_never_show_pydantic_words(cli: Cli, tmp_path: Path) -> None
          "created_at": "yesterday", "password_hash": "nope"},
         {"name": "C", "email": "c@example.com", "id": 0, "updated_at": "2026-01-01T00:00:00",
          "password": 12345678},
-        {"name": "D", "email": "d@example.com", "id": 1.5, "password": "long-enough-and-strong-1", "x": 1},
+        {"name": "D", "email": "d@example.com", "id": 1.5, "password": "long-enough-and-strong-1",
+         "x": 1},
         {"name": "E", "email": "e@example.com"},
         {"email": "f@example.com", "password": "long-enough-and-strong-1"},
     ]  # fmt: skip
