@@ -126,7 +126,7 @@ def test_values_usersctl_would_refuse_are_kept_and_listed(fresh: Cli) -> None:
     assert len(warnings) == len(expected), result.stderr
     for line, start in zip(warnings, expected, strict=True):
         assert line.startswith(f"warning: {start}, though usersctl refuses it: "), line
-    assert "control characters" in warnings[-1]
+    assert "control or invisible characters" in warnings[-1]
     assert "\x1b" not in result.stderr  # the value is shown escaped
     assert [u["email"] for u in fresh.json("list")] == [r[2] for r in rows]
 

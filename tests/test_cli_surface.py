@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from conftest import COMMAND_PATHS, Cli, Seeder, assert_error
+from conftest import COMMAND_PATHS, SEED_PASSWORD, Cli, Seeder, assert_error
 from usersctl import crud
 from usersctl.cli import app
 from usersctl.cli.completion import MAX_SUGGESTIONS, SORT_FIELDS
@@ -114,10 +114,32 @@ def test_ctrl_c_after_the_commit_does_not_claim_nothing_changed(
         raise KeyboardInterrupt
 
     monkeypatch.setattr("usersctl.cli.users._show_user", interrupted)
-    result = cli("create", "-n", "Ada", "-e", "ada@example.com", "--random-password")
+    # (Not --random-password: a generated password is shown before the commit, and an
+    # interrupt while showing it rolls the change back.)
+    result = cli(
+        "create",
+        "-n",
+        "Ada",
+        "-e",
+        "ada@example.com",
+        "--password-stdin",
+        input=SEED_PASSWORD + "\n",
+    )
     assert_error(result, 130, "interrupted; the change was committed")
     assert "nothing changed" not in result.stderr
     assert [u["email"] for u in cli.json("list")] == ["ada@example.com"]
+
+
+def test_ctrl_c_while_showing_a_generated_password_rolls_the_change_back(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("usersctl.cli.users._show_user", interrupted)
+    result = cli("create", "-n", "Ada", "-e", "ada@example.com", "--random-password")
+    assert_error(result, 130, "interrupted; nothing changed")
+    assert cli.json("list") == []
 
 
 def test_ctrl_c_before_the_commit_says_nothing_changed(

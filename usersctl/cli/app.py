@@ -100,6 +100,22 @@ class UsersctlGroup(TyperGroup):
             install_scripts()
         start_command()
         try:
+            self._run(args, prog_name, complete_var, debug, **extra)
+        finally:
+            # Close the database now, not at interpreter exit (where SQLite may be left
+            # unclosed, keeping its -wal/-shm files beside a database it only read).
+            if _current_state is not None:
+                _current_state.close()
+
+    def _run(
+        self,
+        args: list[str],
+        prog_name: str | None,
+        complete_var: str | None,
+        debug: bool,
+        **extra: Any,
+    ) -> NoReturn:
+        try:
             result = super().main(
                 args=args,
                 prog_name=prog_name or "usersctl",

@@ -50,6 +50,11 @@ class AppState:
             self._database = Database(self.settings)
         return self._database
 
+    def close(self) -> None:
+        """Release the database's connections (at the end of the command)."""
+        if self._database is not None:
+            self._database.dispose()
+
     def trail(self, *, dry_run: bool = False) -> Trail:
         """Where this command's changes are recorded (only collected in a dry run)."""
         from usersctl.audit import Trail
