@@ -200,8 +200,12 @@ def test_import_records_one_entry_per_affected_user(cli: Cli, seed: Seeder, tmp_
         {"name": "Ada L.", "email": "ada@example.com"},  # no role column: admin stays
         {"name": "Same", "email": "same@example.com", "password_hash": same_hash},  # unchanged
         {"name": "Grace", "email": "grace@example.com", "password": "cobol-forever-1959"},
-        {"name": 'Zoë "Q" \\ \u00e9x', "email": "zoe@example.com", "password": "x" * 12,
-         "active": False},
+        {
+            "name": 'Zoë "Q" \\ \u00e9x',
+            "email": "zoe@example.com",
+            "password": "quartz lantern okapi 93",
+            "active": False,
+        },
         {"name": "Linus", "email": "linus@example.org", "password": "penguins-rule-1991",
          "role": "ops"},
     ]  # fmt: skip

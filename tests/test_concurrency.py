@@ -332,7 +332,7 @@ def test_writers_give_up_only_after_the_whole_busy_timeout(
     spawn = Spawner(tmp_path / "runs", db_url, env={"USERSCTL_BUSY_TIMEOUT": f"{timeout:g}"})
     holder.hold()  # held for the whole test: nobody can write
     try:
-        spawn(*create("New", "new@example.com"), stdin="a new password\n")
+        spawn(*create("New", "new@example.com"), stdin="a fresh quartz lantern 93\n")
         spawn("update", "1", "--name", "Renamed")
         spawn("delete", "2", "--yes")
         runs = spawn.finish_all()

@@ -150,7 +150,7 @@ def test_a_mistyped_sqlite_path_is_exit_7_and_creates_nothing(
 
 def test_import_into_a_mistyped_sqlite_path_creates_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/typo.db"
-    row = '{"name": "Ada", "email": "ada@example.com", "password": "long enough pw"}\n'
+    row = '{"name": "Ada", "email": "ada@example.com", "password": "quartz lantern okapi 93"}\n'
     for extra in ([], ["--dry-run"]):
         assert_error(invoke(url, "import", "-", "-f", "jsonl", *extra, input=row), 7, "no database")
     assert files(tmp_path) == []
@@ -177,7 +177,7 @@ def test_db_upgrade_creates_a_private_database_and_its_dry_run_nothing(tmp_path:
         (["create", "-n", "Ada", "-e", "ada@example.com", "--random-password"], None),
         (
             ["import", "-", "-f", "jsonl"],
-            '{"name": "A", "email": "a@example.com", "password": "pw-long-enough"}\n',
+            '{"name": "A", "email": "a@example.com", "password": "quartz-lantern-okapi-93"}\n',
         ),
         (["db", "upgrade"], None),
     ],
