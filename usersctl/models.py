@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Dialect, Integer, String, Table, Text, false, true
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Dialect,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    true,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -115,3 +126,40 @@ class AuditEntry(Base):
 
 
 audit_table: Table = AuditEntry.__table__  # type: ignore[assignment]
+
+
+TOKEN_NAME_LENGTH = 100
+DIGEST_LENGTH = 64
+SCOPES_LENGTH = 100
+SETTING_NAME_LENGTH = 64
+SETTING_VALUE_LENGTH = 255
+
+
+class ApiToken(Base):
+    """An admin API token (revision 0005). Only its SHA-256 digest is stored: the token
+    itself is shown once, when it is made."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(TOKEN_NAME_LENGTH))
+    digest: Mapped[str] = mapped_column(String(DIGEST_LENGTH))
+    scopes: Mapped[str] = mapped_column(String(SCOPES_LENGTH))  # space separated
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked: Mapped[bool] = mapped_column(Boolean, server_default=false())
+
+    __table_args__ = (
+        UniqueConstraint("name", name="uq_api_tokens_name"),
+        UniqueConstraint("digest", name="uq_api_tokens_digest"),
+    )
+
+
+class ApiSetting(Base):
+    """Settings every `usersctl serve` process shares (revision 0005): the JWT signing key."""
+
+    __tablename__ = "api_settings"
+
+    name: Mapped[str] = mapped_column(String(SETTING_NAME_LENGTH), primary_key=True)
+    value: Mapped[str] = mapped_column(String(SETTING_VALUE_LENGTH))

@@ -1,6 +1,6 @@
 """The Typer application. Parsing, rendering and exit codes only: no SQL here."""
 
-from usersctl.cli import audit, bulk, db, lifecycle, users
+from usersctl.cli import audit, bulk, db, lifecycle, serve, token, users
 from usersctl.cli.app import app, main
 from usersctl.cli.command import command
 
@@ -11,5 +11,7 @@ command(app, "export")(bulk.export)
 command(app, "audit")(audit.audit)
 command(app, "migrate")(db.migrate)
 app.add_typer(db.db_app)
+app.command(name="serve")(serve.serve)
+app.add_typer(token.token_app)
 
 __all__ = ["app", "main"]

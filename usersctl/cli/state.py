@@ -57,78 +57,39 @@ class AppState:
 
     def trail(self, *, dry_run: bool = False) -> Trail:
         """Where this command's changes are recorded (only collected in a dry run)."""
-        from usersctl.audit import Trail
+        from usersctl.service import make_trail
 
-        return Trail(actor=self.settings.actor, dry_run=dry_run)
+        return make_trail(self.settings.actor, dry_run=dry_run)
 
     def ready_database(self, *, write: bool = False, dry_run: bool = False) -> Database:
-        """The database at head: an empty one is migrated now, any other mismatch is exit 8.
-        With `write`, an unwritable SQLite file fails first, before anything is opened.
-
-        A dry run checks the same but changes nothing (not even the journal mode): for an
-        empty database it returns an empty stand-in at head, which answers every question
-        as the real one would once initialised (no users)."""
+        """The database at head (see usersctl.service.check_schema, shared with the API)."""
         database = self.database()
-        if write:
-            database.check_writable()
         if self._checked:
+            if write:
+                database.check_writable()
             return database
-        from usersctl.revision import HEAD, State, read_status, require_current
+        from usersctl.service import check_schema
 
-        if database.missing:
-            # Only the default location is created on first use: elsewhere a missing file
-            # is a mistyped URL, which must not become a new, empty database.
-            if not self.settings.url_is_default:
-                from usersctl.database import missing_database_message
-                from usersctl.errors import DatabaseUnavailable
-
-                raise DatabaseUnavailable(missing_database_message(database.sqlite_path))
-            database.create_file(dry_run=dry_run)
-            if dry_run:  # (not even the data folder)
-                typer.echo(
-                    f"Dry run: {database.display_url} does not exist yet; the real run would "
-                    f"first create it (revision {HEAD}).",
-                    err=True,
-                )
-                return database.empty_stand_in()
-
-        with database.connect(write=False) as connection:
-            status = read_status(connection)  # the fast path: no Alembic, no lock
-        if status.state is not State.CURRENT:
-            from usersctl import migrations
-
-            status = migrations.settled_status(database)
-        require_current(status)
-        if dry_run:
-            if status.state is State.CURRENT:
-                return database
-            typer.echo(
-                f"Dry run: {database.display_url} has no schema yet; the real run would "
-                f"first create it (revision {HEAD}).",
-                err=True,
-            )
-            return database.empty_stand_in()
-        if status.state is State.EMPTY:
-            result = migrations.ensure_head(database)
-            if result.changed:
-                self.interrupt_note = f"the database was initialised ({result.after})"
-                typer.echo(
-                    f"Initialised the database at {database.display_url} "
-                    f"(schema revision {result.after}).",
-                    err=True,
-                )
-        database.use_wal()
-        self._checked = True
+        database, self._checked = check_schema(
+            database,
+            write=write,
+            dry_run=dry_run,
+            announce=lambda message: typer.echo(message, err=True),
+            on_initialised=self._note_initialised,
+        )
         return database
+
+    def _note_initialised(self, note: str) -> None:
+        self.interrupt_note = note
 
     @contextmanager
     def change(self, *, dry_run: bool = False) -> Iterator[tuple[Session, Trail]]:
-        """The write transaction of a command that changes users, and the audit trail its
-        changes go to. In a dry run the transaction is rolled back and the trail only
-        collects: afterwards it holds what would have changed."""
+        """The write transaction of a command that changes users, and its audit trail
+        (usersctl.service.change, shared with the API)."""
+        from usersctl.service import change
+
         database = self.ready_database(write=True, dry_run=dry_run)
-        trail = self.trail(dry_run=dry_run)
-        with database.session(write=True, dry_run=dry_run) as session:
+        with change(database, self.trail(dry_run=dry_run)) as (session, trail):
             yield session, trail
             if not dry_run:
                 self.interrupt_note = COMMITTING

@@ -1,0 +1,363 @@
+"""The HTTP API in-process (FastAPI's TestClient over ASGI), on every engine: the tutorial's
+endpoints, the status table, every credential case, dry runs, and what logs show."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+import jwt  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from conftest import SEED_PASSWORD, Cli  # noqa: E402
+from usersctl.api.app import create_app  # noqa: E402
+from usersctl.config import load_settings  # noqa: E402
+from usersctl.database import Database  # noqa: E402
+from usersctl.errors import UsersctlError  # noqa: E402
+
+PASSWORD = "an orrery of brass"
+NEW_PASSWORD = "a difference engine of oak"
+LOCKOUT = 3  # failed logins that lock an account (the config default is 10)
+
+
+@dataclass
+class Api:
+    client: TestClient
+    cli: Cli
+    admin: dict[str, str]  # headers with a write token
+
+    def token(self, name: str, *extra: str) -> dict[str, str]:
+        secret = self.cli.json("token", "create", name, *extra)["token"]
+        return {"Authorization": f"Bearer {secret}"}
+
+    def user(self, email: str, *, role: str = "user", password: str = PASSWORD) -> int:
+        body = {"name": email.split("@")[0], "email": email, "password": password, "role": role}
+        response = self.client.post("/users/", json=body, headers=self.admin)
+        assert response.status_code == 201, response.text
+        return int(response.json()["id"])
+
+    def login(self, email: str, password: str = PASSWORD) -> dict[str, str]:
+        response = self.client.post("/auth/token", data={"username": email, "password": password})
+        assert response.status_code == 200, response.text
+        return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+@pytest.fixture
+def api(cli: Cli, db_url: str) -> Iterator[Api]:
+    settings = dataclasses.replace(load_settings(database_url=db_url), lockout_threshold=LOCKOUT)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        api = Api(client=client, cli=cli, admin={})
+        api.admin = api.token("admin")
+        yield api
+    app.state.server.database.dispose()
+
+
+def assert_detail(response: Any, status: int, *fragments: str) -> None:
+    assert response.status_code == status, (response.status_code, response.text)
+    detail = response.json()["detail"]
+    assert isinstance(detail, str)
+    for fragment in fragments:
+        assert fragment in detail, (fragment, detail)
+    if status == 401:
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_tutorial_calls_and_cli_rendering(api: Api) -> None:
+    client, h = api.client, api.admin
+    created = client.post(
+        "/users/", json={"name": "Ada", "email": "Ada@Example.com", "password": PASSWORD}, headers=h
+    )
+    assert created.status_code == 201
+    user = created.json()
+    assert created.headers["location"] == f"/users/{user['id']}"
+    assert user == api.cli.json("get", str(user["id"]))  # exactly as `usersctl get -o json`
+    assert PASSWORD not in created.text and "argon2" not in created.text
+    listed = client.get("/users/", headers=h)
+    assert listed.json() == [user] and listed.headers["x-total-count"] == "1"
+    assert client.get(f"/users/{user['id']}", headers=h).json() == user
+    assert client.delete(f"/users/{user['id']}", headers=h).json() == user
+    assert_detail(client.get(f"/users/{user['id']}", headers=h), 404, "user not found")
+    changes = [(e["action"], e["actor"]) for e in api.cli.json("audit") if e["user_id"]]
+    assert sorted(changes) == [("create", "token:admin"), ("delete", "token:admin")]
+
+
+def test_list_filters_paging_and_total(api: Api) -> None:
+    for n in range(5):
+        api.user(f"u{n}@example.com", role="admin" if n % 2 else "user")
+    response = api.client.get(
+        "/users/", params={"role": "user", "limit": 2, "offset": 1, "sort": "-id"},
+        headers=api.admin,
+    )  # fmt: skip
+    assert [u["email"] for u in response.json()] == ["u2@example.com", "u0@example.com"]
+    assert response.headers["x-total-count"] == "3"
+    found = api.client.get("/users/", params={"search": "U3"}, headers=api.admin).json()
+    assert [u["email"] for u in found] == ["u3@example.com"]
+    assert_detail(api.client.get("/users/?sort=hash", headers=api.admin), 400, "cannot sort")
+
+
+def test_put_patch_password_disable_enable_unlock(api: Api) -> None:
+    client, h = api.client, api.admin
+    uid = api.user("ada@example.com")
+    put = client.put(
+        f"/users/{uid}", json={"name": "Ada K", "email": "ada@example.com", "role": "admin"},
+        headers=h,
+    )  # fmt: skip
+    assert (put.status_code, put.json()["name"], put.json()["role"]) == (200, "Ada K", "admin")
+    patch = client.patch(f"/users/{uid}", json={"expires_at": "30d"}, headers=h)
+    assert patch.json()["expires_at"] is not None
+    assert (
+        client.patch(f"/users/{uid}", json={"expires_at": None}, headers=h).json()["expires_at"]
+        is None
+    )
+    pw = client.post(f"/users/{uid}/password", json={"password": NEW_PASSWORD}, headers=h)
+    assert pw.status_code == 200
+    api.login("ada@example.com", NEW_PASSWORD)
+    assert client.post(f"/users/{uid}/disable", headers=h).json()["active"] is False
+    assert client.post(f"/users/{uid}/enable", headers=h).json()["active"] is True
+    for _ in range(LOCKOUT):
+        client.post("/auth/token", data={"username": "ada@example.com", "password": "wrong!!!"})
+    assert api.cli.json("get", str(uid))["locked"] is True
+    assert client.post(f"/users/{uid}/unlock", headers=h).json()["locked"] is False
+    actions = [e["action"] for e in api.cli.json("audit")]
+    for action in ("create", "update", "passwd", "disable", "enable", "lock", "unlock"):
+        assert action in actions
+
+
+def test_status_table(api: Api) -> None:
+    client, h = api.client, api.admin
+    api.user("ada@example.com")
+    body = {"name": "B", "email": "ADA@example.com", "password": PASSWORD}
+    assert_detail(client.post("/users/", json=body, headers=h), 409, "email already taken")
+    bad = {"name": "B", "email": "not-an-email", "password": PASSWORD}
+    assert_detail(client.post("/users/", json=bad, headers=h), 422, "email")
+    weak = {"name": "B", "email": "b@example.com", "password": "password"}
+    response = client.post("/users/", json=weak, headers=h)
+    assert_detail(response, 422, "password")
+    assert 'password"' not in response.json()["detail"]  # the value is never echoed
+    missing = client.post("/users/", json={"name": "B"}, headers=h)
+    assert_detail(missing, 422, "invalid request")
+    assert_detail(client.get("/users/424242", headers=h), 404, "user not found")
+    assert_detail(client.patch("/users/424242", json={"role": "x"}, headers=h), 404)
+    assert_detail(client.patch("/users/1", json={}, headers=h), 422, "nothing to change")
+    wrong = client.post("/auth/token", data={"username": "ada@example.com", "password": "nope"})
+    assert_detail(wrong, 401, "incorrect email or password")
+
+
+def test_http_status_follows_exit_code() -> None:
+    from usersctl import errors
+    from usersctl.service import http_status
+
+    expected = {
+        errors.UsageError: 400, errors.NotFound: 404, errors.Conflict: 409,
+        errors.InvalidData: 422, errors.VerificationFailed: 401,
+        errors.DatabaseUnavailable: 503, errors.SchemaMismatch: 503,
+    }  # fmt: skip
+    for cls, status in expected.items():
+        assert http_status(cls("x")) == status, cls
+
+    class Changed(UsersctlError):
+        exit_code = 9
+
+    assert http_status(Changed("x")) == 409
+    assert http_status(UsersctlError("x")) == 500
+
+
+def test_database_unavailable_is_503(tmp_path: Any) -> None:
+    app = create_app(load_settings(database_url="postgresql+psycopg://nobody@127.0.0.1:1/x"))
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 503
+        response = client.get("/users/", headers={"Authorization": "Bearer usc_whatever"})
+        assert_detail(response, 503)
+
+
+def test_healthz_503_when_schema_behind(empty_db_url: str, engine_name: str) -> None:
+    from usersctl import migrations
+
+    database = Database(load_settings(database_url=empty_db_url))
+    migrations.upgrade(database, "0004")
+    database.dispose()
+    app = create_app(load_settings(database_url=empty_db_url))
+    with TestClient(app) as client:
+        response = client.get("/healthz")
+        assert response.status_code == 503 and "detail" in response.json()
+
+
+def test_healthz_needs_no_credential(api: Api) -> None:
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+
+
+def _signing_key(url: str) -> str:
+    from usersctl import tokens
+
+    database = Database(load_settings(database_url=url))
+    with database.session(write=True) as session:
+        key = tokens.ensure_signing_key(session=session)
+    database.dispose()
+    return key
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def test_every_credential_case(api: Api, db_url: str) -> None:
+    client = api.client
+    uid = api.user("ada@example.com", role="admin")
+    good = api.login("ada@example.com")
+    assert client.get("/users/", headers=good).status_code == 200
+    raw = good["Authorization"].removeprefix("Bearer ")
+    key = _signing_key(db_url)
+    claims = jwt.decode(raw, key, algorithms=["HS256"])
+    cases = {
+        "missing": {},
+        "malformed": {"Authorization": "Bearer"},
+        "not bearer": {"Authorization": f"Basic {raw}"},
+        "garbage": {"Authorization": "Bearer not.a.jwt"},
+        "unknown api token": {"Authorization": "Bearer usc_" + "A" * 43},
+        "tampered": {"Authorization": f"Bearer {raw[:-2]}{'AA' if raw[-2:] != 'AA' else 'BB'}"},
+        "alg none": {
+            "Authorization": "Bearer "
+            + _b64({"alg": "none", "typ": "JWT"})
+            + "."
+            + _b64(claims)
+            + "."
+        },
+        "expired": {
+            "Authorization": "Bearer "
+            + jwt.encode({**claims, "exp": claims["iat"] - 60}, key, algorithm="HS256")
+        },
+        "other key": {"Authorization": "Bearer " + jwt.encode(claims, "x" * 64, algorithm="HS256")},
+    }
+    for case, headers in cases.items():
+        response = client.get("/users/", headers=headers)
+        assert response.status_code == 401, case
+        assert response.headers["www-authenticate"] == "Bearer", case
+    # A read token may read, not write.
+    reader = api.token("ro", "--scope", "read")
+    assert client.get("/users/", headers=reader).status_code == 200
+    assert_detail(client.post(f"/users/{uid}/disable", headers=reader), 403)
+    assert_detail(client.delete(f"/users/{uid}", headers=reader), 403)
+    # Revoked and expired API tokens.
+    api.cli.ok("token", "revoke", "ro")
+    assert_detail(client.get("/users/", headers=reader), 401)
+    listed = api.cli.json("token", "list")
+    assert {t["name"]: t["revoked"] for t in listed} == {"admin": False, "ro": True}
+    assert "usc_" not in json.dumps(listed)
+
+
+def test_login_token_stops_at_once(api: Api) -> None:
+    client, h = api.client, api.admin
+    ids = {name: api.user(f"{name}@example.com", role="admin") for name in
+           ("disabled", "deleted", "locked", "changed", "rotated")}  # fmt: skip
+    tokens = {name: api.login(f"{name}@example.com") for name in ids}
+    for headers in tokens.values():
+        assert client.get("/users/me", headers=headers).status_code == 200
+    client.post(f"/users/{ids['disabled']}/disable", headers=h)
+    client.delete(f"/users/{ids['deleted']}", headers=h)
+    for _ in range(LOCKOUT):
+        client.post("/auth/token", data={"username": "locked@example.com", "password": "wrong!!"})
+    client.post(f"/users/{ids['changed']}/password", json={"password": NEW_PASSWORD}, headers=h)
+    for name in ("disabled", "deleted", "locked", "changed"):
+        assert_detail(client.get("/users/me", headers=tokens[name]), 401)
+    assert client.get("/users/me", headers=tokens["rotated"]).status_code == 200
+    api.cli.ok("token", "rotate-signing-key")
+    assert_detail(client.get("/users/me", headers=tokens["rotated"]), 401)
+    assert client.get("/users/", headers=h).status_code == 200  # admin tokens unaffected
+    assert client.get("/users/me", headers=api.login("rotated@example.com")).status_code == 200
+
+
+def test_roles_self_service_and_must_change(api: Api) -> None:
+    client, h = api.client, api.admin
+    api.user("plain@example.com")
+    plain = api.login("plain@example.com")
+    assert client.get("/users/me", headers=plain).json()["email"] == "plain@example.com"
+    assert_detail(client.get("/users/", headers=plain), 403)
+    assert_detail(client.get("/users/me", headers=h), 403)  # an API token is nobody
+    wrong = {"current_password": "not it at all", "new_password": NEW_PASSWORD}
+    assert_detail(client.put("/users/me/password", json=wrong, headers=plain), 401)
+    weak = {"current_password": PASSWORD, "new_password": "plain@example.com"}
+    assert_detail(client.put("/users/me/password", json=weak, headers=plain), 422)
+    ok = {"current_password": PASSWORD, "new_password": NEW_PASSWORD}
+    assert client.put("/users/me/password", json=ok, headers=plain).status_code == 200
+    assert_detail(client.get("/users/me", headers=plain), 401)  # its password changed
+    uid = api.user("temp@example.com")
+    client.post(
+        f"/users/{uid}/password", json={"password": PASSWORD, "must_change_password": True},
+        headers=h,
+    )  # fmt: skip
+    temp = api.login("temp@example.com")
+    assert_detail(client.get("/users/me", headers=temp), 403)
+    response = client.put("/users/me/password", json=ok, headers=temp)
+    assert response.json()["must_change_password"] is False
+    assert client.get("/users/me", headers=api.login("temp@example.com", NEW_PASSWORD)).is_success
+
+
+def test_dry_runs_change_nothing(api: Api) -> None:
+    client, h = api.client, api.admin
+    uid = api.user("ada@example.com")
+    before = api.cli.json("get", str(uid))
+    audit_before = api.cli.json("audit")
+    calls = [
+        ("post", "/users/", {"name": "B", "email": "b@example.com", "password": PASSWORD}),
+        ("put", f"/users/{uid}", {"name": "X", "email": "x@example.com", "role": "admin"}),
+        ("patch", f"/users/{uid}", {"role": "admin"}),
+        ("post", f"/users/{uid}/password", {"password": NEW_PASSWORD}),
+        ("post", f"/users/{uid}/disable", None),
+        ("delete", f"/users/{uid}", None),
+    ]
+    for method, path, body in calls:
+        kwargs: dict[str, Any] = {"headers": h, "params": {"dry_run": "true"}}
+        if body is not None:
+            kwargs["json"] = body
+        response = client.request(method.upper(), path, **kwargs)
+        assert response.status_code == 200, (path, response.text)
+        planned = response.json()
+        assert isinstance(planned, list) and len(planned) == 1, planned
+        assert set(planned[0]) == {"action", "user_id", "email", "changes"}
+    assert client.post(f"/users/{uid}/enable?dry_run=true", headers=h).json() == []
+    assert api.cli.json("get", str(uid)) == before
+    assert api.cli.json("audit") == audit_before
+    assert api.cli.json("list") == [before]
+
+
+def test_openapi_documents_every_endpoint_with_an_example(api: Api) -> None:
+    spec = api.client.get("/openapi.json").json()
+    assert api.client.get("/docs").status_code == 200
+    text = json.dumps(spec)
+    for path in ("/users/", "/users/{user_id}", "/auth/token", "/healthz", "/users/me"):
+        assert path in spec["paths"]
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            content = json.dumps(operation.get("responses", {})) + json.dumps(
+                operation.get("requestBody", {})
+            )
+            assert "example" in content or "$ref" in content, (method, path)
+    assert '"examples"' in text
+
+
+def test_no_secret_in_logs_or_errors(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    api.user("ada@example.com", role="admin")
+    login = api.client.post(
+        "/auth/token", data={"username": "ada@example.com", "password": PASSWORD}
+    )
+    access = login.json()["access_token"]
+    wrong = api.client.post(
+        "/auth/token", data={"username": "ada@example.com", "password": SEED_PASSWORD}
+    )
+    api.client.get("/users/me", headers={"Authorization": f"Bearer {access}"})
+    api.client.get("/users/", headers={"Authorization": f"Bearer {access}x"})
+    secret = api.admin["Authorization"].removeprefix("Bearer ")
+    logged = caplog.text + wrong.text
+    for value in (PASSWORD, SEED_PASSWORD, access, secret, "$argon2"):
+        assert value not in logged

@@ -1,0 +1,98 @@
+"""The FastAPI application factory, and the access log (method, path, status, time, caller:
+never a query string, header or body, which may hold a password or token)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI
+
+from usersctl import __version__
+from usersctl.api.deps import Server
+from usersctl.config import Settings
+
+log = logging.getLogger("usersctl.access")
+
+DESCRIPTION = """\
+The users of an application's database, over HTTP: the same crud layer, transactions,
+audit trail and errors as the `usersctl` commands.
+
+Every request except `/healthz` needs `Authorization: Bearer <token>`: an admin API token
+(`usersctl token create NAME`) or a login token from `POST /auth/token`.
+Errors are `{"detail": "..."}`.
+"""
+
+
+class AccessLog:
+    """Pure ASGI middleware (no per-request task as BaseHTTPMiddleware makes)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            caller = scope.get("state", {}).get("caller", "-")
+            log.info(
+                "%s %s %d %.1fms %s",
+                scope["method"],
+                scope["path"],
+                status[0],
+                (time.perf_counter() - started) * 1000,
+                caller,
+            )
+
+
+def create_app(settings: Settings, *, token_minutes: int = 15) -> FastAPI:
+    from usersctl.api import errors
+    from usersctl.api.routes import auth, health, users
+    from usersctl.database import Database
+
+    app = FastAPI(
+        title="usersctl",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        redoc_url=None,
+    )
+    app.state.server = Server(
+        settings=settings, database=Database(settings), token_minutes=token_minutes
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(users.router)
+    app.add_middleware(AccessLog)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For `usersctl serve` (also with --workers): settings from the environment and config
+    file, as the parent resolved them."""
+    import os
+
+    from usersctl.config import load_settings
+
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s access: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    minutes = int(os.environ.get("USERSCTL_TOKEN_MINUTES", "15"))
+    return create_app(load_settings(), token_minutes=minutes)

@@ -1,0 +1,115 @@
+"""`usersctl serve`: the HTTP API (extra `usersctl[server]`), loopback only by default."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from usersctl.cli.state import get_state
+from usersctl.errors import DatabaseUnavailable, UsageError
+
+EXTRA_HINT = "pip install 'usersctl[server]'"
+LOOPBACK_NAMES = {"localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_extra() -> None:
+    import importlib.util
+
+    missing = [
+        name
+        for name in ("fastapi", "uvicorn", "jwt", "multipart")
+        if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise DatabaseUnavailable(
+            f"the HTTP server needs the 'server' extra ({', '.join(missing)} missing): {EXTRA_HINT}"
+        )
+
+
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    sys.exit(0)
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind; loopback unless --allow-remote.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes.")] = 1,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote",
+            help="Allow a non-loopback --host (put a TLS proxy in front: README).",
+        ),
+    ] = False,
+    token_minutes: Annotated[
+        int,
+        typer.Option("--token-minutes", min=1, max=1440, help="Lifetime of login tokens."),
+    ] = 15,
+) -> None:
+    """Serve the users API over HTTP (needs the extra: pip install 'usersctl[server]').
+
+    Every request except GET /healthz needs `Authorization: Bearer <token>`: an admin
+    token from `usersctl token create`, or a login token from POST /auth/token. SIGTERM
+    finishes the requests in flight and exits 0.
+
+    \b
+    Example:
+      usersctl token create deploy --scope write
+      usersctl serve --port 8000
+    """
+    if not is_loopback(host) and not allow_remote:
+        raise UsageError(
+            f"refusing to listen on {host}: not a loopback address; put a TLS proxy in front "
+            "and give --allow-remote"
+        )
+    _require_extra()
+    state = get_state(ctx)
+    database = state.ready_database(write=True)
+    from usersctl import tokens
+
+    with database.session(write=True) as session:
+        tokens.ensure_signing_key(session=session)
+    database.dispose()
+
+    import uvicorn
+
+    # The worker processes resolve the same settings from the environment.
+    os.environ["USERSCTL_DATABASE_URL"] = state.settings.database_url
+    os.environ["USERSCTL_ACTOR"] = state.settings.actor
+    os.environ["USERSCTL_TOKEN_MINUTES"] = str(token_minutes)
+    typer.echo(
+        f"Serving {database.display_url} on http://{host}:{port} "
+        f"({workers} worker{'s' if workers > 1 else ''}); docs at /docs",
+        err=True,
+    )
+    # Uvicorn finishes the requests in flight, then raises the signal again with the handler
+    # that was in place before it started: make that one a clean exit 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
+    uvicorn.run(
+        "usersctl.api.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,  # ours logs no query string (usersctl.api.app.AccessLog)
+        log_level="info",
+        server_header=False,
+    )
