@@ -169,9 +169,12 @@ def test_200_concurrent_mixed_requests(cli: Cli, serve: Any) -> None:
             return "get", client.get(f"/users/{n % 20 + 1}", headers=h).status_code
 
     with ThreadPoolExecutor(max_workers=50) as pool:
-        results = list(pool.map(call, range(200)))
+        try:
+            results = list(pool.map(call, range(200)))
+        except httpx.HTTPError as exc:
+            raise AssertionError("".join(server.log)[-3000:]) from exc
     statuses = {status for _, status in results}
-    assert statuses <= {200, 201}, results
+    assert statuses <= {200, 201}, (results, "".join(server.log)[-3000:])
     users = cli.json("list")
     assert len(users) == 20 + 50  # every create is there
     assert {u["email"] for u in users} >= {f"new{n}@example.com" for n in range(0, 200, 4)}

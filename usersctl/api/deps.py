@@ -10,6 +10,8 @@ expired, same password), so they stop at once. Every failure is 401 with
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -20,6 +22,11 @@ from usersctl.config import Settings
 from usersctl.database import Database
 
 ALGORITHM = "HS256"
+
+# argon2 takes 64 MiB and a core per hash: more at once than there are cores only queues
+# the work in memory (40 request threads would take 2.5 GiB). Every hash and verify of a
+# request waits here.
+HASHING = threading.BoundedSemaphore(os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

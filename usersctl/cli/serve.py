@@ -112,4 +112,5 @@ def serve(
         access_log=False,  # ours logs no query string (usersctl.api.app.AccessLog)
         log_level="info",
         server_header=False,
+        timeout_worker_healthcheck=60,  # a worker busy hashing still answers, only later
     )

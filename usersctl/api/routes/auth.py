@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.security import OAuth2PasswordRequestForm
 
-from usersctl.api.deps import ALGORITHM, ServerDep, unauthorized
+from usersctl.api.deps import ALGORITHM, HASHING, ServerDep, unauthorized
 from usersctl.api.schemas import Detail, TokenOut
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -31,9 +31,10 @@ def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], server: ServerD
     from usersctl.lifecycle import now
 
     settings = dataclasses.replace(server.settings, actor="api:login")
-    result = check_login(
-        database=server.database, settings=settings, ref=form.username, password=form.password
-    )
+    with HASHING:
+        result = check_login(
+            database=server.database, settings=settings, ref=form.username, password=form.password
+        )
     if not result.verified:
         raise unauthorized("incorrect email or password")
     with server.database.session(write=True) as session:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from usersctl.api.deps import OwnPassword, Reader, Self, ServerDep, Writer
+from usersctl.api.deps import HASHING, OwnPassword, Reader, Self, ServerDep, Writer
 from usersctl.api.schemas import (
     USER_EXAMPLE,
     Detail,
@@ -114,7 +114,8 @@ def create_user(
     )
     check_role(user_in.role, server.settings)
     _check_password(server, body.password, (user_in.name, user_in.email))
-    password_hash = "" if dry_run else hash_password(body.password)
+    with HASHING:
+        password_hash = "" if dry_run else hash_password(body.password)
     with _change(server, principal, dry_run) as (session, trail):
         user, _ = crud.create_user(
             session=session, user_in=user_in, password_hash=password_hash, trail=trail
@@ -186,7 +187,7 @@ def change_own_password(
     from usersctl.passwords import hash_password
 
     ref = str(principal.user_id)
-    with server.database.session(write=False) as session:
+    with HASHING, server.database.session(write=False) as session:
         check = crud.check_password(session=session, ref=ref, password=body.current_password)
         user = crud.get_user(session=session, ref=ref)
         inputs = (user.name, user.email)
@@ -195,7 +196,8 @@ def change_own_password(
 
         raise VerificationFailed("current password is wrong")
     _check_password(server, body.new_password, inputs)
-    password_hash = "" if dry_run else hash_password(body.new_password)
+    with HASHING:
+        password_hash = "" if dry_run else hash_password(body.new_password)
     with _change(server, principal, dry_run) as (session, trail):
         target = crud.get_user(session=session, ref=ref, lock=True)
         crud.set_password_hash(
@@ -306,7 +308,8 @@ def set_password(
         found = crud.get_user(session=session, ref=ref)
         inputs = (found.name, found.email)
     _check_password(server, body.password, inputs)
-    password_hash = "" if dry_run else hash_password(body.password)
+    with HASHING:
+        password_hash = "" if dry_run else hash_password(body.password)
     with _change(server, principal, dry_run) as (session, trail):
         target = crud.get_user(session=session, ref=ref, lock=True)
         crud.set_password_hash(
