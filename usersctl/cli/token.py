@@ -13,8 +13,10 @@ from usersctl.cli.text import printable
 
 token_app = typer.Typer(
     name="token",
-    help="Admin tokens for the HTTP API (usersctl serve), and its signing key.",
+    help="Admin tokens for the HTTP API (usersctl serve), and its signing key.\n\n"
+    "Example:\n\n\b\n  usersctl token create deploy --scope write --expires 90d",
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,
 )
 
@@ -70,7 +72,12 @@ def create(
 
 @token_app.command("list")
 def list_(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
-    """List the tokens (never the tokens themselves)."""
+    """List the tokens (never the tokens themselves).
+
+    \b
+    Example:
+      usersctl token list -o json
+    """
     from usersctl import tokens
 
     database = get_state(ctx).ready_database()
@@ -83,7 +90,12 @@ def list_(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
 
 @token_app.command("revoke")
 def revoke(ctx: typer.Context, name: Name) -> None:
-    """Revoke a token: the next request with it is refused."""
+    """Revoke a token: the next request with it is refused.
+
+    \b
+    Example:
+      usersctl token revoke deploy
+    """
     from usersctl import tokens
 
     database = get_state(ctx).ready_database(write=True)
@@ -95,7 +107,12 @@ def revoke(ctx: typer.Context, name: Name) -> None:
 @token_app.command("rotate-signing-key")
 def rotate_signing_key(ctx: typer.Context) -> None:
     """Replace the login tokens' signing key: every login token stops working at once
-    (admin tokens are not affected). Every server on the database uses the new key."""
+    (admin tokens are not affected). Every server on the database uses the new key.
+
+    \b
+    Example:
+      usersctl token rotate-signing-key
+    """
     from usersctl import tokens
 
     database = get_state(ctx).ready_database(write=True)
