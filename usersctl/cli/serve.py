@@ -102,6 +102,9 @@ def serve(
     # Uvicorn finishes the requests in flight, then raises the signal again with the handler
     # that was in place before it started: make that one a clean exit 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    # The CLI lets SIGPIPE end it quietly (`usersctl list | head`); a server must instead
+    # survive a client that closes its connection mid-response.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, _exit_cleanly)
     uvicorn.run(
         "usersctl.api.app:create_app_from_env",
