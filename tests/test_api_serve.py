@@ -249,4 +249,3 @@ def test_cli_start_up_does_not_import_the_server(args: tuple[str, ...], tmp_path
         if line.startswith("import time:")
     }
     assert not imported & {"fastapi", "uvicorn", "starlette", "jwt", "multipart", "httpx"}
-
