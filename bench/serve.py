@@ -267,9 +267,11 @@ def run(args: argparse.Namespace, usersctl: Path, python: str, work: Path) -> in
             wait_ready(port, process)
             for name, path, header, script in calls:
                 base = f"http://127.0.0.1:{port}"
-                wrk(base + path, 2, args.connections, header=header, script=script)  # warm-up
+                # Logins: one connection per core (more only queue behind argon2).
+                conns = (os.cpu_count() or 1) if script else args.connections
+                wrk(base + path, 2, conns, header=header, script=script)  # warm-up
                 results[f"{label} {name}"] = wrk(
-                    base + path, args.seconds, args.connections, header=header, script=script
+                    base + path, args.seconds, conns, header=header, script=script
                 )
         finally:
             process.terminate()
