@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-import httpx  # noqa: E402
+import httpx2 as httpx  # noqa: E402
 
 from conftest import Cli, assert_error  # noqa: E402
 
@@ -239,6 +239,7 @@ def test_cli_start_up_does_not_import_the_server(args: tuple[str, ...], tmp_path
         "PYTHONPROFILEIMPORTTIME": "1",
         "USERSCTL_DATABASE_URL": f"sqlite:///{tmp_path / 'u.db'}",
     }
+    subprocess.run([usersctl(), "db", "upgrade"], check=True, capture_output=True, env=env)
     result = subprocess.run(
         [usersctl(), *args], capture_output=True, text=True, env=env, timeout=60
     )

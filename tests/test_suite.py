@@ -72,7 +72,7 @@ def test_readme_and_ci_run_the_same_plain_pytest_with_workers_and_durations() ->
     addopts = options["ini_options"]["addopts"].split()
     assert "-n" in addopts and "--durations=15" in addopts
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "pip install -e '.[test,postgres,mysql]' && pytest\n" in readme
+    assert "pip install -e '.[test,postgres,mysql,server]' && pytest\n" in readme
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert ci.rstrip().splitlines()[-1] == "pytest"
     extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -26,6 +26,7 @@ from usersctl.api.schemas import (
 )
 from usersctl.cli.render import user_record
 from usersctl.errors import InvalidData, UsageError
+from usersctl.lifecycle import now
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -187,10 +188,14 @@ def change_own_password(
     from usersctl.passwords import hash_password
 
     ref = str(principal.user_id)
-    with HASHING, server.database.session(write=False) as session:
-        check = crud.check_password(session=session, ref=ref, password=body.current_password)
+    with server.database.session(write=False) as session:
+        credentials = crud.read_credentials(session=session, ref=ref)
         user = crud.get_user(session=session, ref=ref)
         inputs = (user.name, user.email)
+    with HASHING:  # no transaction open while the hash is checked
+        check = crud.check_password(
+            credentials=credentials, password=body.current_password, moment=now()
+        )
     if not check.matches:
         from usersctl.errors import VerificationFailed
 
