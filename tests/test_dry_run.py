@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner, Result
 
 from conftest import Cli, Seeder, assert_error, server_admin_url
-from usersctl.revision import HEAD
+from usersctl.revision import HEAD, KNOWN_REVISIONS
 
 NEW_PASSWORD = "a-brand-new-password-42"
 MARKER_PASSWORD = "Marker-Generated-Password-7731"
@@ -533,8 +533,8 @@ def _at_0001(cli: Cli) -> None:
 @pytest.mark.parametrize(
     ("setup", "start", "steps"),
     [
-        (_at_0002, "0002", ["0003", "0004", "0005"]),
-        (_at_0001, "0001", ["0002", "0003", "0004", "0005"]),
+        (_at_0002, "0002", ["0003", "0004", "0005", "0006"]),
+        (_at_0001, "0001", ["0002", "0003", "0004", "0005", "0006"]),
     ],
     ids=["from-0002", "from-0001"],
 )
@@ -573,7 +573,8 @@ def test_db_upgrade_dry_run_prints_the_sql_and_changes_nothing(
 def test_db_upgrade_dry_run_of_an_empty_database_writes_nothing(fresh: Cli) -> None:
     dry = fresh("db", "upgrade", "--dry-run")
     assert dry.exit_code == 0, (dry.stdout, dry.stderr)
-    assert dry.stdout.splitlines()[1].startswith("-- revisions: 0001, 0002, 0003, 0004, 0005 ")
+    revisions = ", ".join(KNOWN_REVISIONS)
+    assert dry.stdout.splitlines()[1].startswith(f"-- revisions: {revisions} ")
     assert "CREATE TABLE users" in dry.stdout and "CREATE TABLE audit_log" in dry.stdout
     assert tables(fresh.url) == set()
     assert revision(fresh) == ""  # `db current` prints no revision for an empty database
@@ -598,7 +599,7 @@ def test_db_downgrade_dry_run_prints_the_sql_and_changes_nothing(
     lines = dry.stdout.splitlines()
     assert lines[0].startswith("-- usersctl db downgrade --dry-run: ")
     assert f"from {HEAD} to 0002" in lines[0]
-    assert lines[1].startswith("-- revisions: 0005, 0004, 0003 ")
+    assert lines[1].startswith("-- revisions: 0006, 0005, 0004, 0003 ")
     assert "-- Running downgrade 0003 -> 0002" in dry.stdout
     assert "DROP TABLE audit_log" in dry.stdout
     assert WROTE in dry.stderr

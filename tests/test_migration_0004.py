@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, inspect, text
 from typer.testing import CliRunner
 
 from conftest import Cli, assert_error
+from usersctl.revision import HEAD
 
 NEW_COLUMNS = {
     "last_login_at",
@@ -101,7 +102,7 @@ def test_round_trip_with_data(fresh: Cli) -> None:
              input="correct horse battery\n")  # fmt: skip
     fresh.ok("db", "check")
     audit = fresh.json("audit", "--action", "db-downgrade")
-    assert audit and audit[0]["changes"]["revision"] == {"before": "0004", "after": "0003"}
+    assert audit and audit[0]["changes"]["revision"] == {"before": HEAD, "after": "0003"}
 
 
 @pytest.mark.parametrize(
@@ -121,7 +122,7 @@ def test_downgrade_refuses_to_lose_passwordless_or_expiring_accounts(
     before = fresh.json("list")
     result = fresh("db", "downgrade", "0003", "--yes")
     assert_error(result, 5, "cannot downgrade below 0004, nothing changed", fragment)
-    assert fresh.ok("db", "current", "-o", "plain").stdout.startswith("0004\t")
+    assert fresh.ok("db", "current", "-o", "plain").stdout.startswith(f"{HEAD}\t")
     assert fresh.json("list") == before
 
 

@@ -533,6 +533,14 @@ LIFECYCLE_COLUMNS = frozenset(
 """The columns revision 0004 adds (alembic/versions/0004_account_lifecycle.py)."""
 
 
+API_REVISION = "0005"
+API_TABLES = frozenset({"api_tokens", "api_settings"})
+"""The tables revision 0005 adds (alembic/versions/0005_api_tokens.py)."""
+OWNERSHIP_REVISION = "0006"
+OWNERSHIP_COLUMNS = frozenset({"source", "external_id"})
+"""The columns revision 0006 adds (alembic/versions/0006_user_source.py)."""
+
+
 def describe_tables(connection: Connection) -> tuple[str, list[str | None]]:
     """What usersctl's tables look like, in words, and the revisions they fit."""
     inspector = inspect(connection)
@@ -556,7 +564,18 @@ def describe_tables(connection: Connection) -> tuple[str, list[str | None]]:
             fits = list(KNOWN_REVISIONS[1:audit_from]) if not lifecycle else []
         elif lifecycle == LIFECYCLE_COLUMNS:
             shape += " with the account lifecycle columns"
-            fits = [LIFECYCLE_REVISION]
+            api = API_TABLES & tables
+            ownership = OWNERSHIP_COLUMNS & columns
+            if ownership == OWNERSHIP_COLUMNS and api == API_TABLES:
+                shape += ", the API tables, the ownership columns"
+                fits = [OWNERSHIP_REVISION]
+            elif api == API_TABLES:
+                # (some of 0006's columns: a MariaDB upgrade killed part-way)
+                shape += ", the API tables" + (", some ownership columns" if ownership else "")
+                fits = [API_REVISION]
+            else:  # none or some of 0005's tables
+                shape += ", some of the API tables" if api else ""
+                fits = [LIFECYCLE_REVISION]
         else:  # none of 0004's columns, or some (a MariaDB upgrade killed part-way: the
             # next db upgrade adds the rest)
             if lifecycle:

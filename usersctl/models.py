@@ -23,6 +23,8 @@ NAME_LENGTH = 200
 EMAIL_LENGTH = 320
 ROLE_LENGTH = 32
 HASH_LENGTH = 255
+SOURCE_LENGTH = 64
+EXTERNAL_ID_LENGTH = 255
 ACTOR_LENGTH = 200
 ACTION_LENGTH = 32
 
@@ -91,6 +93,10 @@ class User(Base):
     must_change_password: Mapped[bool] = mapped_column(Boolean, server_default=false())
     failed_logins: Mapped[int] = mapped_column(Integer, server_default="0")
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Ownership (revision 0006): the sync source or "scim" that manages the user (None: by
+    # hand), and the identity provider's id for it (SCIM externalId).
+    source: Mapped[str | None] = mapped_column(String(SOURCE_LENGTH), index=True)
+    external_id: Mapped[str | None] = mapped_column(String(EXTERNAL_ID_LENGTH))
 
     @property
     def has_password(self) -> bool:
