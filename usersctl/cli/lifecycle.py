@@ -155,8 +155,9 @@ def unlock(
     """
     from usersctl import crud
     from usersctl.cli.audit import show_planned
-    from usersctl.cli.render import Renderer, user_record
+    from usersctl.cli.render import Renderer
     from usersctl.lifecycle import now
+    from usersctl.records import user_record
 
     moment = now()
     chosen = filters(

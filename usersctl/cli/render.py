@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from usersctl.bulk import FORMULA_START
 from usersctl.cli.text import FORMAT_CHARACTERS, printable
-from usersctl.timestamps import iso_utc
+from usersctl.records import user_record
 
 FIELDS = (
     "id", "name", "email", "role", "active", "created_at", "updated_at",
@@ -38,21 +38,6 @@ class OutputFormat(StrEnum):
     jsonl = "jsonl"
     csv = "csv"
     plain = "plain"
-
-
-def user_record(user: Any) -> dict[str, Any]:
-    """A user (ORM object) through the public schema, as output-ready values.
-
-    Call it inside the session. Only UserPublic's fields exist here: never the hash.
-    """
-    from usersctl.schemas import UserPublic
-
-    public = UserPublic.model_validate(user)
-    record = public.model_dump()
-    for name in ("created_at", "updated_at", "last_login_at", "password_changed_at", "expires_at"):
-        value = record[name]
-        record[name] = None if value is None else iso_utc(value)
-    return record
 
 
 # json.dumps leaves DEL, C1 controls, the JS line separators and invisible format characters

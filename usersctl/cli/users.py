@@ -44,10 +44,11 @@ from usersctl.cli.password_input import (
     existing_password,
     new_password,
 )
-from usersctl.cli.render import FIELDS, TABLE_FIELDS, OutputFormat, Renderer, records, user_record
+from usersctl.cli.render import FIELDS, TABLE_FIELDS, OutputFormat, Renderer, records
 from usersctl.cli.state import get_state, stdin_is_terminal
 from usersctl.cli.text import printable
 from usersctl.errors import UsageError, VerificationFailed
+from usersctl.records import user_record
 
 if TYPE_CHECKING:
     from datetime import datetime

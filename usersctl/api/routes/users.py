@@ -24,9 +24,9 @@ from usersctl.api.schemas import (
     UserPatchIn,
     UserPutIn,
 )
-from usersctl.cli.render import user_record
 from usersctl.errors import InvalidData, UsageError
 from usersctl.lifecycle import now
+from usersctl.records import user_record
 
 router = APIRouter(prefix="/users", tags=["users"])
 
