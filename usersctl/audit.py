@@ -34,6 +34,9 @@ ACTIONS = (
     "db-upgrade",
     "db-downgrade",
     "db-stamp",
+    "token-create",
+    "token-revoke",
+    "token-rotate-signing-key",
 )
 PASSWORD_SET = "set"
 PASSWORD_CHANGED = "changed"

@@ -18,7 +18,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -26,6 +26,9 @@ from sqlalchemy.orm import Session
 
 from usersctl.errors import Conflict, InvalidData, NotFound
 from usersctl.models import ApiSetting, ApiToken, utcnow
+
+if TYPE_CHECKING:
+    from usersctl.audit import Trail
 
 TOKEN_PREFIX = "usc_"
 SCOPES = ("read", "write")
@@ -75,9 +78,10 @@ def token_record(token: ApiToken) -> dict[str, Any]:
 
 
 def create_token(
-    *, session: Session, name: str, scope: str, expires_at: datetime | None
+    *, session: Session, name: str, scope: str, expires_at: datetime | None, trail: Trail
 ) -> tuple[ApiToken, str]:
-    """A new token: the row (digest only) and the token itself, to be shown once."""
+    """A new token: the row (digest only) and the token itself, to be shown once. The
+    audit entry (`token-create`) names the token, its scopes and expiry: never the token."""
     check_name(name)
     scopes = scopes_for(scope)
     if session.scalars(select(ApiToken.id).where(ApiToken.name == name)).first() is not None:
@@ -96,6 +100,16 @@ def create_token(
         session.flush()
     except IntegrityError:
         raise Conflict(f"token name already taken: {name}") from None
+    record = token_record(row)
+    trail.record(
+        session,
+        "token-create",
+        changes={
+            "token": name,
+            "scopes": {"before": None, "after": " ".join(scopes)},
+            "expires_at": {"before": None, "after": record["expires_at"]},
+        },
+    )
     return row, secret
 
 
@@ -103,12 +117,19 @@ def list_tokens(*, session: Session) -> list[ApiToken]:
     return list(session.scalars(select(ApiToken).order_by(ApiToken.name)))
 
 
-def revoke_token(*, session: Session, name: str) -> ApiToken:
+def revoke_token(*, session: Session, name: str, trail: Trail) -> ApiToken:
+    """Revoke the token (`token-revoke`; revoking a revoked one records nothing)."""
     row = session.scalars(select(ApiToken).where(ApiToken.name == name)).one_or_none()
     if row is None:
         raise NotFound(f"token not found: {name}")
-    row.revoked = True
-    session.flush()
+    if not row.revoked:
+        row.revoked = True
+        session.flush()
+        trail.record(
+            session,
+            "token-revoke",
+            changes={"token": name, "revoked": {"before": False, "after": True}},
+        )
     return row
 
 
@@ -163,8 +184,9 @@ def ensure_signing_key(*, session: Session) -> str:
     return key
 
 
-def rotate_signing_key(*, session: Session) -> None:
-    """Replace the key: every login token made so far stops working at once."""
+def rotate_signing_key(*, session: Session, trail: Trail) -> None:
+    """Replace the key: every login token made so far stops working at once
+    (`token-rotate-signing-key`; the entry never holds a key)."""
     key = secrets.token_urlsafe(48)
     done = session.execute(
         update(ApiSetting).where(ApiSetting.name == SIGNING_KEY).values(value=key)
@@ -172,6 +194,7 @@ def rotate_signing_key(*, session: Session) -> None:
     if not getattr(done, "rowcount", 0):
         session.add(ApiSetting(name=SIGNING_KEY, value=key))
         session.flush()
+    trail.record(session, "token-rotate-signing-key", changes={"signing_key": "replaced"})
 
 
 def password_generation(key: str, password_hash: str | None) -> str:

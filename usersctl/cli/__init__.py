@@ -11,7 +11,7 @@ command(app, "export")(bulk.export)
 command(app, "audit")(audit.audit)
 command(app, "migrate")(db.migrate)
 app.add_typer(db.db_app)
-app.command(name="serve")(serve.serve)
+command(app, "serve")(serve.serve)
 app.add_typer(token.token_app)
 
 __all__ = ["app", "main"]

@@ -88,10 +88,10 @@ def flush_stdout(*, durable: bool = False) -> None:
 
 
 @contextmanager
-def delivered_before_commit() -> Iterator[None]:
-    """Around writing a generated password, inside its change's transaction: the output
-    must have left usersctl before the change commits; if it cannot, the change is rolled
-    back (the error leaves the caller's transaction)."""
+def delivered_before_commit(what: str = "the generated password") -> Iterator[None]:
+    """Around writing a generated password (or API token), inside its change's transaction:
+    the output must have left usersctl before the change commits; if it cannot, the change
+    is rolled back (the error leaves the caller's transaction)."""
     try:
         yield
         flush_stdout(durable=True)
@@ -104,7 +104,7 @@ def delivered_before_commit() -> Iterator[None]:
     else:
         return
     raise OutputFailed(
-        f"{failure.message}; nothing changed: the generated password could not be "
+        f"{failure.message}; nothing changed: {what} could not be "
         "delivered, so the change was rolled back"
     )
 

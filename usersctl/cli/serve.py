@@ -47,10 +47,17 @@ def _exit_cleanly(_signum: int, _frame: object) -> None:
 def serve(
     ctx: typer.Context,
     host: Annotated[
-        str, typer.Option("--host", help="Address to bind; loopback unless --allow-remote.")
+        str,
+        typer.Option(
+            "--host", metavar="ADDRESS", help="Address to bind; loopback unless --allow-remote."
+        ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes.")] = 1,
+    port: Annotated[
+        int, typer.Option("--port", metavar="PORT", min=0, max=65535, help="TCP port (0-65535).")
+    ] = 8000,
+    workers: Annotated[
+        int, typer.Option("--workers", metavar="N", min=1, max=64, help="Worker processes (1-64).")
+    ] = 1,
     allow_remote: Annotated[
         bool,
         typer.Option(
@@ -60,7 +67,13 @@ def serve(
     ] = False,
     token_minutes: Annotated[
         int,
-        typer.Option("--token-minutes", min=1, max=1440, help="Lifetime of login tokens."),
+        typer.Option(
+            "--token-minutes",
+            metavar="MINUTES",
+            min=1,
+            max=1440,
+            help="Lifetime of the login tokens POST /auth/token issues (1-1440).",
+        ),
     ] = 15,
 ) -> None:
     """Serve the users API over HTTP (needs the extra: pip install 'usersctl[server]').

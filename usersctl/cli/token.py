@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
+from usersctl.cli.command import command
 from usersctl.cli.options import Output
 from usersctl.cli.render import OutputFormat, Renderer
 from usersctl.cli.state import get_state
@@ -16,21 +18,30 @@ token_app = typer.Typer(
     help="Admin tokens for the HTTP API (usersctl serve), and its signing key.\n\n"
     "Example:\n\n\b\n  usersctl token create deploy --scope write --expires 90d",
     no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    rich_markup_mode=None,
 )
 
 LIST_FIELDS = ("name", "scopes", "created_at", "expires_at", "last_used_at", "revoked")
 Name = Annotated[str, typer.Argument(metavar="NAME", help="The token's name.")]
 
 
-@token_app.command("create")
+class Scope(StrEnum):
+    read = "read"
+    write = "write"
+
+
+@command(token_app, "create")
 def create(
     ctx: typer.Context,
     name: Name,
     scope: Annotated[
-        str, typer.Option("--scope", help="read (GET only) or write (also changes).")
-    ] = "write",
+        Scope,
+        typer.Option(
+            "--scope",
+            metavar="read|write",
+            help="read: GET requests only; write: also changes.",
+            case_sensitive=False,
+        ),
+    ] = Scope.write,
     expires: Annotated[
         str,
         typer.Option(
@@ -41,36 +52,40 @@ def create(
 ) -> None:
     """Make an admin API token and print it, once (only a digest is kept).
 
+    The token reaches stdout before the change commits: if it cannot be written (stdout
+    closed, disk full), nothing is created.
+
     \b
     Example:
       usersctl token create deploy --scope read --expires 30d -o json
     """
     from usersctl import tokens
+    from usersctl.cli.output import delivered_before_commit
     from usersctl.lifecycle import now, parse_expiry
 
     expires_at = parse_expiry(expires, now())
     tokens.check_name(name)
-    tokens.scopes_for(scope)
-    database = get_state(ctx).ready_database(write=True)
-    with database.session(write=True) as session:
+    with get_state(ctx).change() as (session, trail):
         row, secret = tokens.create_token(
-            session=session, name=name, scope=scope, expires_at=expires_at
+            session=session, name=name, scope=scope.value, expires_at=expires_at, trail=trail
         )
         record = tokens.token_record(row)
+        with delivered_before_commit("the token"):
+            if output is OutputFormat.table:
+                typer.echo(secret)
+            else:
+                shown = {"name": name, "token": secret, "scopes": record["scopes"],
+                         "expires_at": record["expires_at"]}  # fmt: skip
+                Renderer(output).one(shown, fields=("name", "token", "scopes", "expires_at"))
     if output is OutputFormat.table:
-        typer.echo(secret)
         typer.echo(
             f"Token {printable(name)} ({' '.join(record['scopes'])}, expires "
             f"{record['expires_at'] or 'never'}): shown only this once.",
             err=True,
         )
-        return
-    shown = {"name": name, "token": secret, "scopes": record["scopes"],
-             "expires_at": record["expires_at"]}  # fmt: skip
-    Renderer(output).one(shown, fields=("name", "token", "scopes", "expires_at"))
 
 
-@token_app.command("list")
+@command(token_app, "list")
 def list_(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
     """List the tokens (never the tokens themselves).
 
@@ -85,10 +100,12 @@ def list_(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
         records = [tokens.token_record(row) for row in tokens.list_tokens(session=session)]
     if output in (OutputFormat.table, OutputFormat.csv, OutputFormat.plain):
         records = [{**r, "scopes": " ".join(r["scopes"])} for r in records]
-    Renderer(output).many(records, fields=LIST_FIELDS)
+    shown = Renderer(output).many(records, fields=LIST_FIELDS)
+    if shown == 0 and output is OutputFormat.table:
+        typer.echo("No tokens.", err=True)
 
 
-@token_app.command("revoke")
+@command(token_app, "revoke")
 def revoke(ctx: typer.Context, name: Name) -> None:
     """Revoke a token: the next request with it is refused.
 
@@ -98,13 +115,12 @@ def revoke(ctx: typer.Context, name: Name) -> None:
     """
     from usersctl import tokens
 
-    database = get_state(ctx).ready_database(write=True)
-    with database.session(write=True) as session:
-        tokens.revoke_token(session=session, name=name)
+    with get_state(ctx).change() as (session, trail):
+        tokens.revoke_token(session=session, name=name, trail=trail)
     typer.echo(f"Token {printable(name)} revoked.", err=True)
 
 
-@token_app.command("rotate-signing-key")
+@command(token_app, "rotate-signing-key")
 def rotate_signing_key(ctx: typer.Context) -> None:
     """Replace the login tokens' signing key: every login token stops working at once
     (admin tokens are not affected). Every server on the database uses the new key.
@@ -115,7 +131,6 @@ def rotate_signing_key(ctx: typer.Context) -> None:
     """
     from usersctl import tokens
 
-    database = get_state(ctx).ready_database(write=True)
-    with database.session(write=True) as session:
-        tokens.rotate_signing_key(session=session)
+    with get_state(ctx).change() as (session, trail):
+        tokens.rotate_signing_key(session=session, trail=trail)
     typer.echo("Signing key replaced; every login token issued so far is now refused.", err=True)
