@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ import jwt  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import SEED_PASSWORD, Cli  # noqa: E402
+from conftest import assert_error as assert_cli_error  # noqa: E402
 from usersctl.api.app import create_app  # noqa: E402
 from usersctl.config import load_settings  # noqa: E402
 from usersctl.database import Database  # noqa: E402
@@ -145,7 +147,15 @@ def test_status_table(api: Api) -> None:
     assert_detail(response, 422, "password")
     assert 'password"' not in response.json()["detail"]  # the value is never echoed
     missing = client.post("/users/", json={"name": "B"}, headers=h)
-    assert_detail(missing, 422, "invalid request")
+    assert_detail(missing, 422, "missing field 'email'; missing field 'password'")
+    extra = {**body, "email": "c@example.com", "admin": True}
+    assert_detail(client.post("/users/", json=extra, headers=h), 422, "unknown field 'admin'")
+    assert_detail(client.get("/users/?limit=5000", headers=h), 422, "from 0 to 1000")
+    assert_detail(client.get("/users/?active=maybe", headers=h), 422, "must be true or false")
+    assert_detail(client.get("/users/abc", headers=h), 422, "invalid id: must be a whole")
+    broken = client.post("/users/", content=b"{not json", headers=h)
+    assert_detail(broken, 422, "not a JSON object")
+    assert_detail(client.get("/users/?sort=bogus", headers=h), 400, "cannot sort by")
     assert_detail(client.get("/users/424242", headers=h), 404, "user not found")
     assert_detail(client.patch("/users/424242", json={"role": "x"}, headers=h), 404)
     assert_detail(client.patch("/users/1", json={}, headers=h), 422, "nothing to change")
@@ -165,10 +175,10 @@ def test_http_status_follows_exit_code() -> None:
     for cls, status in expected.items():
         assert http_status(cls("x")) == status, cls
 
-    class Changed(UsersctlError):
+    class Refused(UsersctlError):  # exit 9: refused by a safety limit (sync)
         exit_code = 9
 
-    assert http_status(Changed("x")) == 409
+    assert http_status(Refused("x")) == 409
     assert http_status(UsersctlError("x")) == 500
 
 
@@ -361,3 +371,88 @@ def test_no_secret_in_logs_or_errors(api: Api, caplog: pytest.LogCaptureFixture)
     logged = caplog.text + wrong.text
     for value in (PASSWORD, SEED_PASSWORD, access, secret, "$argon2"):
         assert value not in logged
+
+
+def test_expired_api_token_is_refused(api: Api, db_url: str) -> None:
+    from sqlalchemy import update
+
+    from usersctl.models import ApiToken
+
+    soon = api.token("soon", "--expires", "1h")
+    assert api.client.get("/users/", headers=soon).status_code == 200
+    database = Database(load_settings(database_url=db_url))
+    with database.session(write=True) as session:  # an hour later, without waiting for it
+        session.execute(
+            update(ApiToken)
+            .where(ApiToken.name == "soon")
+            .values(expires_at=datetime(2000, 1, 1, tzinfo=UTC))
+        )
+    database.dispose()
+    assert_detail(api.client.get("/users/", headers=soon), 401, "invalid credentials")
+    assert api.client.get("/users/", headers=api.admin).status_code == 200
+
+
+def test_login_spends_the_same_argon2_work_for_unknown_accounts(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from usersctl import passwords
+
+    api.user("ada@example.com")
+    verified: list[str] = []
+    real = passwords.verify
+
+    def counting(stored_hash: str, password: str) -> tuple[bool, str | None]:
+        verified.append(stored_hash.split("$")[1])
+        return real(stored_hash, password)
+
+    monkeypatch.setattr(passwords, "verify", counting)
+    answers = []
+    for email in ("ada@example.com", "nobody@example.com"):
+        verified.clear()
+        response = api.client.post("/auth/token", data={"username": email, "password": "wrong"})
+        answers.append((response.status_code, response.json(), verified[:]))
+    refused = (401, {"detail": "incorrect email or password"}, ["argon2id"])
+    assert answers[0] == answers[1] == refused
+
+
+def test_token_commands_are_audited_and_checked(api: Api) -> None:
+    cli = api.cli
+    cli.ok("--actor", "alice", "token", "create", "ci", "--scope", "read", "--expires", "never")
+    cli.ok("token", "revoke", "ci", "--actor", "bob")  # global options after the command too
+    cli.ok("token", "revoke", "ci")  # already revoked: nothing to record
+    cli.ok("token", "rotate-signing-key")
+    entries = [e for e in cli.json("audit") if e["action"].startswith("token-")]
+    assert [(e["action"], e["changes"]) for e in reversed(entries)] == [
+        ("token-create", {"token": "admin", "scopes": {"before": None, "after": "read write"},
+                          "expires_at": {"before": None, "after": entries[-1]["changes"]
+                                         ["expires_at"]["after"]}}),
+        ("token-create", {"token": "ci", "scopes": {"before": None, "after": "read"},
+                          "expires_at": {"before": None, "after": None}}),
+        ("token-revoke", {"token": "ci", "revoked": {"before": False, "after": True}}),
+        ("token-rotate-signing-key", {"signing_key": "replaced"}),
+    ]  # fmt: skip
+    assert [e["actor"] for e in entries[1:3]] == ["bob", "alice"]
+    assert_cli_error(cli("token", "create", "ci"), 4, "token name already taken: ci")
+    assert_cli_error(cli("token", "create", "-bad"), 2)
+    assert_cli_error(cli("token", "create", "bad name"), 5, "invalid token name")
+    assert_cli_error(cli("token", "create", "x", "--scope", "admin"), 2, "--scope")
+    assert_cli_error(cli("token", "create", "x", "--expires", "soon"), 2, "--expires")
+    assert_cli_error(cli("token", "revoke", "nobody"), 3, "token not found: nobody")
+    assert cli.ok("token", "list", "-o", "json").stdout.count('"name"') == 2
+
+
+def test_an_unexpected_error_is_one_log_line_and_a_500(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from usersctl import crud
+
+    def broken(**_kwargs: Any) -> Any:
+        raise RuntimeError("INSERT ... parameters: ('$argon2id$v=19$secret',)")
+
+    monkeypatch.setattr(crud, "get_user", broken)
+    caplog.set_level(logging.INFO, logger="usersctl.access")
+    response = api.client.get("/users/1", headers=api.admin)
+    assert response.status_code == 500
+    assert response.json() == {"detail": "unexpected error (a bug): see the server log"}
+    assert "unexpected error (a bug) in GET /users/1: RuntimeError" in caplog.text
+    assert "argon2" not in caplog.text and "Traceback" not in caplog.text

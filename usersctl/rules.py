@@ -54,6 +54,12 @@ STORED_NUL = "invalid {}: must not contain NUL (U+0000), which no database engin
 NOT_TEXT = "invalid {}: must be text"
 UNKNOWN_COLUMN = "unknown column {!r}"
 MISSING_COLUMN = "missing column {!r}"
+# The HTTP API's request bodies and parameters (fields, not columns).
+UNKNOWN_FIELD = "unknown field {!r}"
+MISSING_FIELD = "missing field {!r}"
+WHOLE_NUMBER = "invalid {}: must be a whole number"
+NUMBER_RANGE = "invalid {}: must be a whole number from {} to {}"
+NOT_JSON = "invalid request body: not a JSON object"
 
 
 def email_reason(message: str) -> str:

@@ -19,17 +19,18 @@ if TYPE_CHECKING:
     from usersctl.audit import Trail
     from usersctl.database import Database
 
-# The exit-code table as HTTP statuses (README "Exit codes", "Serving the API").
+# The exit-code table as HTTP statuses: the one place the API maps errors (README "Exit
+# codes", "Serving the API"). Anything else, a bug included, is 500.
 HTTP_STATUS = {
-    1: 500,  # a bug
-    2: 400,  # usage error
-    3: 404,  # not found
-    4: 409,  # conflict
+    2: 400,  # usage error (e.g. an unknown sort field)
+    3: 404,  # user not found
+    4: 409,  # conflict: email already taken
     5: 422,  # invalid data
-    6: 401,  # verification failed
+    6: 401,  # verification failed (the API adds WWW-Authenticate: Bearer)
     7: 503,  # database unavailable
     8: 503,  # schema mismatch
-    9: 409,  # changed concurrently
+    9: 409,  # refused by a safety limit (sync's --max-prune); nothing changed
+    10: 500,  # output failed: the CLI's own stdout or file, never an HTTP response
 }
 
 

@@ -26,7 +26,9 @@ Errors are `{"detail": "..."}`.
 
 
 class AccessLog:
-    """Pure ASGI middleware (no per-request task as BaseHTTPMiddleware makes)."""
+    """Pure ASGI middleware (no per-request task as BaseHTTPMiddleware makes). An unexpected
+    error (a bug) answers 500 `{"detail": ...}` and logs one line naming its type: never a
+    traceback, whose messages may hold a statement's parameters (a hash, a password)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -36,7 +38,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = [500]
+        status = [0]
 
         async def sending(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -45,16 +47,37 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, sending)
+        except Exception as exc:  # a bug: one line, no traceback, no message
+            log.error(
+                "unexpected error (a bug) in %s %s: %s",
+                scope["method"],
+                scope["path"],
+                type(exc).__name__,
+            )
+            if status[0]:  # the answer had begun: all we can do is end the connection
+                return
+            status[0] = 500
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": UNEXPECTED})
         finally:
             caller = scope.get("state", {}).get("caller", "-")
             log.info(
                 "%s %s %d %.1fms %s",
                 scope["method"],
                 scope["path"],
-                status[0],
+                status[0] or 500,
                 (time.perf_counter() - started) * 1000,
                 caller,
             )
+
+
+UNEXPECTED = b'{"detail":"unexpected error (a bug): see the server log"}'
 
 
 def create_app(settings: Settings, *, token_minutes: int = 15) -> FastAPI:

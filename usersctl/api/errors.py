@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,13 +25,40 @@ async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(http_status(exc), exc.message)
 
 
+def _problem(error: Any) -> str:
+    """usersctl's wording (usersctl.rules) for one problem pydantic found in a request: never
+    pydantic's own words, never the value."""
+    from usersctl import rules
+
+    kind = error.get("type", "")
+    where = [str(part) for part in error.get("loc", ())]
+    if kind in ("json_invalid", "model_attributes_type", "dict_type"):
+        return rules.NOT_JSON
+    name = ".".join(where[1:]) if where and where[0] in LOCATIONS else ".".join(where)
+    name = {"user_id": "id"}.get(name, name)
+    if kind == "missing":
+        return rules.MISSING_FIELD.format(name)
+    if kind == "extra_forbidden":
+        return rules.UNKNOWN_FIELD.format(name)
+    if kind == "string_type":
+        return rules.NOT_TEXT.format(name)
+    if name in rules.FIELD_RULES:
+        return rules.FIELD_RULES[name]
+    if name in NUMBER_RANGES:
+        return rules.NUMBER_RANGE.format(name, *NUMBER_RANGES[name])
+    if kind.startswith("int_"):
+        return rules.WHOLE_NUMBER.format(name)
+    return f"invalid {name}"
+
+
+LOCATIONS = ("body", "query", "path", "header", "cookie")
+NUMBER_RANGES = {"limit": (0, 1000), "offset": (0, 2**62)}  # = the routes' Query bounds
+
+
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else error["msg"])
-    return error_response(422, "invalid request: " + "; ".join(problems))
+    problems = dict.fromkeys(_problem(error) for error in exc.errors())
+    return error_response(422, "; ".join(problems))
 
 
 def install(app: FastAPI) -> None:
