@@ -18,6 +18,11 @@ What runs (tests/test_readme.py does the same check, one test per section):
   terminal).
 - `$ cat FILE` of a file that does not exist yet writes the block's text to FILE first, so
   the README shows the input files its examples use.
+- `$ export NAME=VALUE` (e.g. `export TOKEN=$(usersctl token create deploy)`) also sets
+  NAME for the section's later steps, as in one shell.
+- `$ COMMAND &` (a server) runs in the background until the section ends (then SIGTERM);
+  its output up to the line that says it is ready (`Uvicorn running on`) is shown. Port
+  8765 in commands is a free port in fact, shown as 8765 (parallel runs never collide).
 - `<!-- readme-test: setup NAME ARGS -->` above a block runs a named setup step (SETUPS
   below) that the reader need not see, e.g. a database made by the tutorial app.
 
@@ -33,10 +38,12 @@ import difflib
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +70,11 @@ MASKS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\$(?:argon2id?|argon2d|2[aby])\$[^\s\"]+"), "<hash>"),
     (re.compile(r'("password":\s*)"[^"]*"'), r'\1"<password>"'),
     (re.compile(r"\b\d+(?:\.\d+)?\s?(?:ms|s)\b(?!\w)"), "<duration>"),
+    (re.compile(r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT"), "<http-date>"),
+    (re.compile(r"server process \[\d+\]"), "server process [<pid>]"),
 ]
+SHOWN_PORT = "8765"
+READY = "Uvicorn running on"
 # A line holding only a generated password follows this one.
 PASSWORD_HEADER = "Generated password (shown only this once):"
 
@@ -203,29 +214,80 @@ class Session:
             "PATH": f"{bindir}:/usr/local/bin:/usr/bin:/bin",
             "TMPDIR": str(home.parent),
         }
+        self.port = str(free_port())
+        self.background: list[subprocess.Popen[bytes]] = []
+
+    def shown(self, output: bytes) -> list[str]:
+        text = output.decode("utf-8", errors="replace")
+        text = text.replace(str(self.home), SHOWN_HOME).replace(self.port, SHOWN_PORT)
+        return [line.rstrip() for line in text.splitlines()]
 
     def run(self, step: Step) -> list[str]:
         target = re.fullmatch(r"cat (\S+)", step.shell)
         if target and not (self.home / target[1]).exists():
             (self.home / target[1]).write_text("\n".join(step.output) + "\n", encoding="utf-8")
+        shell = step.shell.replace(SHOWN_PORT, self.port)
+        if shell.endswith(" &"):
+            return self.start(shell.removesuffix("&").strip())
+        exported = re.fullmatch(r"export (\w+)=.*", shell, re.DOTALL)
+        reading, writing = os.pipe()  # where an export's value goes (not its stdout)
+        if exported:
+            shell += f'; printf %s "${exported[1]}" >&{writing}'
+        try:
+            process = subprocess.Popen(
+                ["bash", "-c", shell],
+                cwd=self.home,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, every process of a pipeline
+                pass_fds=(writing,),
+            )
+        finally:
+            os.close(writing)
+        with os.fdopen(reading, "rb") as values:
+            try:
+                output, _ = process.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                return [f"<still running after {TIMEOUT} seconds: stopped>"]
+            if exported:
+                self.env[exported[1]] = values.read().decode()
+        return self.shown(output)
+
+    def start(self, shell: str) -> list[str]:
+        """A server in the background: its output until it is ready (or has exited)."""
         process = subprocess.Popen(
-            ["bash", "-c", step.shell],
+            ["bash", "-c", f"exec {shell}"],
             cwd=self.home,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, every process of a pipeline
+            start_new_session=True,
         )
-        try:
-            output, _ = process.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            return [f"<still running after {TIMEOUT} seconds: stopped>"]
-        text = output.decode("utf-8", errors="replace")
-        text = text.replace(str(self.home), SHOWN_HOME)
-        return [line.rstrip() for line in text.splitlines()]
+        self.background.append(process)
+        assert process.stdout is not None
+        lines: list[bytes] = []
+        for line in process.stdout:  # blocks on the server's own output
+            lines.append(line)
+            if READY.encode() in line:
+                break
+        drain = threading.Thread(target=process.stdout.read, daemon=True)
+        drain.start()
+        return self.shown(b"".join(lines))
+
+    def close(self) -> None:
+        for process in self.background:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
     def replay(self, block: Block) -> list[str]:
         """The block as real output would write it: its commands, each with what it printed."""
@@ -236,6 +298,12 @@ class Session:
             lines += step.command
             lines += self.run(step)
         return lines
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -271,8 +339,11 @@ def sections(text: str) -> dict[str, list[Block]]:
 
 def replay_section(section: list[Block], workdir: Path) -> Iterator[Outcome]:
     session = Session(workdir / "home" / "ada")
-    for block in section:
-        yield Outcome(block, session.replay(block))
+    try:
+        for block in section:
+            yield Outcome(block, session.replay(block))
+    finally:
+        session.close()
 
 
 def report(outcomes: list[Outcome]) -> str:
