@@ -246,6 +246,7 @@ def run(args: argparse.Namespace, usersctl: Path, python: str, work: Path) -> in
                     "password_hash": hashed})
         for n in range(1, args.users)
     ]  # fmt: skip
+    run_quiet([str(usersctl), "db", "upgrade"], env)  # (only the default location is implicit)
     run_quiet([str(usersctl), "import", "-", "--format", "jsonl"], env, stdin="\n".join(lines))
     token = json.loads(run_quiet([str(usersctl), "token", "create", "bench", "-o", "json"], env))
     auth = f"Authorization: Bearer {token['token']}"

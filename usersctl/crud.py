@@ -21,6 +21,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
+    bindparam,
     case,
     cast,
     false,
@@ -86,14 +87,32 @@ def stored_form(email: str) -> str:
         return email.strip().lower()
 
 
+# Built once: the lookups of every command and of every API request (building a statement
+# costs more than SQLAlchemy's cache of its compiled form saves).
+_BY_ID = select(User).where(User.id == bindparam("ref"))
+_BY_EMAIL = select(User).where(User.email == bindparam("ref"))
+_LOOKUPS = {
+    (False, False): _BY_EMAIL,
+    (True, False): _BY_ID,
+    (False, True): _BY_EMAIL.with_for_update(),
+    (True, True): _BY_ID.with_for_update(),
+}
+
+
 def find_user(session: Session, ref: str, *, lock: bool = False) -> User | None:
     """A user by id (`42`) or email (case-insensitive), or None. With `lock`, the row is
     locked until the transaction ends (PostgreSQL/MariaDB; SQLite's writer lock covers it),
     so a concurrent delete cannot slip between reading and changing it."""
-    query = select(User).where(_lookup_clause(ref))
-    if lock:
-        query = query.with_for_update()
-    return session.scalars(query).one_or_none()
+    ref = ref.strip()
+    value: int | str
+    if ref.isdecimal() and ref.isascii():
+        value = int(ref)
+        if value > MAX_ID:
+            return None  # no such id can exist
+    else:
+        value = stored_form(ref)
+    query = _LOOKUPS[isinstance(value, int), lock]
+    return session.scalars(query, {"ref": value}).one_or_none()
 
 
 def get_user(*, session: Session, ref: str, lock: bool = False) -> User:

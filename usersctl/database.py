@@ -433,6 +433,9 @@ class Database:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine = make_engine(settings)
+        # Made once: execution_options() builds a new engine proxy on every call, and a
+        # server opens a read session on every request.
+        self._read_engine = self.engine.execution_options(**{_READ_ONLY: True})
 
     @property
     def display_url(self) -> str:
@@ -512,7 +515,7 @@ class Database:
             raise DatabaseUnavailable(f"cannot write database {path}: the disk is full")
 
     def _bind(self, *, write: bool) -> Engine:
-        return self.engine if write else self.engine.execution_options(**{_READ_ONLY: True})
+        return self.engine if write else self._read_engine
 
     @contextmanager
     def connect(self, *, write: bool) -> Iterator[Connection]:

@@ -52,7 +52,8 @@ class Principal:
         return self.name
 
 
-def get_server(request: Request) -> Server:
+async def get_server(request: Request) -> Server:
+    """(async: a dependency that does no I/O costs no trip to the thread pool)"""
     server: Server = request.app.state.server
     return server
 
@@ -84,8 +85,8 @@ def _api_token(server: Server, credential: str) -> Principal:
     from usersctl.lifecycle import now
 
     moment = now()
-    with server.database.session(write=False) as session:
-        grant = tokens.find_token(session=session, token=credential, moment=moment)
+    with server.database.connect(write=False) as connection:
+        grant = tokens.find_token(session=connection, token=credential, moment=moment)
     if grant is None:
         raise unauthorized("invalid credentials")
     if grant.stale_use:
@@ -147,7 +148,7 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def _require(scope: str, detail: str) -> Any:
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:
         if scope not in principal.scopes:
             raise forbidden(detail)
         return principal
