@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from usersctl.revision import HEAD
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]  # one wheel, one venv
@@ -87,7 +89,7 @@ def test_installed_wheel_upgrades_and_works_from_any_folder(
 
     upgraded = run(installed, "db", "upgrade", cwd=elsewhere, env=user_env)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "to 0004" in upgraded.stderr
+    assert f"to {HEAD}" in upgraded.stderr
 
     # The default database: platformdirs' user data dir, folder 0700, file 0600.
     database = Path(user_env["XDG_DATA_HOME"]) / "usersctl" / "users.db"
