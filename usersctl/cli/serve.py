@@ -6,6 +6,7 @@ import ipaddress
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -40,6 +41,17 @@ def _require_extra() -> None:
         )
 
 
+def _within(low: int, high: int, what: str) -> Callable[[int], int]:
+    """A range check whose help shows the metavar, not Click's `0<=x<=65535` notation."""
+
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise typer.BadParameter(f"{value} is not {what} ({low}-{high})")
+        return value
+
+    return check
+
+
 def _exit_cleanly(_signum: int, _frame: object) -> None:
     sys.exit(0)
 
@@ -53,10 +65,22 @@ def serve(
         ),
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", metavar="PORT", min=0, max=65535, help="TCP port (0-65535).")
+        int,
+        typer.Option(
+            "--port",
+            metavar="PORT",
+            callback=_within(0, 65535, "a TCP port"),
+            help="TCP port (0-65535).",
+        ),
     ] = 8000,
     workers: Annotated[
-        int, typer.Option("--workers", metavar="N", min=1, max=64, help="Worker processes (1-64).")
+        int,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            callback=_within(1, 64, "a number of worker processes"),
+            help="Worker processes (1-64).",
+        ),
     ] = 1,
     allow_remote: Annotated[
         bool,
@@ -70,8 +94,7 @@ def serve(
         typer.Option(
             "--token-minutes",
             metavar="MINUTES",
-            min=1,
-            max=1440,
+            callback=_within(1, 1440, "a number of minutes"),
             help="Lifetime of the login tokens POST /auth/token issues (1-1440).",
         ),
     ] = 15,

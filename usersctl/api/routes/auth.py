@@ -37,13 +37,17 @@ def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], server: ServerD
         )
     if not result.verified:
         raise unauthorized("incorrect email or password")
-    with server.database.session(write=True) as session:
-        key = tokens.ensure_signing_key(session=session)
+    # A read transaction: `serve` made the key at start-up (a write only if it is gone).
+    with server.database.session(write=False) as session:
+        key = tokens.signing_key(session=session)
         user = crud.find_user(session, form.username)
         if user is None:  # deleted meanwhile
             raise unauthorized("incorrect email or password")
-        generation = tokens.password_generation(key, user.password_hash)
-        user_id = user.id
+        password_hash, user_id = user.password_hash, user.id
+    if key is None:
+        with server.database.session(write=True) as session:
+            key = tokens.ensure_signing_key(session=session)
+    generation = tokens.password_generation(key, password_hash)
     issued = int(now().timestamp())
     lifetime = server.token_minutes * 60
     claims = {"sub": str(user_id), "iat": issued, "exp": issued + lifetime, "gen": generation}
