@@ -1,6 +1,6 @@
 """Request and response bodies of the HTTP API (OpenAPI shows each with an example).
 
-Users render exactly as `usersctl get -o json` (usersctl.cli.render.user_record); input is
+Users render exactly as `usersctl get -o json` (usersctl.records.user_record); input is
 validated again by usersctl.schemas, as for the CLI."""
 
 from __future__ import annotations
