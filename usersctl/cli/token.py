@@ -29,7 +29,11 @@ def create(
     ctx: typer.Context,
     name: Name,
     scope: Annotated[
-        str, typer.Option("--scope", help="read (GET only) or write (also changes).")
+        str,
+        typer.Option(
+            "--scope",
+            help="read (GET only), write (also changes) or scim (the SCIM endpoints only).",
+        ),
     ] = "write",
     expires: Annotated[
         str,
