@@ -4,16 +4,17 @@ One user is one SCIM User:
 
     id                      users.id (as a string)
     userName                users.email: it must be an email address
-    emails                  [{"value": email, "type": "work", "primary": true}]
+    emails                  [{"value": email}]: one address, the userName
     displayName             users.name, also name.formatted
     active                  users.is_active (false: disabled, as `usersctl disable`)
-    roles                   [{"value": role, "primary": true}]
+    roles                   [{"value": role}]: one role per user
     externalId              users.external_id
     password                write-only: set (policy applied), never returned
     meta                    created, lastModified, location, resourceType
 
 Whatever else an identity provider sends (phone numbers, addresses, the enterprise
-extension...) is accepted and not stored; the published schema lists only the above.
+extension, an email's type and primary flag...) is accepted and not stored; the published
+schema lists only the above.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from scim2_models import (
     ETag,
     Filter,
     Meta,
-    Mutability,
     Name,
     Patch,
     ResourceType,
@@ -67,9 +67,9 @@ def to_scim(user: UserRow, base_url: str) -> User[Any]:
         user_name=user.email,
         name=Name(formatted=user.name),
         display_name=user.name,
-        emails=[Email(value=user.email, type=Email.Type.work, primary=True)],
+        emails=[Email(value=user.email)],
         active=bool(user.is_active),
-        roles=[Role(value=user.role, primary=True)],
+        roles=[Role(value=user.role)],
         meta=Meta(
             resource_type="User",
             created=user.created_at,
@@ -120,17 +120,19 @@ def _name(user: User[Any], current: UserRow | None) -> str | None:
 
 
 def _email(user: User[Any], current: UserRow | None) -> str:
-    """userName is the email. With a stored user, a changed primary `emails` value counts
-    when userName itself is unchanged."""
+    """userName is the email. With a stored user (PATCH), when userName is unchanged, a new
+    address in `emails` counts: the one marked primary, else the one new work (or untyped)
+    address; home and other addresses are not the login name and are ignored."""
     user_name = _text(user.user_name)
     if user_name is None:
         raise InvalidData("userName is required: the user's email address")
-    if current is not None and user_name.lower() == current.email:
-        for email in user.emails or []:
-            value = _text(email.value)
-            if value is not None and (email.primary or len(user.emails or []) == 1):
-                return value
-    return user_name
+    if current is None or user_name.lower() != current.email:
+        return user_name
+    new = [e for e in user.emails or [] if _text(e.value) and _text(e.value) != current.email]
+    primary = [e for e in new if e.primary]
+    work = [e for e in new if e.type in (None, "work")]
+    chosen = primary or (work if len(work) == 1 else [])
+    return _text(chosen[0].value) or user_name if chosen else user_name
 
 
 def _role(user: User[Any]) -> str | None:
@@ -163,16 +165,15 @@ _KEPT = {
     "displayName": None,
     "active": None,
     "password": None,
-    "emails": {"value", "type", "primary"},
-    "roles": {"value", "primary"},
+    "emails": {"value"},
+    "roles": {"value"},
 }
-# Sub-attributes usersctl answers with fixed values, whatever a request says.
-_FIXED = {("emails", "type"), ("emails", "primary"), ("roles", "primary")}
 
 
-def user_schema(base_url: str) -> Schema:
+def user_schema(base_url: str, roles: list[str]) -> Schema:
     """The core User schema, cut down to the attributes usersctl stores: everything else
-    an identity provider sends is dropped, so it is not announced."""
+    an identity provider sends is dropped, so it is not announced. `roles`: the suggested
+    values of roles.value (the config's roles when it pins them, else those in use)."""
     schema = User.to_schema()
     kept = []
     for attribute in schema.attributes or []:
@@ -183,11 +184,9 @@ def user_schema(base_url: str) -> Schema:
             attribute.sub_attributes = [
                 sub for sub in attribute.sub_attributes or [] if sub.name in subs
             ]
-            for sub in attribute.sub_attributes:
-                if (attribute.name, sub.name) in _FIXED:
-                    sub.mutability = Mutability.read_only  # sent values are ignored
-                if (attribute.name, sub.name) == ("emails", "type"):
-                    sub.canonical_values = ["work"]
+            if attribute.name == "roles":
+                for sub in attribute.sub_attributes:
+                    sub.canonical_values = roles
         if attribute.name == "userName":
             attribute.description = "The user's email address (usersctl's login name)."
         kept.append(attribute)

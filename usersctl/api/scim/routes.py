@@ -80,20 +80,27 @@ def one_resource_type(name: str, request: Request, _caller: Caller) -> Response:
     return _answer(dump(resource_type(_base(request))))
 
 
-@router.get("/Schemas", summary="The schemas served (the core User, as supported)")
-def schemas(request: Request, _caller: Caller) -> Response:
+def _user_schema(request: Request, server: Server) -> Any:
+    from usersctl import crud
     from usersctl.api.scim.resources import dump, user_schema
 
-    return _answer(_list([dump(user_schema(_base(request)))]))
+    roles = server.settings.roles
+    if roles is None:
+        with server.database.session(write=False) as session:
+            roles = tuple(sorted({"user", *crud.roles(session=session)}))
+    return dump(user_schema(_base(request), list(roles)))
+
+
+@router.get("/Schemas", summary="The schemas served (the core User, as supported)")
+def schemas(request: Request, server: ServerDep, _caller: Caller) -> Response:
+    return _answer(_list([_user_schema(request, server)]))
 
 
 @router.get("/Schemas/{schema_id}", summary="One schema")
-def one_schema(schema_id: str, request: Request, _caller: Caller) -> Response:
-    from usersctl.api.scim.resources import dump, user_schema
-
+def one_schema(schema_id: str, request: Request, server: ServerDep, _caller: Caller) -> Response:
     if schema_id != CORE_USER:
         raise ScimProblem(404, f"no such schema: {schema_id[:200]}")
-    return _answer(dump(user_schema(_base(request))))
+    return _answer(_user_schema(request, server))
 
 
 # --- Users -----------------------------------------------------------------------------
@@ -183,6 +190,53 @@ def list_users(
     excluded_attributes: Annotated[str | None, Query(alias="excludedAttributes")] = None,
     sort_by: Annotated[str | None, Query(alias="sortBy")] = None,
 ) -> Response:
+    return _search(
+        request, server, filter, start_index, count, attributes, excluded_attributes, sort_by
+    )
+
+
+@router.post("/Users/.search", summary="The same search, as a POST body (RFC 7644 3.4.3)")
+@router.post("/.search", summary="Search every resource type: here, the users")
+def search_users(request: Request, body: JsonBody, server: ServerDep, _caller: Caller) -> Response:
+    from pydantic import ValidationError
+    from scim2_models import Context, SearchRequest
+
+    try:
+        with POLICY:
+            asked: Any = SearchRequest.model_validate(
+                body, scim_ctx=Context.SEARCH_REQUEST, scim_policy=POLICY
+            )
+    except ValidationError as exc:
+        from usersctl.api.scim.errors import from_validation
+
+        raise from_validation(exc) from None
+
+    def joined(paths: Any) -> str | None:
+        return ",".join(str(path) for path in paths) if paths else None
+
+    return _search(
+        request,
+        server,
+        str(asked.filter) if asked.filter is not None else None,
+        asked.start_index or 1,
+        asked.count,
+        joined(asked.attributes),
+        joined(asked.excluded_attributes),
+        str(asked.sort_by) if asked.sort_by else None,
+    )
+
+
+def _search(
+    request: Request,
+    server: Server,
+    filter: str | None,  # noqa: A002
+    start_index: int,
+    count: int | None,
+    attributes: str | None,
+    excluded_attributes: str | None,
+    sort_by: str | None,
+) -> Response:
+    """One page of the users a filter selects: the database filters, counts and pages."""
     from sqlalchemy import func, select
 
     from usersctl.api.scim.filters import FilterProblem, to_clause
@@ -334,6 +388,17 @@ def _patched(row: Any, base: str, body: Any) -> Any:
         )
         resource = to_scim(row, base)
         patch.patch(resource)
+    # What every usersctl user has cannot be unassigned (RFC 7644 3.5.2.2 lets a service
+    # provider refuse): an explicit error rather than a silent no-op.
+    if resource.active is None:
+        raise ScimProblem(400, "active cannot be removed: set it to false to disable", "mutability")
+    if not any(role.value for role in resource.roles or []):
+        raise ScimProblem(400, "every user has one role: replace it instead", "mutability")
+    parts = resource.name
+    if not resource.display_name and not (
+        parts and (parts.formatted or parts.given_name or parts.family_name)
+    ):
+        raise ScimProblem(400, "every user has a name: replace it instead", "mutability")
     return wanted(resource, row)
 
 
