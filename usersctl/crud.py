@@ -173,8 +173,10 @@ def create_user(
             session.flush()
     except IntegrityError:
         # Another process created the same email between our check and our insert.
-        winner = find_user(session, user_in.email, lock=True)  # a locking read sees it
-        if if_not_exists and winner is not None:
+        # (Only if_not_exists needs the winner: on MariaDB, several losers each holding the
+        # duplicate-key check's shared lock would deadlock on a locking read.)
+        winner = find_user(session, user_in.email, lock=True) if if_not_exists else None
+        if winner is not None:  # a locking read sees it
             return winner, False
         raise Conflict(f"email already taken: {user_in.email}") from None
     trail.record(session, "create", user_id=user.id, email=user.email, changes=changes)
