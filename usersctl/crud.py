@@ -159,10 +159,13 @@ def create_user(
     password_hash: str,
     trail: Trail,
     if_not_exists: bool = False,
+    source: str | None = None,
+    external_id: str | None = None,
 ) -> tuple[User, bool]:
     """Create a user. Returns (user, created); with if_not_exists an existing user is
     returned untouched instead of raising Conflict. In a dry run the user is not added
-    (and has no id)."""
+    (and has no id). `source` and `external_id`: who manages the user (SCIM) and its id
+    there."""
     existing = find_user(session, user_in.email)
     if existing is not None:
         if if_not_exists:
@@ -173,9 +176,15 @@ def create_user(
         password_hash=password_hash or None,  # none: an account without a password (SSO)
         password_changed_at=utcnow() if password_hash else None,
         failed_logins=0,
+        source=source,
+        external_id=external_id,
     )
+    changes = _created(user)
+    for name, value in (("source", source), ("external_id", external_id)):
+        if value is not None:
+            changes[name] = {"before": None, "after": value}
     if trail.dry_run:
-        trail.record(session, "create", email=user.email, changes=_created(user))
+        trail.record(session, "create", email=user.email, changes=changes)
         return user, True
     try:
         with session.begin_nested():  # a savepoint: losing a race must not end the transaction
@@ -183,11 +192,13 @@ def create_user(
             session.flush()
     except IntegrityError:
         # Another process created the same email between our check and our insert.
-        winner = find_user(session, user_in.email, lock=True)  # a locking read sees it
-        if if_not_exists and winner is not None:
+        # (Only if_not_exists needs the winner: on MariaDB, several losers each holding the
+        # duplicate-key check's shared lock would deadlock on a locking read.)
+        winner = find_user(session, user_in.email, lock=True) if if_not_exists else None
+        if winner is not None:  # a locking read sees it
             return winner, False
         raise Conflict(f"email already taken: {user_in.email}") from None
-    trail.record(session, "create", user_id=user.id, email=user.email, changes=_created(user))
+    trail.record(session, "create", user_id=user.id, email=user.email, changes=changes)
     return user, True
 
 
@@ -260,6 +271,18 @@ def update_user(*, session: Session, user: User, user_in: UserUpdate, trail: Tra
     changed = diff(before, snapshot(user))
     if changed:
         trail.record(session, "update", user_id=user.id, email=user.email, changes=changed)
+    return user
+
+
+def set_external_id(*, session: Session, user: User, external_id: str | None, trail: Trail) -> User:
+    """Store the identity provider's id for the user (SCIM externalId); None clears it."""
+    before = user.external_id
+    if before == external_id:
+        return user
+    user.external_id = external_id
+    session.flush()
+    changes = {"external_id": {"before": before, "after": external_id}}
+    trail.record(session, "update", user_id=user.id, email=user.email, changes=changes)
     return user
 
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from usersctl.audit import Trail
 
 TOKEN_PREFIX = "usc_"
-SCOPES = ("read", "write")
+SCOPES = ("read", "write", "scim")  # scim: the SCIM endpoints only (serve --scim)
 SIGNING_KEY = "jwt_signing_key"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}")
 LAST_USED_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often
@@ -55,10 +55,10 @@ def check_name(name: str) -> str:
 
 
 def scopes_for(scope: str) -> tuple[str, ...]:
-    """`write` implies `read`."""
+    """`write` implies `read`; `scim` is on its own (an identity provider's token)."""
     if scope not in SCOPES:
-        raise InvalidData(f"invalid scope {scope!r}: choose read or write")
-    return ("read", "write") if scope == "write" else ("read",)
+        raise InvalidData(f"invalid scope {scope!r}: choose read, write or scim")
+    return {"write": ("read", "write"), "read": ("read",), "scim": ("scim",)}[scope]
 
 
 def token_record(token: ApiToken) -> dict[str, Any]:

@@ -80,7 +80,7 @@ class AccessLog:
 UNEXPECTED = b'{"detail":"unexpected error (a bug): see the server log"}'
 
 
-def create_app(settings: Settings, *, token_minutes: int = 15) -> FastAPI:
+def create_app(settings: Settings, *, token_minutes: int = 15, scim: bool = False) -> FastAPI:
     from usersctl.api import errors
     from usersctl.api.routes import auth, health, users
     from usersctl.database import Database
@@ -100,6 +100,10 @@ def create_app(settings: Settings, *, token_minutes: int = 15) -> FastAPI:
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(users.router)
+    if scim:  # `serve --scim`: SCIM 2.0 at /scim/v2 (usersctl.api.scim)
+        from usersctl.api.scim.routes import router as scim_router
+
+        app.include_router(scim_router)
     app.add_middleware(AccessLog)
     return app
 
@@ -118,4 +122,5 @@ def create_app_from_env() -> FastAPI:
         log.setLevel(logging.INFO)
         log.propagate = False
     minutes = int(os.environ.get("USERSCTL_TOKEN_MINUTES", "15"))
-    return create_app(load_settings(), token_minutes=minutes)
+    scim = os.environ.get("USERSCTL_SCIM") == "1"
+    return create_app(load_settings(), token_minutes=minutes, scim=scim)

@@ -44,7 +44,7 @@ class Principal:
 
     kind: str
     name: str  # the audit trail's actor: token:NAME or user:ID
-    scopes: frozenset[str]  # read, write (admin endpoints); password (own password only)
+    scopes: frozenset[str]  # read, write (admin endpoints); scim; password (own password only)
     user_id: int | None = None
 
     @property
@@ -92,7 +92,9 @@ def _api_token(server: Server, credential: str) -> Principal:
     if grant.stale_use:
         with server.database.session(write=True) as session:
             tokens.mark_used(session=session, name=grant.name, moment=moment)
-    return Principal(kind="token", name=f"token:{grant.name}", scopes=frozenset(grant.scopes))
+    # An identity provider's token (scope scim) is audited as scim:NAME.
+    kind = "scim" if "scim" in grant.scopes else "token"
+    return Principal(kind="token", name=f"{kind}:{grant.name}", scopes=frozenset(grant.scopes))
 
 
 def _login_token(server: Server, credential: str) -> Principal:

@@ -27,14 +27,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _require_extra() -> None:
+def _require_extra(*, scim: bool = False) -> None:
     import importlib.util
 
-    missing = [
-        name
-        for name in ("fastapi", "uvicorn", "jwt", "multipart")
-        if importlib.util.find_spec(name) is None
-    ]
+    needed = ("fastapi", "uvicorn", "jwt", "multipart") + (("scim2_models",) if scim else ())
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise DatabaseUnavailable(
             f"the HTTP server needs the 'server' extra ({', '.join(missing)} missing): {EXTRA_HINT}"
@@ -98,6 +95,14 @@ def serve(
             help="Lifetime of the login tokens POST /auth/token issues (1-1440).",
         ),
     ] = 15,
+    scim: Annotated[
+        bool,
+        typer.Option(
+            "--scim",
+            help="Also serve SCIM 2.0 at /scim/v2 for an identity provider (tokens with "
+            "--scope scim).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the users API over HTTP (needs the extra: pip install 'usersctl[server]').
 
@@ -115,7 +120,7 @@ def serve(
             f"refusing to listen on {host}: not a loopback address; put a TLS proxy in front "
             "and give --allow-remote"
         )
-    _require_extra()
+    _require_extra(scim=scim)
     state = get_state(ctx)
     database = state.ready_database(write=True)
     from usersctl import tokens
@@ -130,9 +135,11 @@ def serve(
     os.environ["USERSCTL_DATABASE_URL"] = state.settings.database_url
     os.environ["USERSCTL_ACTOR"] = state.settings.actor
     os.environ["USERSCTL_TOKEN_MINUTES"] = str(token_minutes)
+    os.environ["USERSCTL_SCIM"] = "1" if scim else "0"
     typer.echo(
         f"Serving {database.display_url} on http://{host}:{port} "
-        f"({workers} worker{'s' if workers > 1 else ''}); docs at /docs",
+        f"({workers} worker{'s' if workers > 1 else ''}); docs at /docs"
+        + ("; SCIM 2.0 at /scim/v2" if scim else ""),
         err=True,
     )
     # Uvicorn finishes the requests in flight, then raises the signal again with the handler

@@ -27,6 +27,7 @@ Name = Annotated[str, typer.Argument(metavar="NAME", help="The token's name.")]
 class Scope(StrEnum):
     read = "read"
     write = "write"
+    scim = "scim"
 
 
 @command(token_app, "create")
@@ -37,8 +38,8 @@ def create(
         Scope,
         typer.Option(
             "--scope",
-            metavar="read|write",
-            help="read: GET requests only; write: also changes.",
+            metavar="read|write|scim",
+            help="read: GET requests only; write: also changes; scim: the SCIM endpoints only.",
             case_sensitive=False,
         ),
     ] = Scope.write,
