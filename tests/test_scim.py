@@ -380,7 +380,7 @@ def test_credentials(scim: Scim, cli: Cli) -> None:
     assert scim.client.get("/users/", headers=scim.h).status_code == 403
     cli.ok("token", "revoke", "okta")
     assert_scim_error(scim.get("/Users"), 401, None)
-    assert cli("token", "create", "x", "--scope", "root").exit_code == 5
+    assert cli("token", "create", "x", "--scope", "root").exit_code == 2
 
 
 def test_scim_is_off_without_the_flag(cli: Cli, db_url: str) -> None:
