@@ -29,7 +29,7 @@ HTTP_STATUS = {
     6: 401,  # verification failed
     7: 503,  # database unavailable
     8: 503,  # schema mismatch
-    9: 409,  # changed concurrently
+    9: 409,  # refused by a safety limit
 }
 
 

@@ -29,7 +29,7 @@ Action = StrEnum(  # type: ignore[misc]
     [
         (name, name)
         for name in (
-            "create", "update", "passwd", "disable", "enable", "delete", "import", "rehash",
+            "create", "update", "passwd", "disable", "enable", "delete", "import", "sync", "rehash",
             "lock", "unlock", "db-upgrade", "db-downgrade", "db-stamp",
         )
     ],
