@@ -206,7 +206,10 @@ class Run:
         self.plan = plan
         self.outcome = Outcome()
         self.seen = Seen()
-        if job.restore and session.scalar(select(func.count()).select_from(User)):
+        # Into an empty table (a first load) no row can meet an existing user: only one
+        # created by an earlier row, which is a duplicate (Seen). No lookups then.
+        self.empty = session.scalar(select(User.id).limit(1)) is None
+        if job.restore and not self.empty:
             raise Conflict("--restore needs an empty users table (it keeps ids and timestamps)")
         if job.source is not None:
             owned = select(func.count()).select_from(User).where(User.source == job.source)
@@ -247,7 +250,11 @@ class Run:
         """Plan one batch and, while every row so far was good, write it."""
         job, outcome = self.job, self.outcome
         rows = self._unique(rows)
-        existing = existing_users(session=self.session, emails=[row.email for _, row in rows])
+        existing = (
+            {}
+            if self.empty
+            else existing_users(session=self.session, emails=[row.email for _, row in rows])
+        )
         plan = ImportPlan()
         for line, row in rows:
             found = existing.get(row.email)
@@ -287,17 +294,18 @@ class Run:
         outcome.updated += len(plan.update)
         outcome.unchanged += len(plan.unchanged)
         outcome.skipped += len(plan.skip)
-        if self.plan is not None:
-            for line, row in plan.create:
-                self.plan.write(
-                    {"change": "create", "line": line, "email": row.email,
-                     "fields": _created_fields(row)}
-                )  # fmt: skip
-            for line, row, user_id, changes in plan.update:
-                self.plan.write(
-                    {"change": "update", "line": line, "email": row.email, "user_id": user_id,
-                     "fields": changes}
-                )  # fmt: skip
+        if self.plan is not None:  # in the input's order
+            entries = [
+                {"change": "create", "line": line, "email": row.email,
+                 "fields": _created_fields(row)}
+                for line, row in plan.create
+            ] + [
+                {"change": "update", "line": line, "email": row.email, "user_id": user_id,
+                 "fields": changes}
+                for line, row, user_id, changes in plan.update
+            ]  # fmt: skip
+            for entry in sorted(entries, key=lambda entry: entry["line"]):
+                self.plan.write(entry)
         if job.dry_run or not self.clean:
             return  # nothing is written once a row was bad: the run will be rolled back
         self._write(plan)
