@@ -404,16 +404,18 @@ class Problems:
     first MAX_REPORTED kept in words. Memory stays flat however many there are."""
 
     count: int = 0
-    messages: list[str] = field(default_factory=list)
+    messages: list[tuple[int, str]] = field(default_factory=list)
 
     def add(self, line: int, message: str) -> None:
         self.count += 1
         if len(self.messages) < MAX_REPORTED:
-            self.messages.append(f"line {line}: {message}")
+            self.messages.append((line, message))
 
     def details(self) -> tuple[str, ...]:
+        """One line each, by line number (a duplicate is found after its batch's rows)."""
+        shown = tuple(f"line {line}: {message}" for line, message in sorted(self.messages))
         more = self.count - len(self.messages)
-        return tuple(self.messages) + ((f"... and {more} more bad rows",) if more else ())
+        return shown + ((f"... and {more} more bad rows",) if more else ())
 
 
 @dataclass

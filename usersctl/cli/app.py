@@ -38,7 +38,7 @@ Exit codes:
   6  verification failed (wrong or no password; disabled, locked, expired)
   7  database unavailable: cannot connect, no driver, not a database, busy
   8  schema mismatch: run `usersctl db upgrade` (or the database is newer)
-  9  refused: the change exceeds a safety limit (sync --max-prune); nothing changed
+  9  refused by a safety limit; nothing changed
   10  output failed (stdout closed, disk full); says if the change committed
   130  interrupted (Ctrl-C); nothing changed
 """

@@ -55,7 +55,8 @@ class RowProgress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.outcome: Any = None
         self.started = time.monotonic()
-        self.hashing_time = 0.0
+        self.hashing_time = 0.0  # spent hashing in the batches done
+        self.hash_started: float | None = None  # the batch being hashed
         self._progress: Any = None
         self._task: Any = None
         self._console: Any = None
@@ -96,7 +97,10 @@ class RowProgress:
         parts = [f"rows read {self.seen.read:,}", f"validated {self.seen.valid:,}"]
         hashed = self.outcome.hashed if self.outcome is not None else 0
         if hashed:
-            rate = hashed / self.hashing_time if self.hashing_time else 0.0
+            spent = self.hashing_time
+            if self.hash_started is not None:
+                spent += time.monotonic() - self.hash_started
+            rate = hashed / spent if spent else 0.0
             parts.append(f"passwords hashed {hashed:,} ({rate:,.1f}/s)")
         elapsed = time.monotonic() - self.started
         size, done = self.counting.size, self.counting.consumed
@@ -123,13 +127,16 @@ class RowProgress:
         from usersctl.passwords import hash_many, hash_password
 
         def hash_batch(passwords: Sequence[str]) -> list[str]:
-            start = time.monotonic()
+            start = self.hash_started = time.monotonic()
             first: list[str] = []
             if self.outcome is not None and not self.outcome.hashed and self.enabled:
                 first = [hash_password(passwords[0])]
                 self._announce(len(passwords), time.monotonic() - start)
-            hashed = first + hash_many(passwords[len(first) :], advance=self._advance)
-            self.hashing_time += time.monotonic() - start
+            try:
+                hashed = first + hash_many(passwords[len(first) :], advance=self._advance)
+            finally:
+                self.hashing_time += time.monotonic() - start
+                self.hash_started = None
             if first:
                 self._advance(1)
             return hashed
@@ -149,12 +156,12 @@ class RowProgress:
         if size and done:
             expected = max(in_batch, round(in_batch * size / done))
             message = (
-                f"Hashing about {expected:,} plaintext passwords at about {rate:,.1f}/s "
-                f"({cores} cores): about {duration(expected / rate)}."
+                f"Hashing passwords: about {expected:,} at about {rate:,.1f}/s "
+                f"({cores} cores) will take about {duration(expected / rate)}."
             )
         else:
             message = (
-                f"Hashing plaintext passwords at about {rate:,.1f}/s ({cores} cores): about "
+                f"Hashing passwords at about {rate:,.1f}/s ({cores} cores): about "
                 f"{duration(in_batch / rate)} for the first {in_batch:,}; more as the input "
                 "goes on."
             )
