@@ -411,6 +411,10 @@ class Problems:
         if len(self.messages) < MAX_REPORTED:
             self.messages.append((line, message))
 
+    def extend(self, other: Problems) -> None:
+        self.count += other.count
+        self.messages = sorted(self.messages + other.messages)[:MAX_REPORTED]
+
     def details(self) -> tuple[str, ...]:
         """One line each, by line number (a duplicate is found after its batch's rows)."""
         shown = tuple(f"line {line}: {message}" for line, message in sorted(self.messages))

@@ -201,7 +201,8 @@ class Run:
         self.session = session
         self.trail = trail
         self.job = job
-        self.bad = bad  # invalid rows (exit 5), shared with validation
+        self.bad = bad  # invalid rows (exit 5), counted by validation (another thread)
+        self.duplicates = Problems()  # exit 5 too, counted here
         self.hasher = hasher
         self.plan = plan
         self.outcome = Outcome()
@@ -217,7 +218,7 @@ class Run:
 
     @property
     def clean(self) -> bool:
-        return not self.bad.count and not self.outcome.conflicts.count
+        return not (self.bad.count or self.duplicates.count or self.outcome.conflicts.count)
 
     def close(self) -> None:
         self.seen.close()
@@ -231,12 +232,12 @@ class Run:
         for line, row in rows:
             first = earlier.get(row.email)
             if first is not None:
-                self.bad.add(line, f"duplicate email {row.email} (first on line {first})")
+                self.duplicates.add(line, f"duplicate email {row.email} (first on line {first})")
                 continue
             if self.job.restore and row.id is not None:
                 first = earlier_ids.get(row.id)
                 if first is not None:
-                    self.bad.add(line, f"duplicate id {row.id} (first on line {first})")
+                    self.duplicates.add(line, f"duplicate id {row.id} (first on line {first})")
                     continue
                 earlier_ids[row.id] = line
             earlier[row.email] = line
@@ -295,7 +296,7 @@ class Run:
         outcome.unchanged += len(plan.unchanged)
         outcome.skipped += len(plan.skip)
         if self.plan is not None:  # in the input's order
-            entries = [
+            entries: list[dict[str, Any]] = [
                 {"change": "create", "line": line, "email": row.email,
                  "fields": _created_fields(row)}
                 for line, row in plan.create
@@ -304,7 +305,7 @@ class Run:
                  "fields": changes}
                 for line, row, user_id, changes in plan.update
             ]  # fmt: skip
-            for entry in sorted(entries, key=lambda entry: entry["line"]):
+            for entry in sorted(entries, key=lambda entry: int(entry["line"])):
                 self.plan.write(entry)
         if job.dry_run or not self.clean:
             return  # nothing is written once a row was bad: the run will be rolled back
@@ -345,6 +346,8 @@ class Run:
     def finish(self) -> Outcome:
         """Prune (a sync), then raise if anything was bad or a safety limit is exceeded."""
         job, outcome = self.job, self.outcome
+        self.bad.extend(self.duplicates)  # (validation has finished)
+        self.duplicates = Problems()
         if self.bad.count:
             raise InvalidData(
                 f"{self.bad.count} bad row(s); nothing "
