@@ -430,3 +430,30 @@ def test_progress_on_a_terminal_says_how_long_hashing_takes(db_url: str, tmp_pat
     code, output = run_on_terminal(["import", str(source)], db_url, tmp_path)
     assert code == 0, output
     assert "Hashing passwords: about 6 at about" in output
+
+
+def test_progress_line_shows_counts_rates_and_an_eta_only_once_known(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from usersctl.bulk import Validated
+    from usersctl.cli import progress
+    from usersctl.sync import Outcome
+
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+
+    class Counting:
+        size, consumed = 1000, 0
+
+    seen, counting = Validated(), Counting()
+    line = progress.RowProgress(seen, counting, enabled=False)
+    line.follow(Outcome())
+    assert line.text() == ("rows read 0 · validated 0", "")  # no rate yet: no ETA
+    seen.read, seen.valid, counting.consumed = 2000, 1990, 250
+    clock[0] += 10
+    line.outcome.hashed, line.hashing_time = 50, 5.0
+    text, eta = line.text()
+    assert text == "rows read 2,000 · validated 1,990 · passwords hashed 50 (10.0/s) · 200 rows/s"
+    assert eta == "ETA 30 s"  # a quarter read in 10 s
+    assert progress.duration(4000) == "67 min"
+    assert progress.duration(3 * 3600 + 600) == "3 h 10 min"
