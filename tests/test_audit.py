@@ -212,7 +212,7 @@ def test_import_records_one_entry_per_affected_user(cli: Cli, seed: Seeder, tmp_
     rows[0]["password"] = "another-secret-1"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     before = len(trail(cli))
-    summary = cli.json("import", str(source), "--on-conflict", "update")
+    summary = cli.json("import", str(source), "--on-conflict", "update", "--update-passwords")
     assert (summary["created"], summary["updated"], summary["unchanged"]) == (3, 1, 1)
     entries = trail(cli)[: len(trail(cli)) - before]
     assert {e["action"] for e in entries} == {"import"}

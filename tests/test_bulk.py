@@ -56,6 +56,7 @@ def test_hr_csv_onboarding(cli: Cli, tmp_path: Path) -> None:
         "unchanged": 0,
         "skipped": 0,
         "dry_run": False,
+        "blank_rows": 0,
     }
     users = {u["email"]: u for u in cli.json("list")}
     assert users["ada@example.com"]["role"] == "admin"
@@ -165,7 +166,7 @@ def test_json_array_rows_carry_their_line_numbers(cli: Cli, tmp_path: Path) -> N
     assert "line 7: expected an object" in result.stderr
 
 
-def test_password_and_hash_together_or_neither_are_bad_rows(cli: Cli, tmp_path: Path) -> None:
+def test_password_and_hash_together_are_bad_rows(cli: Cli, tmp_path: Path) -> None:
     rows = [
         {"name": "A", "email": "a@example.com"},
         {"name": "B", "email": "b@example.com", "password": "long-enough-and-strong-1",
@@ -174,7 +175,7 @@ def test_password_and_hash_together_or_neither_are_bad_rows(cli: Cli, tmp_path: 
     ]  # fmt: skip
     result = cli("import", str(write(tmp_path, "x.jsonl", "\n".join(map(json.dumps, rows)))))
     assert result.exit_code == 5
-    assert result.stderr.count("exactly one of password and password_hash") == 2
+    assert result.stderr.count("at most one of password and password_hash") == 1
     assert "line 3: invalid password_hash" in result.stderr
     assert "plaintext-not-a-hash" not in result.stderr
 
@@ -192,14 +193,21 @@ def test_conflicts_error_skip_update(cli: Cli, seed: Seeder, tmp_path: Path) -> 
     assert snapshot(cli) == before
 
     assert summary(cli, str(source), "--on-conflict", "skip") == {
-        "created": 1, "updated": 0, "unchanged": 0, "skipped": 1, "dry_run": False}  # fmt: skip
+        "created": 1, "updated": 0, "unchanged": 0, "skipped": 1, "dry_run": False,
+        "blank_rows": 0}  # fmt: skip
     assert cli.json("get", "ada@example.com")["name"] == "Old Ada"
     assert verifies(cli, "ada@example.com", SEED_PASSWORD)
 
     assert summary(cli, str(source), "--on-conflict", "update") == {
-        "created": 0, "updated": 2, "unchanged": 0, "skipped": 0, "dry_run": False}  # fmt: skip
+        "created": 0, "updated": 1, "unchanged": 1, "skipped": 0, "dry_run": False,
+        "blank_rows": 0}  # fmt: skip
     ada = cli.json("get", "ada@example.com")
     assert (ada["name"], ada["role"]) == ("Ada Lovelace", "admin")
+    assert verifies(cli, "ada@example.com", SEED_PASSWORD)  # never without --update-passwords
+
+    assert summary(cli, str(source), "--on-conflict", "update", "--update-passwords") == {
+        "created": 0, "updated": 2, "unchanged": 0, "skipped": 0, "dry_run": False,
+        "blank_rows": 0}  # fmt: skip
     assert verifies(cli, "ada@example.com", "correct-horse-1")
 
 
@@ -217,6 +225,7 @@ def test_dry_run_writes_nothing_and_exits_like_the_real_run(
         "unchanged": 0,
         "skipped": 0,
         "dry_run": True,
+        "blank_rows": 0,
     }
     assert "nothing was written" in result.stderr
     assert cli("import", str(source), "--dry-run").exit_code == 4
@@ -246,7 +255,10 @@ def test_export_then_restore_is_exact(
     assert dump.stat().st_mode & 0o777 == 0o600
     target = Cli(url=empty_db_url, runner=cli.runner)
     restored = summary(target, str(dump), "--restore")
-    assert restored == {"created": 3, "updated": 0, "unchanged": 0, "skipped": 0, "dry_run": False}
+    assert restored == {
+        "created": 3, "updated": 0, "unchanged": 0, "skipped": 0, "blank_rows": 0,
+        "dry_run": False,
+    }  # fmt: skip
     assert snapshot(target) == snapshot(cli)
     # New users continue after the restored ids (PostgreSQL's sequence is moved on).
     assert target.create("New", "new@example.com")["id"] == 5
@@ -284,7 +296,7 @@ def test_export_formats_to_stdout(cli: Cli, seed: Seeder, fmt: str) -> None:
         assert list(records[0]) == ["id", "name", "email", "role", "active", "created_at",
                                     "updated_at", "last_login_at", "password_changed_at",
                                     "expires_at", "must_change_password", "locked",
-                                    "has_password"]  # fmt: skip
+                                    "has_password", "source", "external_id"]  # fmt: skip
     assert "$argon2" not in out
     assert "$argon2id$" in cli.ok("export", "-f", fmt, "--include-hashes").stdout
 
@@ -312,7 +324,7 @@ def test_empty_export_is_valid_in_every_format(cli: Cli) -> None:
     assert cli.ok("export", "-f", "jsonl").stdout == ""
     assert cli.ok("export", "-f", "csv").stdout == (
         "id,name,email,role,active,created_at,updated_at,last_login_at,password_changed_at,"
-        "expires_at,must_change_password,locked,has_password\n"
+        "expires_at,must_change_password,locked,has_password,source,external_id\n"
     )
 
 
@@ -372,7 +384,7 @@ def test_import_progress_is_silent_off_a_terminal(cli: Cli, tmp_path: Path) -> N
     result = cli("import", str(write(tmp_path, "hr.csv", HR_CSV)), "-o", "plain")
     assert result.exit_code == 0
     assert result.stderr == ""
-    assert result.stdout == "2\t0\t0\t0\tfalse\n"
+    assert result.stdout == "2\t0\t0\t0\tfalse\t0\n"
     engine = create_engine(cli.url)
     with engine.connect() as connection:
         stored = connection.execute(text("SELECT password_hash FROM users")).scalars().all()

@@ -19,7 +19,7 @@ from conftest import SEED_PASSWORD, Cli, Seeder, assert_error
 FIELDS = (
     "id", "name", "email", "role", "active", "created_at", "updated_at",
     "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
-    "has_password",
+    "has_password", "source", "external_id",
 )  # fmt: skip
 TABLE_FIELDS = ("id", "name", "email", "role", "active", "last_login_at")
 FORMATS = ("table", "json", "jsonl", "csv", "plain")

@@ -509,10 +509,10 @@ def test_import_dry_run_summary_matches_the_real_run(
     before = snapshot(cli)
     dry = cli.json(*args, "--dry-run")
     expected = dict(zip(["created", "updated", "unchanged", "skipped"], counts, strict=True))
-    assert dry == {**expected, "dry_run": True}
+    assert dry == {**expected, "dry_run": True, "blank_rows": 0}
     assert snapshot(cli) == before
     real = cli.json(*args)
-    assert real == {**expected, "dry_run": False}
+    assert real == {**expected, "dry_run": False, "blank_rows": 0}
     written = new_entries(cli, before["audit"])
     assert_ids_follow_on(written, before["audit"])
     assert len(written) == expected["created"] + expected["updated"]

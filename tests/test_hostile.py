@@ -46,7 +46,7 @@ USERSCTL = Path(sys.executable).parent / "usersctl"
 FIELDS = (
     "id", "name", "email", "role", "active", "created_at", "updated_at",
     "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
-    "has_password",
+    "has_password", "source", "external_id",
 )  # fmt: skip
 TABLE_FIELDS = ("id", "name", "email", "role", "active", "last_login_at")  # list's default
 FORMATS = ("json", "jsonl", "csv", "plain", "table")

@@ -28,6 +28,7 @@ ACTIONS = (
     "enable",
     "delete",
     "import",
+    "sync",
     "rehash",
     "lock",
     "unlock",
@@ -59,6 +60,8 @@ def snapshot(user: User) -> dict[str, Any]:
     }
     expires_at = getattr(user, "expires_at", None)
     values["expires_at"] = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ") if expires_at else None
+    values["source"] = getattr(user, "source", None)
+    values["external_id"] = getattr(user, "external_id", None)
     return values
 
 

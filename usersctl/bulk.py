@@ -8,13 +8,20 @@ to fix.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import itertools
 import json
+import os
 import re
+import stat
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from usersctl.errors import InvalidData, UsageError
 
@@ -23,7 +30,7 @@ _EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "js
 _OPTIONAL = {
     "role", "active", "password", "password_hash", "id", "created_at", "updated_at",
     "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
-    "has_password",
+    "has_password", "source", "external_id",
 }  # fmt: skip
 
 
@@ -93,26 +100,64 @@ class _Lines:
         self.start, self.pending = self.number + 1, 0
 
 
-def _csv_records(stream: TextIO) -> Iterator[Record]:
+@dataclass
+class CsvOptions:
+    """How to read CSV as people have it: the delimiter (None: detected from the header),
+    and header names (lowercase) to drop instead of refusing."""
+
+    delimiter: str | None = None
+    ignore: frozenset[str] = frozenset()
+
+
+DELIMITERS = {",": ",", ";": ";", "tab": "\t", "\t": "\t", "|": "|"}
+
+
+@dataclass
+class ReadCounts:
+    """What reading noticed besides records: blank CSV rows skipped."""
+
+    blank_rows: int = 0
+
+
+def _detect_delimiter(header: str) -> str:
+    """The delimiter of a CSV file from its header line: the most frequent of , ; and tab
+    (a header names columns, which never contain one). A tie or none: the comma."""
+    counts = {delimiter: header.count(delimiter) for delimiter in (",", ";", "\t")}
+    best = max(counts, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] else ","
+
+
+def _csv_records(
+    stream: TextIO, options: CsvOptions | None = None, counts: ReadCounts | None = None
+) -> Iterator[Record]:
     from usersctl.schemas import IMPORT_COLUMNS
 
+    options = options or CsvOptions()
+    counts = counts if counts is not None else ReadCounts()
     lines = _Lines(stream)
-    reader = csv.reader(lines)
+    first = next(lines, None)
+    if first is None:
+        return
+    delimiter = options.delimiter or _detect_delimiter(first)
+    reader = csv.reader(itertools.chain((first,), lines), delimiter=delimiter)
     try:
         header = next(reader, None)
     except csv.Error as exc:
         raise InvalidData(f"line {reader.line_num}: not valid CSV: {exc}") from None
     if header is None:
         return
-    header = [name.strip() for name in header]
-    unknown = [name for name in header if name not in IMPORT_COLUMNS]
+    # Header names are matched trimmed and case-insensitively (`Name,Email` works).
+    header = [name.strip().lower() for name in header]
+    unknown = [n for n in header if n not in IMPORT_COLUMNS and n not in options.ignore]
     if unknown:
         raise InvalidData(
             f"line 1: unknown column(s) {', '.join(map(repr, unknown))}; "
-            f"known: {', '.join(IMPORT_COLUMNS)}"
+            f"known: {', '.join(IMPORT_COLUMNS)} (--ignore-columns drops others)"
         )
     if len(set(header)) != len(header):
         raise InvalidData("line 1: a column appears twice in the header")
+    kept = [(i, name) for i, name in enumerate(header) if name not in options.ignore]
+    every = len(kept) == len(header)
     line = reader.line_num + 1
     while True:
         lines.mark()
@@ -123,20 +168,15 @@ def _csv_records(stream: TextIO) -> Iterator[Record]:
         if values is None:
             return
         start, line = line, reader.line_num + 1
-        if not values:
-            continue  # a blank line
+        if not values or not any(value.strip() for value in values):
+            counts.blank_rows += 1  # a blank line, or a row of empty cells (`,,,`)
+            continue
         if len(values) != len(header):
             yield Record(start, None, f"expected {len(header)} fields, found {len(values)}")
             continue
         # An empty optional cell means "not given" (the default applies).
-        yield Record(
-            start,
-            {
-                k: csv_value(v)
-                for k, v in zip(header, values, strict=True)
-                if v != "" or k not in _OPTIONAL
-            },
-        )
+        pairs = zip(header, values, strict=True) if every else ((k, values[i]) for i, k in kept)
+        yield Record(start, {k: csv_value(v) for k, v in pairs if v != "" or k not in _OPTIONAL})
 
 
 def _loads(line: int, text: str) -> Record:
@@ -254,22 +294,141 @@ def _object(line: int, value: Any) -> Record:
     return Record(line, value)
 
 
-def read_records(stream: TextIO, fmt: str) -> Iterator[Record]:
-    readers = {"csv": _csv_records, "json": _json_records, "jsonl": _jsonl_records}
+def read_records(
+    stream: TextIO,
+    fmt: str,
+    options: CsvOptions | None = None,
+    counts: ReadCounts | None = None,
+) -> Iterator[Record]:
     try:
-        yield from readers[fmt](stream)
-    except UnicodeDecodeError:
-        raise InvalidData("input is not valid UTF-8") from None
+        if fmt == "csv":
+            yield from _csv_records(stream, options, counts)
+        elif fmt == "json":
+            yield from _json_records(stream)
+        else:
+            yield from _jsonl_records(stream)
+    except UnicodeDecodeError as exc:
+        raw = getattr(stream, "buffer", None)
+        where = raw.error_line(exc) if isinstance(raw, CountingReader) else None
+        encoding = getattr(stream, "encoding", "utf-8").removesuffix("-sig")
+        byte = f"byte 0x{exc.object[exc.start]:02x}" if exc.start < len(exc.object) else "the end"
+        hint = "; give the file's --encoding (e.g. cp1252)" if encoding in ("utf-8", "utf8") else ""
+        prefix = f"line {where}: " if where is not None else ""
+        raise InvalidData(f"{prefix}not valid {encoding} ({byte}){hint}") from None
 
 
-@dataclass
-class ParsedImport:
-    rows: list[tuple[int, Any]] = field(default_factory=list)  # (line, UserImport)
-    problems: list[str] = field(default_factory=list)
-    bad_rows: int = 0
+class CountingReader(io.BufferedIOBase):
+    """A binary stream that counts what it hands on: bytes (how far through the input a
+    progress display is) and line ends before the chunk being decoded (the line of an
+    undecodable byte)."""
+
+    def __init__(self, inner: BinaryIO, size: int | None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.size = size  # None: unknown (a pipe)
+        self.consumed = 0
+        self.newlines_before = 0  # line ends in the chunks before the last one
+        self._last = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def _count(self, data: bytes) -> bytes:
+        self.newlines_before += self._last.count(b"\n")
+        self._last = data
+        self.consumed += len(data)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._count(self.inner.read(-1 if size is None else size))
+
+    def read1(self, size: int = -1) -> bytes:
+        reader = getattr(self.inner, "read1", self.inner.read)
+        return self._count(reader(size if size and size > 0 else _CHUNK))
+
+    def error_line(self, exc: UnicodeDecodeError) -> int | None:
+        """The line of the undecodable byte, when it is in the last chunk read."""
+        data = exc.object
+        if not isinstance(data, bytes | bytearray) or not self._last.endswith(data[-1:]):
+            return None
+        before = data[: exc.start]
+        try:
+            before_text = before.decode(exc.encoding, "replace")
+        except LookupError:  # pragma: no cover - the codec decoded until here
+            return None
+        return self.newlines_before + before_text.count("\n") + 1
+
+
+@contextmanager
+def open_input(source: str, encoding: str | None) -> Iterator[tuple[TextIO, CountingReader]]:
+    """The input as text (default UTF-8, with or without a byte-order mark), with the
+    counting binary stream under it."""
+    chosen = encoding or "utf-8-sig"
+    try:
+        codecs.lookup(chosen)
+    except LookupError:
+        raise UsageError(f"unknown --encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)") from None
+    if chosen.lower().replace("_", "-") in ("utf-8", "utf8"):
+        chosen = "utf-8-sig"  # spreadsheets often start a CSV with a byte-order mark
+    if source == "-":
+        binary: Any = sys.stdin.buffer
+        size = None
+        close = False
+    else:
+        try:
+            binary = open(source, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise UsageError(f"cannot read {source}: {exc.strerror}") from None
+        close = True
+        try:
+            info = os.fstat(binary.fileno())
+            size = info.st_size if stat.S_ISREG(info.st_mode) else None
+        except OSError:
+            size = None
+    counting = CountingReader(binary, size)
+    text = io.TextIOWrapper(counting, encoding=chosen, errors="strict", newline="")  # type: ignore[type-var]
+    try:
+        yield text, counting
+    finally:
+        text.detach()
+        if close:
+            binary.close()
 
 
 MAX_REPORTED = 50
+
+
+@dataclass
+class Problems:
+    """Bad rows of one kind (exit 5: invalid; exit 4: conflicting): every one counted, the
+    first MAX_REPORTED kept in words. Memory stays flat however many there are."""
+
+    count: int = 0
+    messages: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, line: int, message: str) -> None:
+        self.count += 1
+        if len(self.messages) < MAX_REPORTED:
+            self.messages.append((line, message))
+
+    def extend(self, other: Problems) -> None:
+        self.count += other.count
+        self.messages = sorted(self.messages + other.messages)[:MAX_REPORTED]
+
+    def details(self) -> tuple[str, ...]:
+        """One line each, by line number (a duplicate is found after its batch's rows)."""
+        shown = tuple(f"line {line}: {message}" for line, message in sorted(self.messages))
+        more = self.count - len(self.messages)
+        return shown + ((f"... and {more} more bad rows",) if more else ())
+
+
+@dataclass
+class Validated:
+    """What validation has seen so far (for progress), and the bad rows."""
+
+    read: int = 0
+    valid: int = 0
+    bad: Problems = field(default_factory=Problems)
 
 
 def validate(
@@ -277,8 +436,11 @@ def validate(
     row_check: Callable[[Any], None] | None = None,
     *,
     restore: bool = False,
-) -> ParsedImport:
-    """Validate every record; collect every problem (the first MAX_REPORTED in words).
+    seen: Validated | None = None,
+    batch: int = 2000,
+) -> Iterator[list[tuple[int, Any]]]:
+    """Validate every record, yielding the valid rows in batches of (line, row); every
+    problem goes to `seen.bad`. Duplicate emails are the caller's to find (across batches).
 
     A restore (a usersctl backup) keeps names, emails and roles exactly as stored
     (schemas.UserRestore), so that whatever a database held comes back. `row_check` raises
@@ -289,52 +451,30 @@ def validate(
     from usersctl.schemas import UserImport, UserRestore, validation_message
 
     model = UserRestore if restore else UserImport
-
-    parsed = ParsedImport()
-    first_line: dict[str, int] = {}
-    id_line: dict[int, int] = {}
-
-    def problem(line: int, message: str) -> None:
-        parsed.bad_rows += 1
-        if len(parsed.problems) < MAX_REPORTED:
-            parsed.problems.append(f"line {line}: {message}")
-
+    validate_row = model.model_validate
+    seen = seen if seen is not None else Validated()
+    bad = seen.bad
+    rows: list[tuple[int, Any]] = []
     for record in records:
+        seen.read += 1
         if record.data is None:
-            problem(record.line, record.problem or "unreadable record")
+            bad.add(record.line, record.problem or "unreadable record")
             continue
         try:
-            row = model.model_validate(record.data)
+            row = validate_row(record.data)
         except ValidationError as exc:
-            problem(record.line, validation_message(exc))
+            bad.add(record.line, validation_message(exc))
             continue
         if row_check is not None:
             try:
                 row_check(row)
             except InvalidData as exc:
-                problem(record.line, exc.message)
+                bad.add(record.line, exc.message)
                 continue
-        if row.email in first_line:
-            problem(
-                record.line, f"duplicate email {row.email} (first on line {first_line[row.email]})"
-            )
-            continue
-        if row.id is not None:
-            if row.id in id_line:
-                problem(record.line, f"duplicate id {row.id} (first on line {id_line[row.id]})")
-                continue
-            id_line[row.id] = record.line
-        first_line[row.email] = record.line
-        parsed.rows.append((record.line, row))  # id and timestamps are used only by --restore
-    return parsed
-
-
-def check(parsed: ParsedImport) -> None:
-    """Raise InvalidData (exit 5) listing the bad rows, if there are any."""
-    if parsed.bad_rows:
-        more = parsed.bad_rows - len(parsed.problems)
-        details = tuple(parsed.problems) + ((f"... and {more} more bad rows",) if more else ())
-        raise InvalidData(
-            f"{parsed.bad_rows} bad row(s); nothing imported, the database is unchanged",
-            details,
-        )
+        seen.valid += 1
+        rows.append((record.line, row))  # id and timestamps are used only by --restore
+        if len(rows) >= batch:
+            yield rows
+            rows = []
+    if rows:
+        yield rows

@@ -12,9 +12,9 @@ checks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -247,7 +247,8 @@ def user_query(
     return query
 
 
-_CLEARABLE = {"expires_at"}  # fields that `update` may set to None (`--expires never`)
+# Fields that `update` may set to None (`--expires never`, `--no-source`).
+_CLEARABLE = {"expires_at", "source"}
 
 
 def update_user(*, session: Session, user: User, user_in: UserUpdate, trail: Trail) -> User:
@@ -259,6 +260,10 @@ def update_user(*, session: Session, user: User, user_in: UserUpdate, trail: Tra
         for name, value in user_in.model_dump(exclude_unset=True).items()
         if value is not None or name in _CLEARABLE
     }
+    if "source" in changes:
+        # Released (--no-source) or handed to another source: the identity provider's id
+        # (SCIM externalId) belonged to the old owner.
+        changes["external_id"] = None if changes["source"] != user.source else user.external_id
     new_email = changes.get("email")
     if new_email is not None and new_email != user.email:
         other = find_user(session, new_email)
@@ -389,7 +394,7 @@ def count_users(
 EXPORT_FIELDS = (
     "id", "name", "email", "role", "active", "created_at", "updated_at",
     "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
-    "has_password",
+    "has_password", "source", "external_id",
 )  # fmt: skip
 
 
@@ -413,12 +418,13 @@ def export_rows(
     columns = (
         User.id, User.name, User.email, User.role, User.is_active, *stamps,
         User.must_change_password, case((locked, True), else_=False), User.password_hash,
+        User.source, User.external_id,
     )  # fmt: skip
     iso = iso_from_sqlite_text if sqlite else iso_utc
     query = select(*columns).order_by(User.id)
     result = session.connection().execution_options(yield_per=batch).execute(query)
     for (uid, name, email, role, active, created, updated, login, changed, expires, must,
-         is_locked, password_hash) in result:  # fmt: skip
+         is_locked, password_hash, source, external_id) in result:  # fmt: skip
         row = {"id": uid, "name": name, "email": email, "role": role,
                "active": bool(active), "created_at": iso(created),
                "updated_at": iso(updated),
@@ -426,7 +432,8 @@ def export_rows(
                "password_changed_at": None if changed is None else iso(changed),
                "expires_at": None if expires is None else iso(expires),
                "must_change_password": bool(must), "locked": bool(is_locked),
-               "has_password": bool(password_hash)}  # fmt: skip
+               "has_password": bool(password_hash), "source": source,
+               "external_id": external_id}  # fmt: skip
         if include_hashes:
             row["password_hash"] = password_hash
         yield row
@@ -434,8 +441,9 @@ def export_rows(
 
 @dataclass
 class ImportPlan:
-    """What an import does: (line, row) to create; (line, row, user id, changes) to update;
-    (line, row, user id) to skip, or left as they are because nothing would change."""
+    """What one batch of an import or sync does: (line, row) to create; (line, row, user id,
+    changes) to update; (line, row, user id) to skip, or left as they are because nothing
+    would change."""
 
     create: list[tuple[int, UserImport]] = field(default_factory=list)
     update: list[tuple[int, UserImport, int, dict[str, Any]]] = field(default_factory=list)
@@ -444,128 +452,135 @@ class ImportPlan:
 
 
 @dataclass(frozen=True)
-class _Existing:
+class Existing:
+    """What an import or sync compares a row with."""
+
     id: int
     name: str
     role: str
     active: bool
     password_hash: str | None
+    expires_at: datetime | None
+    source: str | None
 
 
-def _existing_users(
-    session: Session, emails: Sequence[str], chunk: int = 500
-) -> dict[str, _Existing]:
-    found: dict[str, _Existing] = {}
-    columns = (User.email, User.id, User.name, User.role, User.is_active, User.password_hash)
+def existing_users(
+    *, session: Session, emails: Sequence[str], chunk: int = 500
+) -> dict[str, Existing]:
+    found: dict[str, Existing] = {}
+    columns = (
+        User.email, User.id, User.name, User.role, User.is_active, User.password_hash,
+        User.expires_at, User.source,
+    )  # fmt: skip
     for start in range(0, len(emails), chunk):
         query = select(*columns).where(User.email.in_(emails[start : start + chunk]))
-        for email, user_id, name, role, active, password_hash in session.execute(query):
-            found[email] = _Existing(user_id, name, role, bool(active), password_hash)
+        for email, user_id, name, role, active, password_hash, expires, source in session.execute(
+            query
+        ):
+            found[email] = Existing(
+                user_id, name, role, bool(active), password_hash, expires, source
+            )
     return found
 
 
-def _import_changes(row: UserImport, existing: _Existing) -> dict[str, Any]:
+def _moment(value: datetime | None) -> datetime | None:
+    """A time as stored: UTC, to the second (what MariaDB's DATETIME keeps)."""
+    return None if value is None else value.astimezone(UTC).replace(microsecond=0)
+
+
+def _audit_time(value: datetime | None) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def import_changes(
+    row: UserImport,
+    existing: Existing,
+    *,
+    update_passwords: bool = False,
+    source: str | None = None,
+) -> dict[str, Any]:
     """What updating `existing` from `row` changes. Only what the row gives counts: a file
-    without a role or active column must not demote an admin or unlock an account. A
-    plaintext password always counts as changed (its new hash differs)."""
-    before = {"name": existing.name, "role": existing.role, "active": existing.active}
+    without a role or active column must not demote an admin or unlock an account. The
+    password only with `update_passwords` (a plaintext password then always counts as
+    changed: its new hash differs); `source` (a sync taking the user over) when it differs."""
+    before: dict[str, Any] = {
+        "name": existing.name,
+        "role": existing.role,
+        "active": existing.active,
+    }
     after: dict[str, Any] = {"name": row.name}
+    given = row.model_fields_set
     for name in ("role", "active"):
-        if name in row.model_fields_set:
+        if name in given:
             after[name] = getattr(row, name)
+    if "expires_at" in given:
+        before["expires_at"] = _audit_time(_moment(existing.expires_at))
+        after["expires_at"] = _audit_time(_moment(row.expires_at))
+    if source is not None:
+        before["source"], after["source"] = existing.source, source
     changes = diff(before, after)
-    if row.has_password and (
-        row.password is not None or row.password_hash != existing.password_hash
+    if (
+        update_passwords
+        and row.gives_password
+        and (row.password is not None or row.password_hash != existing.password_hash)
     ):
-        changes["password"] = PASSWORD_CHANGED
+        changes["password"] = PASSWORD_CHANGED if existing.password_hash else PASSWORD_SET
     return changes
 
 
-def plan_import(
-    *, session: Session, rows: Sequence[tuple[int, UserImport]], on_conflict: str, restore: bool
-) -> ImportPlan:
-    """Sort rows into create / update / unchanged / skip against the database; raise on
-    conflicts."""
-    if restore and session.scalar(select(func.count()).select_from(User)):
-        raise Conflict("--restore needs an empty users table (it keeps ids and timestamps)")
-    existing = _existing_users(session, [row.email for _, row in rows])
-    plan = ImportPlan()
-    conflicts: list[str] = []
-    for line, row in rows:
-        found = existing.get(row.email)
-        if found is None:
-            plan.create.append((line, row))
-        elif on_conflict == "skip":
-            plan.skip.append((line, row, found.id))
-        elif on_conflict == "update":
-            changes = _import_changes(row, found)
-            if changes:
-                plan.update.append((line, row, found.id, changes))
-            else:
-                plan.unchanged.append((line, row, found.id))
-        else:
-            conflicts.append(f"line {line}: email already taken: {row.email} (user {found.id})")
-    if conflicts:
-        shown = tuple(conflicts[:50])
-        more = (f"... and {len(conflicts) - 50} more",) if len(conflicts) > 50 else ()
-        raise Conflict(
-            f"{len(conflicts)} email(s) already exist; nothing imported "
-            "(use --on-conflict skip or update)",
-            shown + more,
-        )
-    return plan
-
-
-_FIELD_COLUMNS = {"name": "name", "role": "role", "active": "is_active"}  # field: column
-
-
 def apply_import(
-    *, session: Session, plan: ImportPlan, hashes: Mapping[str, str], restore: bool, trail: Trail
+    *,
+    session: Session,
+    plan: ImportPlan,
+    hashes: Mapping[str, str],
+    restore: bool,
+    trail: Trail,
+    action: str = "import",
+    source: str | None = None,
 ) -> None:
     """Write a plan in the caller's transaction, with one audit entry per created or updated
-    user. `hashes` maps each row's email (unique in a validated import) to its hash."""
+    user. `hashes` maps each row's email (unique in a validated import) to its hash; a
+    created user without one has no password. Users created are owned by `source`."""
     now = utcnow()
 
-    def values(row: UserImport) -> dict[str, Any]:
-        return {
-            "name": row.name,
-            "email": row.email,
-            "role": row.role,
-            "is_active": row.active,
-            "password_hash": hashes.get(row.email),
-            "expires_at": row.expires_at,
-            "must_change_password": row.must_change_password,
-            "failed_logins": 0,
-        }
-
     if plan.create:
-        ids = _insert_rows(session, plan, values, hashes, restore, now)
+        ids = _insert_rows(session, plan, hashes, restore, now, source)
         # The changes of a created user, encoded by template: json.dumps of a nested dict
         # per row would be the largest cost an import's audit trail adds.
         text = encode_string
+        owner = "" if source is None else f',"source":{{"before":null,"after":{text(source)}}}'
+        set_password = f',"password":"{PASSWORD_SET}"'
         trail.record_many(
             session,
-            "import",
+            action,
             (
                 (ids[row.email], row.email,
                  f'{{"name":{{"before":null,"after":{text(row.name)}}},'
                  f'"email":{{"before":null,"after":{text(row.email)}}},'
                  f'"role":{{"before":null,"after":{text(row.role)}}},'
-                 f'"active":{{"before":null,"after":{"true" if row.active else "false"}}},'
-                 f'"password":"{PASSWORD_SET}"}}')
+                 f'"active":{{"before":null,"after":{"true" if row.active else "false"}}}'
+                 + ("" if row.expires_at is None else
+                    f',"expires_at":{{"before":null,"after":"{_audit_time(_moment(row.expires_at))}"}}')
+                 + owner
+                 + (set_password if row.email in hashes else "") + "}")
                 for _, row in plan.create
             ),
         )  # fmt: skip
     if plan.update:
         rows = []
         for _, row, user_id, changes in plan.update:
-            update_values = {
+            update_values: dict[str, Any] = {
                 _FIELD_COLUMNS[name]: change["after"]
                 for name, change in changes.items()
                 if name in _FIELD_COLUMNS
             }
+            if "expires_at" in changes:
+                update_values["expires_at"] = _moment(row.expires_at)
+            if "source" in changes:  # taken over: the old owner's external id goes
+                update_values["external_id"] = None
             if "password" in changes:
                 update_values["password_hash"] = hashes[row.email]
+                update_values["password_changed_at"] = now
             rows.append({"id": user_id, **update_values, "updated_at": now})
         # executemany needs one key set per statement: group rows by the columns they set.
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -575,7 +590,7 @@ def apply_import(
             session.execute(update(User), group)
         trail.record_many(
             session,
-            "import",
+            action,
             ((user_id, row.email, changes) for _, row, user_id, changes in plan.update),
         )
     if restore and session.get_bind().dialect.name == "postgresql":
@@ -585,13 +600,16 @@ def apply_import(
     session.flush()
 
 
+_FIELD_COLUMNS = {"name": "name", "role": "role", "active": "is_active", "source": "source"}
+
+
 def _insert_rows(
     session: Session,
     plan: ImportPlan,
-    values: Callable[[UserImport], dict[str, Any]],
     hashes: Mapping[str, str],
     restore: bool,
     now: datetime,
+    source: str | None,
 ) -> dict[str, int]:
     """Insert plan.create in one executemany (the ORM's per-object bookkeeping would
     double the cost); returns each new user's id by email."""
@@ -599,7 +617,16 @@ def _insert_rows(
     if restore:
         rows = [
             {
-                **values(row),
+                "name": row.name,
+                "email": row.email,
+                "role": row.role,
+                "is_active": row.active,
+                "password_hash": hashes.get(row.email),
+                "expires_at": row.expires_at,
+                "must_change_password": row.must_change_password,
+                "failed_logins": 0,
+                "source": row.source,
+                "external_id": row.external_id,
                 "created_at": row.created_at or now,
                 "updated_at": row.updated_at or now,
                 "last_login_at": row.last_login_at,
@@ -617,15 +644,16 @@ def _insert_rows(
         return ids
     connection = session.connection()
     last_id = session.scalar(select(func.max(User.id))) or 0
-    stamp = driver_value(connection.dialect, UTCDateTime(), now)
+    dialect = connection.dialect
+    stamp = driver_value(dialect, UTCDateTime(), now)
 
     def moment(value: datetime | None) -> Any:
-        return None if value is None else driver_value(connection.dialect, UTCDateTime(), value)
+        return None if value is None else driver_value(dialect, UTCDateTime(), _moment(value))
 
     new_rows = [
         (row.name, row.email, hashes.get(row.email), row.role, row.active, stamp, stamp,
          stamp if row.email in hashes else None, moment(row.expires_at),
-         row.must_change_password)
+         row.must_change_password, source)
         for _, row in plan.create
     ]  # fmt: skip
     insert_many(connection, users_table, _INSERT_COLUMNS, new_rows)
@@ -637,13 +665,14 @@ def _insert_rows(
     ids.update((email, uid) for email, uid in connection.execute(query) if email in emails)
     missing = [email for email in emails if email not in ids]
     if missing:
-        ids.update((email, found.id) for email, found in _existing_users(session, missing).items())
+        found = existing_users(session=session, emails=missing)
+        ids.update((email, user.id) for email, user in found.items())
     return ids
 
 
 _INSERT_COLUMNS = (  # in table order (see database.insert_many)
     "name", "email", "password_hash", "role", "is_active", "created_at", "updated_at",
-    "password_changed_at", "expires_at", "must_change_password",
+    "password_changed_at", "expires_at", "must_change_password", "source",
 )  # fmt: skip
 
 

@@ -42,6 +42,12 @@ class SchemaMismatch(UsersctlError):
     exit_code = 8
 
 
+class SafetyLimit(UsersctlError):
+    """Refused: the change exceeds a safety limit (`sync --max-prune`); nothing changed."""
+
+    exit_code = 9
+
+
 class OutputFailed(UsersctlError):
     """The result could not be written (stdout closed or on a full disk, an export file's
     disk full or folder read-only). The message says whether the change was committed."""

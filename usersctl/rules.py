@@ -33,12 +33,17 @@ PASSWORD_ON_CONTEXT = "it is built on your name, email or the service name"
 PASSWORD_HASH_INVALID = (
     "invalid password_hash: must be a well-formed argon2 ($argon2id$...) or bcrypt ($2b$...) hash"
 )
-ONE_PASSWORD = "give exactly one of password and password_hash"
+ONE_PASSWORD = "give at most one of password and password_hash"
+SOURCE_INVALID = (
+    "invalid source: 1-64 characters: lowercase letters, digits, '_', '.', '-', "
+    "starting with a letter or digit"
+)
 
 # What a field must be, for any problem pydantic itself finds (a wrong type, a number out
 # of range, an unparsable timestamp): pydantic's own words never reach the user.
 FIELD_RULES = {
     "role": ROLE_INVALID,
+    "source": SOURCE_INVALID,
     "active": "invalid active: must be true or false",
     "is_active": "invalid active: must be true or false",
     "password_hash": PASSWORD_HASH_INVALID,

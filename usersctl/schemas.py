@@ -26,9 +26,16 @@ from pydantic import (
 
 from usersctl import rules
 from usersctl.errors import InvalidData
-from usersctl.models import EMAIL_LENGTH, NAME_LENGTH, ROLE_LENGTH
+from usersctl.models import (
+    EMAIL_LENGTH,
+    EXTERNAL_ID_LENGTH,
+    NAME_LENGTH,
+    ROLE_LENGTH,
+    SOURCE_LENGTH,
+)
 
 ROLE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+SOURCE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"  # a sync source's name (users.source)
 # Control characters, and format characters (Cf: the bidi overrides such as U+202E, the
 # zero-width space U+200B, the byte-order mark...) which are invisible or reorder what a
 # terminal shows. The zero-width joiners are kept: Persian and Indic spelling and emoji
@@ -136,6 +143,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 Name = Annotated[str, AfterValidator(clean_name)]
 Email = Annotated[str, AfterValidator(normalize_email)]
 Role = Annotated[str, StringConstraints(pattern=ROLE_PATTERN, max_length=ROLE_LENGTH)]
+Source = Annotated[str, StringConstraints(pattern=SOURCE_PATTERN, max_length=SOURCE_LENGTH)]
 
 
 class UserCreate(BaseModel):
@@ -158,6 +166,7 @@ class UserUpdate(BaseModel):
     email: Email | None = None
     role: Role | None = None
     expires_at: AwareDatetime | None = None  # given as None: never expires
+    source: Source | None = None  # given as None: managed by hand (external_id cleared too)
 
 
 def check_password_hash(value: str) -> str:
@@ -201,18 +210,23 @@ class UserImport(BaseModel):
     expires_at: AwareDatetime | None = None
     must_change_password: bool = False
     locked: bool = False  # as exported; a lock is transient and is not restored
-    has_password: bool = True  # false, with no password columns: an account without one
+    has_password: bool = True  # as exported; false with a password given is refused
+    source: Source | None = None  # as exported; kept only by --restore
+    external_id: Annotated[str, StringConstraints(max_length=EXTERNAL_ID_LENGTH)] | None = None
 
     @model_validator(mode="after")
     def _one_password(self) -> UserImport:
-        given = (self.password is not None) + (self.password_hash is not None)
-        if not self.has_password:
-            if given:
-                raise ValueError("has_password is false but a password is given")
-            return self
-        if given != 1:
+        """At most one password column. A new user from a row without one has no password
+        (has_password false); an existing user's password is left as it is."""
+        if self.password is not None and self.password_hash is not None:
             raise ValueError(rules.ONE_PASSWORD)
+        if not self.has_password and (self.password is not None or self.password_hash):
+            raise ValueError("has_password is false but a password is given")
         return self
+
+    @property
+    def gives_password(self) -> bool:
+        return self.password is not None or self.password_hash is not None
 
 
 def _stored(field: str, limit: int, *, empty: bool) -> Any:
@@ -262,6 +276,8 @@ class UserPublic(BaseModel):
     must_change_password: bool = False
     locked: bool = False
     has_password: bool = True
+    source: str | None = None  # the sync source (or "scim") that manages the user
+    external_id: str | None = None  # the identity provider's id for it (SCIM externalId)
 
 
 def _describe(error: Any) -> str:

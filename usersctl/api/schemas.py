@@ -23,6 +23,8 @@ USER_EXAMPLE: dict[str, Any] = {
     "must_change_password": False,
     "locked": False,
     "has_password": True,
+    "source": None,
+    "external_id": None,
 }
 ENTRY_EXAMPLE: dict[str, Any] = {
     "action": "update",
@@ -48,6 +50,8 @@ class UserOut(BaseModel):
     must_change_password: bool
     locked: bool
     has_password: bool
+    source: str | None
+    external_id: str | None
 
 
 class PlannedChange(BaseModel):

@@ -29,9 +29,9 @@ Action = StrEnum(  # type: ignore[misc]
     [
         (name, name)
         for name in (
-            "create", "update", "passwd", "disable", "enable", "delete", "import", "rehash",
-            "lock", "unlock", "db-upgrade", "db-downgrade", "db-stamp", "token-create",
-            "token-revoke", "token-rotate-signing-key",
+            "create", "update", "passwd", "disable", "enable", "delete", "import", "sync",
+            "rehash", "lock", "unlock", "db-upgrade", "db-downgrade", "db-stamp",
+            "token-create", "token-revoke", "token-rotate-signing-key",
         )
     ],
 )  # fmt: skip

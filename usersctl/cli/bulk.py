@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -66,18 +65,39 @@ ExportFormatAlias = Annotated[
 ]
 
 
-@contextmanager
-def _open_input(source: str) -> Any:
-    if source == "-":
-        yield sys.stdin
-        return
-    try:
-        # utf-8-sig: spreadsheets often start a CSV with a byte-order mark.
-        handle = open(source, encoding="utf-8-sig", newline="")  # noqa: SIM115
-    except OSError as exc:
-        raise UsageError(f"cannot read {source}: {exc.strerror}") from None
-    with handle:
-        yield handle
+EncodingOption = Annotated[
+    str | None,
+    typer.Option(
+        "--encoding",
+        metavar="ENCODING",
+        help="The file's character encoding (default UTF-8, with or without a byte-order "
+        "mark; cp1252 for old Excel files).",
+    ),
+]
+DelimiterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--delimiter",
+        metavar="CHAR",
+        help="CSV delimiter: , ; tab or |. Default: detected from the header line.",
+    ),
+]
+IgnoreColumnsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ignore-columns",
+        metavar="A,B",
+        help="CSV columns to drop (other unknown columns are an error).",
+    ),
+]
+UpdatePasswordsOption = Annotated[
+    bool,
+    typer.Option(
+        "--update-passwords",
+        help="Also set the password of existing users from a password or password_hash "
+        "column (never done otherwise).",
+    ),
+]
 
 
 def _row_check(settings: Settings, restore: bool) -> Callable[[Any], None]:
@@ -100,6 +120,82 @@ def _row_check(settings: Settings, restore: bool) -> Callable[[Any], None]:
     return check
 
 
+def csv_options(fmt: str, delimiter: str | None, ignore_columns: str | None) -> Any:
+    from usersctl.bulk import DELIMITERS, CsvOptions
+
+    if fmt != "csv" and (delimiter is not None or ignore_columns is not None):
+        raise UsageError("--delimiter and --ignore-columns apply to CSV input only")
+    chosen = None
+    if delimiter is not None:
+        chosen = DELIMITERS.get(delimiter.strip().lower() or delimiter)
+        if chosen is None:
+            raise UsageError(f"invalid --delimiter {delimiter!r}: give , ; tab or |")
+    ignore = frozenset(
+        name.strip().lower() for name in (ignore_columns or "").split(",") if name.strip()
+    )
+    return CsvOptions(delimiter=chosen, ignore=ignore)
+
+
+def run_rows(
+    ctx: typer.Context,
+    source: str,
+    fmt: BulkFormat | None,
+    *,
+    job: Any,
+    encoding: str | None,
+    delimiter: str | None,
+    ignore_columns: str | None,
+    counts: Any,
+    plan: Any = None,
+) -> Any:
+    """Read, validate and apply `source` in batches in one transaction (usersctl.sync), and
+    return the outcome; blank rows go to `counts` (bulk.ReadCounts), a dry run's changes
+    to `plan` (sync.PlanWriter). Raises as the run ends badly; the transaction is then
+    rolled back."""
+    from usersctl import bulk
+    from usersctl.cli.progress import RowProgress
+    from usersctl.sync import Run
+
+    chosen = bulk.guess_format(source, fmt.value if fmt else None)
+    options = csv_options(chosen, delimiter, ignore_columns)
+    state = get_state(ctx)
+    row_check = _row_check(state.settings, job.restore)
+    database = state.ready_database(write=True, dry_run=job.dry_run)
+    seen = bulk.Validated()
+    with (
+        bulk.open_input(source, encoding) as (stream, counting),
+        RowProgress(seen, counting) as progress,
+    ):
+        records = bulk.read_records(stream, chosen, options, counts)
+        if job.dry_run:
+            from usersctl.service import make_trail
+
+            session_scope: Any = database.session(write=False)
+            trail = make_trail(state.settings.actor, dry_run=True)
+            with session_scope as session:
+                run = Run(session, trail, job, seen.bad, plan=plan)
+                progress.follow(run.outcome)
+                try:
+                    for batch in bulk.validate(records, row_check, restore=job.restore, seen=seen):
+                        run.add(batch)
+                        progress.update()
+                    outcome = run.finish()
+                finally:
+                    run.close()
+        else:
+            with state.change() as (session, trail):
+                run = Run(session, trail, job, seen.bad, hasher=progress.hasher())
+                progress.follow(run.outcome)
+                try:
+                    for batch in bulk.validate(records, row_check, restore=job.restore, seen=seen):
+                        run.add(batch)
+                        progress.update()
+                    outcome = run.finish()
+                finally:
+                    run.close()
+    return outcome
+
+
 def import_(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(metavar="FILE|-", help="File to read, or - for stdin.")],
@@ -109,10 +205,11 @@ def import_(
         typer.Option(
             "--on-conflict",
             help="For emails already in the database: error (nothing is imported), skip them, "
-            "or update them.",
+            "or update them (never their password, unless --update-passwords).",
             case_sensitive=False,
         ),
     ] = OnConflict.error,
+    update_passwords: UpdatePasswordsOption = False,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Validate and report what would change; write nothing."),
@@ -121,59 +218,47 @@ def import_(
         bool,
         typer.Option(
             "--restore",
-            help="Keep id, created_at and updated_at from the input (into an empty database).",
+            help="Keep id, created_at, updated_at and source from the input (into an empty "
+            "database).",
         ),
     ] = False,
+    encoding: EncodingOption = None,
+    delimiter: DelimiterOption = None,
+    ignore_columns: IgnoreColumnsOption = None,
     output: Output = OutputFormat.table,
 ) -> None:
     """Create or update users from CSV, JSON or JSONL, in one transaction: all or nothing.
 
-    Columns: name, email, role, active, and password (plaintext, hashed on import) or
-    password_hash (argon2 or bcrypt, kept). Every column `export` writes is accepted.
-    Every bad row is reported with its line number before anything is written.
+    Columns: name, email, role, active, expires_at, and optionally password (plaintext,
+    hashed on import) or password_hash (argon2 or bcrypt, kept); a new user without either
+    has no password. Every column `export` writes is accepted. Every bad row is reported
+    with its line number, and then nothing is written.
 
     \b
     Example:
       usersctl import hr-onboarding.csv --on-conflict skip --dry-run
     """
-    from usersctl import bulk, crud
-    from usersctl.passwords import hash_many
+    from usersctl.bulk import ReadCounts
+    from usersctl.sync import Job
 
-    chosen = bulk.guess_format(source, fmt.value if fmt else None)
-    state = get_state(ctx)
-    with _open_input(source) as stream:
-        parsed = bulk.validate(
-            bulk.read_records(stream, chosen), _row_check(state.settings, restore), restore=restore
-        )
-    bulk.check(parsed)
-    database = state.ready_database(write=True, dry_run=dry_run)
-
-    if dry_run:  # the same checks as the real run, in a read transaction; nothing hashed
-        with database.session(write=False) as session:
-            plan = crud.plan_import(
-                session=session, rows=parsed.rows, on_conflict=on_conflict, restore=restore
-            )
-    else:
-        hashes = {row.email: row.password_hash for _, row in parsed.rows if row.password_hash}
-        plaintext = [(row.email, row.password) for _, row in parsed.rows if row.password]
-        with progress_bar("Hashing passwords") as factory:
-            advance = factory(len(plaintext)) if factory and plaintext else None
-            hashed = hash_many([password for _, password in plaintext], advance=advance)
-        hashes.update((email, value) for (email, _), value in zip(plaintext, hashed, strict=True))
-        with state.change() as (session, trail):
-            plan = crud.plan_import(
-                session=session, rows=parsed.rows, on_conflict=on_conflict, restore=restore
-            )
-            crud.apply_import(
-                session=session, plan=plan, hashes=hashes, restore=restore, trail=trail
-            )
-
+    counts = ReadCounts()
+    job = Job(
+        on_conflict=on_conflict.value,
+        update_passwords=update_passwords,
+        restore=restore,
+        dry_run=dry_run,
+    )
+    outcome = run_rows(
+        ctx, source, fmt, job=job, encoding=encoding, delimiter=delimiter,
+        ignore_columns=ignore_columns, counts=counts,
+    )  # fmt: skip
     summary = {
-        "created": len(plan.create),
-        "updated": len(plan.update),
-        "unchanged": len(plan.unchanged),
-        "skipped": len(plan.skip),
+        "created": outcome.created,
+        "updated": outcome.updated,
+        "unchanged": outcome.unchanged,
+        "skipped": outcome.skipped,
         "dry_run": dry_run,
+        "blank_rows": counts.blank_rows,  # last: `-o plain` fields keep their places
     }
     if dry_run:
         typer.echo("Dry run: nothing was written.", err=True)

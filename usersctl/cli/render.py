@@ -24,7 +24,7 @@ from usersctl.records import user_record
 FIELDS = (
     "id", "name", "email", "role", "active", "created_at", "updated_at",
     "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
-    "has_password",
+    "has_password", "source", "external_id",
 )  # fmt: skip
 TABLE_FIELDS = ("id", "name", "email", "role", "active", "last_login_at")
 """`list`'s default table columns: readable at 80 columns (--columns chooses others)."""
@@ -86,7 +86,8 @@ WRAPPING = frozenset({"name", "changes", "message"})
 WRAP_MIN_WIDTH = 16
 DROP_ORDER = (
     "updated_at", "created_at", "password_changed_at", "has_password", "must_change_password",
-    "locked", "expires_at", "last_login_at", "active", "role", "down_revision",
+    "external_id", "source", "locked", "expires_at", "last_login_at", "active", "role",
+    "down_revision",
 )  # fmt: skip
 AUDIT_DROP_ORDER = ("id", "actor", "email")
 

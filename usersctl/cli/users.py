@@ -312,10 +312,26 @@ def update(
         typer.Option("--role", "-r", help="New role.", autocompletion=complete_roles),
     ] = None,
     expires: Expires = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            metavar="NAME",
+            help="Hand the user to this sync source (`sync --source NAME` then manages it).",
+        ),
+    ] = None,
+    no_source: Annotated[
+        bool,
+        typer.Option(
+            "--no-source",
+            help="Release the user from its sync source (or SCIM): managed by hand again; "
+            "its external id is cleared too.",
+        ),
+    ] = False,
     dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
-    """Change a user's name, email or role, and print the user.
+    """Change a user's name, email, role, expiry or owner, and print the user.
 
     \b
     Example:
@@ -330,8 +346,13 @@ def update(
     }
     if expires is not None:
         given["expires_at"] = parse_expiry(expires, now())
+    exclusive(ctx, "source", "no_source")
+    if source is not None or no_source:
+        given["source"] = source
     if not given:
-        raise UsageError("nothing to change: give --name, --email, --role and/or --expires")
+        raise UsageError(
+            "nothing to change: give --name, --email, --role, --expires and/or --source/--no-source"
+        )
     user_in = parse(UserUpdate, given)
     if user_in.role is not None:
         check_role(user_in.role, get_state(ctx).settings)

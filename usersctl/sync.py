@@ -1,0 +1,461 @@
+"""Streaming import and `usersctl sync`: validated rows in, changes out, in batches inside
+the caller's one transaction, so that memory stays flat whatever the file size.
+
+One engine serves both commands. Each batch of valid rows is compared with the database
+(one query per 500 emails) and sorted into create / update / unchanged / skip; its writes
+and audit entries go out at once. Nothing is written once any row was bad: the rest of the
+input is still read and checked so that every bad row is reported, and the caller's
+transaction is then rolled back (`finish` raises). Duplicate emails across the whole input
+are found with a scratch index in a private temporary SQLite file (bounded memory, exact).
+
+A sync (`Job.source`) makes the users that source owns match the input: rows create or
+update only users it owns (another owner's email is a conflict unless `adopt`), and the
+owned users absent from the input are reported, disabled or deleted (`prune`), within the
+`max_prune` safety limit. No front-end code here: the CLI parses and renders.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import IO, TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, select, update
+
+from usersctl.audit import PASSWORD_SET, Trail, diff, snapshot
+from usersctl.bulk import Problems
+from usersctl.crud import ImportPlan, apply_import, existing_users, import_changes
+from usersctl.errors import Conflict, InvalidData, SafetyLimit, UsageError
+from usersctl.models import User, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from usersctl.schemas import UserImport
+
+PRUNE_MODES = ("none", "disable", "delete")
+RESERVED_SOURCES = ("scim",)  # owned by the SCIM API; a file must not prune its users
+
+
+class PruneRefused(SafetyLimit):
+    """More users to prune than `--max-prune` allows (exit 9); nothing changed."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome  # what the run would have done
+
+
+@dataclass(frozen=True)
+class Limit:
+    """`--max-prune N` (users) or `P%` (of the users the source owned before the run)."""
+
+    text: str
+    count: int | None = None
+    percent: Fraction | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Limit:
+        value = text.strip()
+        try:
+            if value.endswith("%"):
+                percent = Fraction(value[:-1].strip())
+                if not 0 <= percent <= 100:
+                    raise ValueError
+                return cls(text=value, percent=percent)
+            count = int(value)
+            if count < 0:
+                raise ValueError
+            return cls(text=value, count=count)
+        except (ValueError, ZeroDivisionError):
+            raise UsageError(
+                f"invalid --max-prune {text!r}: give a number of users (10) or a "
+                "percentage of the users the source owns (10%)"
+            ) from None
+
+    def allowed(self, owned: int) -> int:
+        """How many of `owned` users may be pruned."""
+        if self.count is not None:
+            return self.count
+        assert self.percent is not None
+        return int(owned * self.percent / 100)  # exactly 10% of 10 is 1; of 9 it is 0
+
+
+@dataclass
+class Job:
+    """What to do with the rows: an import (`source` None) or a sync of `source`."""
+
+    on_conflict: str = "update"  # import: error | skip | update
+    update_passwords: bool = False
+    restore: bool = False
+    source: str | None = None
+    prune: str = "none"
+    max_prune: Limit = field(default_factory=lambda: Limit("10%", percent=Fraction(10)))
+    adopt: bool = False
+    dry_run: bool = False
+
+    @property
+    def action(self) -> str:
+        return "import" if self.source is None else "sync"
+
+
+@dataclass
+class Outcome:
+    """Counts so far (the summary, and the progress display)."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    owned: int = 0  # users the source owned before the run
+    absent: int = 0  # of those, not in the input
+    disabled: int = 0
+    deleted: int = 0
+    hashed: int = 0
+    to_hash: int = 0
+    conflicts: Problems = field(default_factory=Problems)
+
+
+class Seen:
+    """Every email (and, for a restore, id) of the input so far, with its line: a private
+    temporary SQLite database, paged to disk past a few MiB (never the users' database)."""
+
+    _CHUNK = 500
+
+    def __init__(self) -> None:
+        # "": a private temporary file, deleted when closed.
+        self.db = sqlite3.connect("", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("PRAGMA cache_size=-4096")  # KiB
+        self.db.execute("CREATE TABLE emails (email TEXT PRIMARY KEY, line INT) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE ids (id INTEGER PRIMARY KEY, line INT)")
+        self.db.execute("BEGIN")
+
+    def first_lines(self, table: str, keys: Sequence[Any]) -> dict[Any, int]:
+        """Which of `keys` were seen before, and on which line."""
+        found: dict[Any, int] = {}
+        column = "email" if table == "emails" else "id"
+        for start in range(0, len(keys), self._CHUNK):
+            chunk = keys[start : start + self._CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT {column}, line FROM {table} WHERE {column} IN ({marks})"  # noqa: S608
+            found.update(self.db.execute(query, chunk))
+        return found
+
+    def add(self, table: str, pairs: Iterable[tuple[Any, int]]) -> None:
+        self.db.executemany(f"INSERT INTO {table} VALUES (?, ?)", pairs)  # noqa: S608
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PlanWriter:
+    """The plan of a dry run, one JSON object per change, in a temporary file (a sync of a
+    million new users plans a million lines without holding them)."""
+
+    def __init__(self) -> None:
+        self.file: IO[str] = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, entry: dict[str, Any]) -> None:
+        self.file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        self.file.flush()
+        self.file.seek(0)
+        for line in self.file:
+            yield json.loads(line)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _created_fields(row: UserImport) -> dict[str, Any]:
+    fields: dict[str, Any] = {"name": row.name, "role": row.role, "active": row.active}
+    if row.expires_at is not None:
+        fields["expires_at"] = row.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if row.gives_password:
+        fields["password"] = PASSWORD_SET
+    return fields
+
+
+class Run:
+    """One import or sync in the caller's transaction (`session`, `trail`). Feed it batches
+    of validated rows (`add`), then `finish` (raises if anything was bad: the caller's
+    transaction then rolls back; in a dry run nothing is written anyway)."""
+
+    def __init__(
+        self,
+        session: Session,
+        trail: Trail,
+        job: Job,
+        bad: Problems,
+        *,
+        hasher: Callable[[Sequence[str]], list[str]] | None = None,
+        plan: PlanWriter | None = None,
+    ) -> None:
+        self.session = session
+        self.trail = trail
+        self.job = job
+        self.bad = bad  # invalid rows (exit 5), counted by validation (another thread)
+        self.duplicates = Problems()  # exit 5 too, counted here
+        self.hasher = hasher
+        self.plan = plan
+        self.outcome = Outcome()
+        self.seen = Seen()
+        # Into an empty table (a first load) no row can meet an existing user: only one
+        # created by an earlier row, which is a duplicate (Seen). No lookups then.
+        self.empty = session.scalar(select(User.id).limit(1)) is None
+        if job.restore and not self.empty:
+            raise Conflict("--restore needs an empty users table (it keeps ids and timestamps)")
+        if job.source is not None:
+            owned = select(func.count()).select_from(User).where(User.source == job.source)
+            self.outcome.owned = int(session.scalar(owned) or 0)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.bad.count or self.duplicates.count or self.outcome.conflicts.count)
+
+    def close(self) -> None:
+        self.seen.close()
+
+    def _unique(self, rows: list[tuple[int, UserImport]]) -> list[tuple[int, UserImport]]:
+        """The rows whose email (and id, in a restore) no earlier row had."""
+        earlier = self.seen.first_lines("emails", [row.email for _, row in rows])
+        ids = [row.id for _, row in rows if row.id is not None] if self.job.restore else []
+        earlier_ids = self.seen.first_lines("ids", ids) if ids else {}
+        kept: list[tuple[int, UserImport]] = []
+        for line, row in rows:
+            first = earlier.get(row.email)
+            if first is not None:
+                self.duplicates.add(line, f"duplicate email {row.email} (first on line {first})")
+                continue
+            if self.job.restore and row.id is not None:
+                first = earlier_ids.get(row.id)
+                if first is not None:
+                    self.duplicates.add(line, f"duplicate id {row.id} (first on line {first})")
+                    continue
+                earlier_ids[row.id] = line
+            earlier[row.email] = line
+            kept.append((line, row))
+        self.seen.add("emails", ((row.email, line) for line, row in kept))
+        if ids:
+            self.seen.add("ids", ((row.id, line) for line, row in kept if row.id is not None))
+        return kept
+
+    def add(self, rows: list[tuple[int, UserImport]]) -> None:
+        """Plan one batch and, while every row so far was good, write it."""
+        job, outcome = self.job, self.outcome
+        rows = self._unique(rows)
+        existing = (
+            {}
+            if self.empty
+            else existing_users(session=self.session, emails=[row.email for _, row in rows])
+        )
+        plan = ImportPlan()
+        for line, row in rows:
+            found = existing.get(row.email)
+            if found is None:
+                plan.create.append((line, row))
+                continue
+            take_over = None
+            if job.source is not None:
+                if found.source != job.source:
+                    if not job.adopt:
+                        owner = (
+                            "no source (managed by hand)"
+                            if found.source is None
+                            else (f"source {found.source}")
+                        )
+                        outcome.conflicts.add(
+                            line,
+                            f"{row.email} (user {found.id}) is not owned by {job.source}: "
+                            f"it has {owner}; --adopt takes it over",
+                        )
+                        continue
+                    take_over = job.source
+            elif job.on_conflict == "skip":
+                plan.skip.append((line, row, found.id))
+                continue
+            elif job.on_conflict == "error":
+                outcome.conflicts.add(line, f"email already taken: {row.email} (user {found.id})")
+                continue
+            changes = import_changes(
+                row, found, update_passwords=job.update_passwords, source=take_over
+            )
+            if changes:
+                plan.update.append((line, row, found.id, changes))
+            else:
+                plan.unchanged.append((line, row, found.id))
+        outcome.created += len(plan.create)
+        outcome.updated += len(plan.update)
+        outcome.unchanged += len(plan.unchanged)
+        outcome.skipped += len(plan.skip)
+        if self.plan is not None:  # in the input's order
+            entries: list[dict[str, Any]] = [
+                {"change": "create", "line": line, "email": row.email,
+                 "fields": _created_fields(row)}
+                for line, row in plan.create
+            ] + [
+                {"change": "update", "line": line, "email": row.email, "user_id": user_id,
+                 "fields": changes}
+                for line, row, user_id, changes in plan.update
+            ]  # fmt: skip
+            for entry in sorted(entries, key=lambda entry: int(entry["line"])):
+                self.plan.write(entry)
+        if job.dry_run or not self.clean:
+            return  # nothing is written once a row was bad: the run will be rolled back
+        self._write(plan)
+
+    def _write(self, plan: ImportPlan) -> None:
+        hashes: dict[str, str] = {}
+        plaintext: list[tuple[str, str]] = []
+        for _, row in plan.create:
+            if row.password_hash is not None:
+                hashes[row.email] = row.password_hash
+            elif row.password is not None:
+                plaintext.append((row.email, row.password))
+        for _, row, _, changes in plan.update:
+            if "password" in changes:
+                if row.password_hash is not None:
+                    hashes[row.email] = row.password_hash
+                elif row.password is not None:
+                    plaintext.append((row.email, row.password))
+        if plaintext:
+            if self.hasher is None:  # pragma: no cover - the CLI always gives one
+                raise RuntimeError("no hasher")
+            self.outcome.to_hash += len(plaintext)
+            hashed = self.hasher([password for _, password in plaintext])
+            pairs = zip(plaintext, hashed, strict=True)
+            hashes.update((email, value) for (email, _), value in pairs)
+        apply_import(
+            session=self.session,
+            plan=plan,
+            hashes=hashes,
+            restore=self.job.restore,
+            trail=self.trail,
+            action=self.job.action,
+            source=self.job.source,
+        )
+        self.session.expunge_all()  # nothing of a batch stays in the identity map
+
+    def finish(self) -> Outcome:
+        """Prune (a sync), then raise if anything was bad or a safety limit is exceeded."""
+        job, outcome = self.job, self.outcome
+        self.bad.extend(self.duplicates)  # (validation has finished)
+        self.duplicates = Problems()
+        if self.bad.count:
+            raise InvalidData(
+                f"{self.bad.count} bad row(s); nothing "
+                f"{'changed' if job.source else 'imported'}, the database is unchanged",
+                self.bad.details(),
+            )
+        if outcome.conflicts.count:
+            if job.source is not None:
+                message = (
+                    f"{outcome.conflicts.count} row(s) name users {job.source} does not own; "
+                    "nothing changed (--adopt takes them over)"
+                )
+            else:
+                message = (
+                    f"{outcome.conflicts.count} email(s) already exist; nothing imported "
+                    "(use --on-conflict skip or update)"
+                )
+            raise Conflict(message, outcome.conflicts.details())
+        if job.source is not None:
+            self._prune()
+        return outcome
+
+    def _absent(self) -> Iterator[list[tuple[int, str, bool]]]:
+        """The users the source owns whose email is not in the input: (id, email, active),
+        in batches, by id (keyset pages: no cursor stays open across writes)."""
+        last = 0
+        while True:
+            query = (
+                select(User.id, User.email, User.is_active)
+                .where(User.source == self.job.source, User.id > last)
+                .order_by(User.id)
+                .limit(1000)
+            )
+            rows = self.session.execute(query)
+            page = [(uid, email, bool(active)) for uid, email, active in rows]
+            if not page:
+                return
+            last = page[-1][0]
+            listed = self.seen.first_lines("emails", [email for _, email, _ in page])
+            yield [user for user in page if user[1] not in listed]
+
+    def _prune(self) -> None:
+        job, outcome = self.job, self.outcome
+        targets = array("q")
+        for page in self._absent():
+            for uid, email, active in page:
+                outcome.absent += 1
+                if job.prune == "delete" or (job.prune == "disable" and active):
+                    targets.append(uid)
+                    change = job.prune
+                else:
+                    change = "keep"
+                if self.plan is not None:
+                    self.plan.write(
+                        {"change": change, "email": email, "user_id": uid, "active": active}
+                    )
+        if job.prune == "disable":
+            outcome.disabled = len(targets)
+        elif job.prune == "delete":
+            outcome.deleted = len(targets)
+        allowed = job.max_prune.allowed(outcome.owned)
+        if len(targets) > allowed:
+            verb = "disable" if job.prune == "disable" else "delete"
+            share = f" ({len(targets) * 100 / outcome.owned:.0f}%)" if outcome.owned else ""
+            raise PruneRefused(
+                outcome,
+                f"refused: the sync would {verb} {len(targets)} of the {outcome.owned} users "
+                f"{job.source} owns{share}, more than --max-prune {job.max_prune.text} allows "
+                f"({allowed}); nothing changed",
+            )
+        if job.dry_run or not targets:
+            return
+        for start in range(0, len(targets), 500):
+            chunk = list(targets[start : start + 500])
+            if job.prune == "disable":
+                self._disable(chunk)
+            else:
+                self._delete(chunk)
+
+    def _disable(self, ids: list[int]) -> None:
+        emails = self.session.execute(select(User.id, User.email).where(User.id.in_(ids)))
+        entries = [
+            (uid, email, {"active": {"before": True, "after": False}}) for uid, email in emails
+        ]
+        self.session.execute(
+            update(User).where(User.id.in_(ids)).values(is_active=False, updated_at=utcnow())
+        )
+        self.trail.record_many(self.session, "sync", entries)
+
+    def _delete(self, ids: list[int]) -> None:
+        users = list(self.session.scalars(select(User).where(User.id.in_(ids))))
+        last = [(u.id, u.email, snapshot(u)) for u in users]
+        gone = [(uid, email, diff(values, dict.fromkeys(values))) for uid, email, values in last]
+        self.session.expunge_all()
+        self.session.execute(delete(User).where(User.id.in_(ids)))
+        self.trail.record_many(self.session, "sync", gone)
+
+
+def check_source(name: str) -> str:
+    """A sync source's name, as stored in users.source."""
+    import re
+
+    from usersctl import rules
+    from usersctl.schemas import SOURCE_PATTERN
+
+    if not re.fullmatch(SOURCE_PATTERN, name):
+        wording = rules.SOURCE_INVALID.replace("invalid source", f"invalid --source {name!r}")
+        raise UsageError(wording)
+    if name in RESERVED_SOURCES:
+        raise UsageError(f"--source {name} is reserved: its users are managed through SCIM")
+    return name
