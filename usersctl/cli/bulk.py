@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -136,6 +136,15 @@ def csv_options(fmt: str, delimiter: str | None, ignore_columns: str | None) -> 
     return CsvOptions(delimiter=chosen, ignore=ignore)
 
 
+@contextmanager
+def _dry_run_scope(database: Any, actor: str) -> Iterator[tuple[Any, Any]]:
+    """A read transaction and a trail that only collects: what a dry run works in."""
+    from usersctl.service import make_trail
+
+    with database.session(write=False) as session:
+        yield session, make_trail(actor, dry_run=True)
+
+
 def run_rows(
     ctx: typer.Context,
     source: str,
@@ -167,32 +176,25 @@ def run_rows(
         RowProgress(seen, counting) as progress,
     ):
         records = bulk.read_records(stream, chosen, options, counts)
+        # A dry run reads in a read transaction and collects its trail and plan; a real run
+        # writes in the command's write transaction and hashes as it goes.
+        scope: Any
         if job.dry_run:
-            from usersctl.service import make_trail
-
-            session_scope: Any = database.session(write=False)
-            trail = make_trail(state.settings.actor, dry_run=True)
-            with session_scope as session:
-                run = Run(session, trail, job, seen.bad, plan=plan)
-                progress.follow(run.outcome)
-                try:
-                    for batch in bulk.validate(records, row_check, restore=job.restore, seen=seen):
-                        run.add(batch)
-                        progress.update()
-                    outcome = run.finish()
-                finally:
-                    run.close()
+            scope = _dry_run_scope(database, state.settings.actor)
+            extra: dict[str, Any] = {"plan": plan}
         else:
-            with state.change() as (session, trail):
-                run = Run(session, trail, job, seen.bad, hasher=progress.hasher())
-                progress.follow(run.outcome)
-                try:
-                    for batch in bulk.validate(records, row_check, restore=job.restore, seen=seen):
-                        run.add(batch)
-                        progress.update()
-                    outcome = run.finish()
-                finally:
-                    run.close()
+            scope = state.change()
+            extra = {"hasher": progress.hasher()}
+        with scope as (session, trail):
+            run = Run(session, trail, job, seen.bad, **extra)
+            progress.follow(run.outcome)
+            try:
+                for batch in bulk.validate(records, row_check, restore=job.restore, seen=seen):
+                    run.add(batch)
+                    progress.update()
+                outcome = run.finish()
+            finally:
+                run.close()
     return outcome
 
 
