@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -456,3 +457,71 @@ def test_an_unexpected_error_is_one_log_line_and_a_500(
     assert response.json() == {"detail": "unexpected error (a bug): see the server log"}
     assert "unexpected error (a bug) in GET /users/1: RuntimeError" in caplog.text
     assert "argon2" not in caplog.text and "Traceback" not in caplog.text
+
+
+PUBLIC = {("GET", "/healthz"), ("POST", "/auth/token")}
+
+
+def test_every_route_checks_the_credential(api: Api, db_url: str) -> None:
+    """Each route of the app's routers (the SCIM ones too), found by walking them rather
+    than listed by hand: no credential, a garbage one and an unknown API token are 401; a read
+    token writing and a plain user's login on an admin route are 403; nothing changes."""
+    from fastapi.routing import APIRoute
+
+    from usersctl.api.routes import auth, health, users
+    from usersctl.api.scim.routes import router as scim_router
+
+    uid = api.user("target@example.com")
+    api.user("plain@example.com")
+    plain = api.login("plain@example.com")
+    reader = api.token("ro", "--scope", "read")
+    before = api.cli.json("list", "--sort", "id")
+    settings = dataclasses.replace(load_settings(database_url=db_url), lockout_threshold=LOCKOUT)
+    app = create_app(settings, scim=True)
+    calls = [
+        (method, route.path)
+        for router in (health.router, auth.router, users.router, scim_router)
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in sorted(route.methods)
+        if (method, route.path) not in PUBLIC
+    ]
+    assert len(calls) > 20, calls
+    bad = {
+        "missing": {},
+        "garbage": {"Authorization": "Bearer not.a.jwt"},
+        "unknown api token": {"Authorization": "Bearer usc_" + "A" * 43},
+    }
+    with TestClient(app) as client:
+        for method, template in calls:
+            path = template.replace("{user_id}", str(uid)).replace("{path:path}", "x")
+            path = re.sub(r"\{[a-z_]+(:[a-z]+)?\}", "x", path)
+            for case, headers in bad.items():
+                response = client.request(method, path, headers=headers, json={})
+                assert response.status_code == 401, (method, path, case, response.text)
+            if method != "GET" and not path.startswith("/scim"):
+                response = client.request(method, path, headers=reader, json={})
+                assert response.status_code == 403, (method, path, response.text)
+            if not path.startswith("/users/me"):
+                response = client.request(method, path, headers=plain, json={})
+                assert response.status_code == 403, (method, path, response.text)
+    app.state.server.database.dispose()
+    assert api.cli.json("list", "--sort", "id") == before
+
+
+def test_api_token_use_is_recorded_by_reads_and_writes(api: Api) -> None:
+    """A token's last use is written (best effort, at most once a minute) after a read,
+    which runs on the read threads, and after a write."""
+    client = api.client
+    reader = api.token("ro", "--scope", "read")
+    writer = api.token("rw")
+
+    def last_used(name: str) -> Any:
+        return {t["name"]: t["last_used_at"] for t in api.cli.json("token", "list")}[name]
+
+    assert last_used("ro") is None and last_used("rw") is None
+    assert client.get("/users/", headers=reader).status_code == 200
+    assert last_used("ro") is not None
+    uid = api.user("used@example.com")
+    assert client.post(f"/users/{uid}/disable", headers=writer).status_code == 200
+    assert last_used("rw") is not None

@@ -147,7 +147,7 @@ def test_sigterm_finishes_the_request_in_flight(cli: Cli, serve: Any) -> None:
 def test_200_concurrent_mixed_requests(cli: Cli, serve: Any, seed: Any) -> None:
     h = bearer(cli)
     seed([{"name": f"seed {n}", "email": f"seed{n}@example.com"} for n in range(20)])
-    server = serve("--workers", "2")
+    server = serve("--workers", "2", "--read-threads", "3")
 
     def call(n: int) -> tuple[int, int]:
         with httpx.Client(base_url=server.base, timeout=600) as client:
@@ -221,6 +221,20 @@ def test_serve_refuses_remote_without_allow_remote(cli: Cli) -> None:
     assert_error(cli("serve", "--host", "0.0.0.0"), 2, "--allow-remote")
     assert_error(cli("serve", "--host", "192.0.2.1", "--actor", "x"), 2, "not a loopback address")
     assert_error(cli("serve", "--port", "70000"), 2, "--port")
+    assert_error(cli("serve", "--read-threads", "0"), 2, "--read-threads")
+
+
+def test_read_threads_reach_every_worker(monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:
+    """`serve --read-threads N` hands N to its workers (USERSCTL_READ_THREADS), and each
+    worker's reads share a limiter of N threads."""
+    from usersctl.api.app import create_app_from_env
+    from usersctl.api.deps import DEFAULT_READ_THREADS
+
+    monkeypatch.setenv("USERSCTL_DATABASE_URL", db_url)
+    monkeypatch.delenv("USERSCTL_READ_THREADS", raising=False)
+    assert create_app_from_env().state.server.reads.total_tokens == DEFAULT_READ_THREADS
+    monkeypatch.setenv("USERSCTL_READ_THREADS", "5")
+    assert create_app_from_env().state.server.reads.total_tokens == 5
 
 
 def test_serve_without_the_extra_exits_7(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:

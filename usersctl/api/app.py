@@ -7,13 +7,18 @@ import logging
 import time
 from typing import Any
 
+from anyio import CapacityLimiter
 from fastapi import FastAPI
 
 from usersctl import __version__
-from usersctl.api.deps import Server
+from usersctl.api.deps import DEFAULT_READ_THREADS, Server
 from usersctl.config import Settings
 
 log = logging.getLogger("usersctl.access")
+
+# Database connections a server process keeps open, for the requests it has in flight at
+# once; past that it opens (and closes after use) up to SERVER_POOL_OVERFLOW more.
+SERVER_POOL = 16
 
 DESCRIPTION = """\
 The users of an application's database, over HTTP: the same crud layer, transactions,
@@ -80,7 +85,13 @@ class AccessLog:
 UNEXPECTED = b'{"detail":"unexpected error (a bug): see the server log"}'
 
 
-def create_app(settings: Settings, *, token_minutes: int = 15, scim: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    token_minutes: int = 15,
+    scim: bool = False,
+    read_threads: int = DEFAULT_READ_THREADS,
+) -> FastAPI:
     from usersctl.api import errors
     from usersctl.api.routes import auth, health, users
     from usersctl.database import Database
@@ -94,7 +105,10 @@ def create_app(settings: Settings, *, token_minutes: int = 15, scim: bool = Fals
         redoc_url=None,
     )
     app.state.server = Server(
-        settings=settings, database=Database(settings), token_minutes=token_minutes
+        settings=settings,
+        database=Database(settings, pool_size=SERVER_POOL),
+        token_minutes=token_minutes,
+        reads=CapacityLimiter(read_threads),
     )
     errors.install(app)
     app.include_router(health.router)
@@ -123,4 +137,5 @@ def create_app_from_env() -> FastAPI:
         log.propagate = False
     minutes = int(os.environ.get("USERSCTL_TOKEN_MINUTES", "15"))
     scim = os.environ.get("USERSCTL_SCIM") == "1"
-    return create_app(load_settings(), token_minutes=minutes, scim=scim)
+    threads = int(os.environ.get("USERSCTL_READ_THREADS", str(DEFAULT_READ_THREADS)))
+    return create_app(load_settings(), token_minutes=minutes, scim=scim, read_threads=threads)

@@ -79,6 +79,16 @@ def serve(
             help="Worker processes (1-64).",
         ),
     ] = 1,
+    read_threads: Annotated[
+        int,
+        typer.Option(
+            "--read-threads",
+            metavar="N",
+            callback=_within(1, 256, "a number of threads"),
+            help="Threads per worker for reads (1-256); more help only when the database "
+            "is far away (README: Performance).",
+        ),
+    ] = 2,
     allow_remote: Annotated[
         bool,
         typer.Option(
@@ -136,6 +146,7 @@ def serve(
     os.environ["USERSCTL_ACTOR"] = state.settings.actor
     os.environ["USERSCTL_TOKEN_MINUTES"] = str(token_minutes)
     os.environ["USERSCTL_SCIM"] = "1" if scim else "0"
+    os.environ["USERSCTL_READ_THREADS"] = str(read_threads)
     typer.echo(
         f"Serving {database.display_url} on http://{host}:{port} "
         f"({workers} worker{'s' if workers > 1 else ''}); docs at /docs"

@@ -11,8 +11,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
-from usersctl.api.deps import HASHING, OwnPassword, Reader, Self, ServerDep, Writer
+from usersctl.api.deps import (
+    HASHING,
+    OwnPassword,
+    Principal,
+    Reader,
+    Self,
+    ServerDep,
+    Writer,
+    read,
+)
 from usersctl.api.schemas import (
     USER_EXAMPLE,
     Detail,
@@ -142,9 +152,9 @@ SORTABLE = "id, name, email, role, active, created_at or updated_at; prefix - to
     },
     summary="List users (the tutorial's GET /users/), with filters and paging",
 )
-def list_users(
+async def list_users(
     server: ServerDep,
-    _principal: Reader,
+    caller: Reader,
     limit: Annotated[int, Query(ge=0, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     role: str | None = None,
@@ -156,23 +166,27 @@ def list_users(
 
     descending = sort.startswith("-")
     filters: dict[str, Any] = {"role": role, "active": active, "search": search}
-    with server.database.session(write=False) as session:
+
+    def work(session: Session, _principal: Principal) -> Response:
         query = crud.user_query(
             **filters, sort=sort.removeprefix("-"), descending=descending, limit=limit,
             offset=offset,
         )  # fmt: skip
         shown = [user_record(user) for user in session.scalars(query)]
         total = crud.count_users(session=session, **filters)
-    return JSONResponse(shown, headers={"X-Total-Count": str(total)})
+        return JSONResponse(shown, headers={"X-Total-Count": str(total)})
+
+    return await read(server, caller, work)
 
 
 @router.get("/me", response_model=UserOut, responses={200: ONE, **ERRORS}, summary="The caller")
-def get_me(server: ServerDep, principal: Self) -> Response:
+async def get_me(server: ServerDep, caller: Self) -> Response:
     from usersctl import crud
 
-    with server.database.session(write=False) as session:
-        shown = user_record(crud.get_user(session=session, ref=str(principal.user_id)))
-    return JSONResponse(shown)
+    def work(session: Session, principal: Principal) -> Response:
+        return JSONResponse(user_record(crud.get_user(session=session, ref=str(principal.user_id))))
+
+    return await read(server, caller, work)
 
 
 @router.put(
@@ -218,12 +232,13 @@ def change_own_password(
     responses={200: ONE, **ERRORS},
     summary="One user (the tutorial's GET /users/{id})",
 )
-def get_user(user_id: int, server: ServerDep, _principal: Reader) -> Response:
+async def get_user(user_id: int, server: ServerDep, caller: Reader) -> Response:
     from usersctl import crud
 
-    with server.database.session(write=False) as session:
-        shown = user_record(crud.get_user(session=session, ref=str(user_id)))
-    return JSONResponse(shown)
+    def work(session: Session, _principal: Principal) -> Response:
+        return JSONResponse(user_record(crud.get_user(session=session, ref=str(user_id))))
+
+    return await read(server, caller, work)
 
 
 @router.delete(
