@@ -86,7 +86,7 @@ def serve(
             metavar="N",
             callback=_within(1, 256, "a number of threads"),
             help="Threads per worker for reads (1-256); more help only when the database "
-            "is far away (README: Performance).",
+            "is far away (README: Serving the API).",
         ),
     ] = 2,
     allow_remote: Annotated[
