@@ -68,6 +68,44 @@ connection.commit()
 connection.close()
 """
 
+# Context: what the database writes of an import cost by themselves. The same users, plus
+# one audit-trail entry each (the JSON usersctl records for a created user), in one
+# transaction with usersctl's pragmas (synchronous=FULL, secure_delete): no validation, no
+# duplicate check, no lookups. usersctl cannot be faster than this.
+SQLITE_IMPORT_WRITES = """\
+import json
+import sqlite3
+import sys
+from datetime import UTC, datetime
+
+now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+connection = sqlite3.connect(sys.argv[2], isolation_level=None)
+connection.execute("PRAGMA synchronous=FULL")
+connection.execute("PRAGMA secure_delete=ON")
+connection.execute("BEGIN IMMEDIATE")
+with open(sys.argv[1], encoding="utf-8") as lines:
+    records = [json.loads(line) for line in lines]
+connection.executemany(
+    "INSERT INTO users (name, email, password_hash, role, is_active, created_at, updated_at,"
+    " password_changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    [(r["name"], r["email"], r["password_hash"], r.get("role", "user"), r.get("active", True),
+      now, now, now) for r in records],
+)
+ids = dict(connection.execute("SELECT email, id FROM users"))
+connection.executemany(
+    "INSERT INTO audit_log (at, actor, action, user_id, user_email, changes)"
+    " VALUES (?, 'root', 'import', ?, ?, ?)",
+    [(now, ids[r["email"]], r["email"], json.dumps({
+        "name": {"before": None, "after": r["name"]},
+        "email": {"before": None, "after": r["email"]},
+        "role": {"before": None, "after": r.get("role", "user")},
+        "active": {"before": None, "after": r.get("active", True)},
+        "password": "set"})) for r in records],
+)
+connection.execute("COMMIT")
+connection.close()
+"""
+
 # The export yardstick in Python: the same lines usersctl writes (same keys, booleans,
 # ISO-8601 UTC timestamps), one json.dumps per row.
 SQLITE_EXPORT = """\
@@ -403,8 +441,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             XDG_CACHE_HOME=str(home / ".cache"),
         )
         exe = str(usersctl)
-        scripts = {"import": tmp / "sqlite_import.py", "export": tmp / "sqlite_export.py"}
+        scripts = {
+            "import": tmp / "sqlite_import.py",
+            "writes": tmp / "sqlite_import_writes.py",
+            "export": tmp / "sqlite_export.py",
+        }
         scripts["import"].write_text(SQLITE_IMPORT)
+        scripts["writes"].write_text(SQLITE_IMPORT_WRITES)
         scripts["export"].write_text(SQLITE_EXPORT)
 
         def url(database: Path) -> dict[str, str]:
@@ -513,6 +556,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows_import,
                 fresh("script"),
                 imported("script"),
+            ),
+            Command(
+                "sqlite3 script: the writes alone",
+                [python, str(scripts["writes"]), str(jsonl), "{db}"],
+                rows_import,
+                fresh("writes"),
+                imported("writes"),
             ),
         ]
         export_env = {**env, **url(export_db)}
@@ -651,6 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_target = f">= {EXPORT_TARGET}x, <= {EXPORT_MAX_MIB:.0f} MiB"
         add("usersctl import users.jsonl", "sqlite3 script import jsonl", import_target, "import")
         add("usersctl import users.csv", "sqlite3 script import jsonl", import_target, "import")
+        add("usersctl import users.jsonl", "sqlite3 script: the writes alone", "-", None)
         big_label = f"usersctl import {rows_big:,} rows"
         add(big_label, "sqlite3 script import jsonl", f"<= {BIG_MAX_MIB:.0f} MiB", "big")
         add("usersctl sync (1% changed)", "sqlite3 script import jsonl", "-", None)
