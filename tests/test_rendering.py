@@ -280,3 +280,26 @@ def test_the_format_character_list_matches_unicode() -> None:
         elif pattern.match(char):
             assert category in ("Cf", "Cn"), f"U+{code:04X}"
     assert printable("a\u202eb\u200d\U000e0041") == "a\\u202eb\u200d\\U000e0041"
+
+
+@pytest.mark.parametrize("fmt", [OutputFormat.jsonl, OutputFormat.json])
+def test_json_escapes_unsafe_characters_in_every_line_of_a_batch(fmt: OutputFormat) -> None:
+    """The escaping skips plain-ASCII text (for export's speed): a batch of ASCII lines
+    with one DEL, one right-to-left override, one line separator, one accented name and
+    one astral format character still comes out escaped exactly where needed, lossless."""
+    names = [f"user {n}" for n in range(2500)]
+    names[7] = "del\x7fete"
+    names[1200] = "evil\u202eexe.txt"
+    names[1999] = "line\u2028break"
+    names[2001] = "José"
+    names[2400] = "tag\U000e0041"
+    records = [{"id": n, "name": name} for n, name in enumerate(names)]
+    out = io.StringIO()
+    Renderer(fmt, out).many(records, fields=["id", "name"], exact=True)
+    text = out.getvalue()
+    assert not re.search("[\x7f-\x9f\u2028\u2029\u202e\U000e0041]", text), "unescaped"
+    assert "\\u007f" in text and "\\u202e" in text and "\\u2028" in text
+    assert "\\udb40\\udc41" in text and "José" in text  # astral: a surrogate pair
+    parsed = [json.loads(line) for line in text.splitlines()] if fmt == "jsonl" else None
+    back = parsed if parsed is not None else json.loads(text)
+    assert [row["name"] for row in back] == names
