@@ -129,7 +129,8 @@ def hash_problem(value: str) -> str | None:
     match = _ARGON2.fullmatch(value)
     if match is None:
         return malformed
-    version, memory, time_cost, lanes = (int(match[k]) for k in ("v", "m", "t", "p"))
+    version, memory = int(match["v"]), int(match["m"])
+    time_cost, lanes = int(match["t"]), int(match["p"])
     if version != ARGON2_VERSION:
         return f"argon2 version {version} is not supported (only v={ARGON2_VERSION})"
     if lanes not in ARGON2_PARALLELISM:
