@@ -525,3 +525,14 @@ def test_api_token_use_is_recorded_by_reads_and_writes(api: Api) -> None:
     uid = api.user("used@example.com")
     assert client.post(f"/users/{uid}/disable", headers=writer).status_code == 200
     assert last_used("rw") is not None
+
+
+def test_read_with_malformed_query_answers_401_without_header_else_422(api: Api) -> None:
+    """As the README says: no Authorization header is 401 first; a malformed query with
+    some credential is 422 before the credential is looked up (nothing is read)."""
+    client = api.client
+    assert_detail(client.get("/users/?limit=5000"), 401)
+    bad = {"Authorization": "Bearer usc_" + "A" * 43}
+    assert client.get("/users/?limit=5000", headers=bad).status_code == 422
+    assert_detail(client.get("/users/?limit=5", headers=bad), 401)
+    assert client.get("/users/?limit=5000", headers=api.admin).status_code == 422
