@@ -536,3 +536,23 @@ def test_read_with_malformed_query_answers_401_without_header_else_422(api: Api)
     assert client.get("/users/?limit=5000", headers=bad).status_code == 422
     assert_detail(client.get("/users/?limit=5", headers=bad), 401)
     assert client.get("/users/?limit=5000", headers=api.admin).status_code == 422
+
+
+def test_one_app_served_by_two_event_loops_at_once(api: Api, db_url: str) -> None:
+    """The read limiter is per event loop: one app behind two TestClients (two loops) at
+    the same time, with one read thread, answers every request (a limiter shared across
+    loops woke no waiter and hung)."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    settings = load_settings(database_url=db_url)
+    app = create_app(settings, read_threads=1)
+    with TestClient(app) as one, TestClient(app) as two, ThreadPoolExecutor(8) as pool:
+        futures = [
+            pool.submit(lambda c: c.get("/users/", headers=api.admin).status_code, client)
+            for client in [one, two] * 100
+        ]
+        done, pending = wait(futures, timeout=120)
+        assert not pending, f"{len(pending)} requests hung"
+        assert {future.result() for future in done} == {200}
+    assert app.state.server.database.engine.pool.checkedout() == 0
+    app.state.server.database.dispose()

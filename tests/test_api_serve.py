@@ -226,15 +226,19 @@ def test_serve_refuses_remote_without_allow_remote(cli: Cli) -> None:
 
 def test_read_threads_reach_every_worker(monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:
     """`serve --read-threads N` hands N to its workers (USERSCTL_READ_THREADS), and each
-    worker's reads share a limiter of N threads."""
+    worker's reads share a limiter of N threads; fewer than 1 is refused."""
     from usersctl.api.app import create_app_from_env
     from usersctl.api.deps import DEFAULT_READ_THREADS
+    from usersctl.errors import UsageError
 
     monkeypatch.setenv("USERSCTL_DATABASE_URL", db_url)
     monkeypatch.delenv("USERSCTL_READ_THREADS", raising=False)
-    assert create_app_from_env().state.server.reads.total_tokens == DEFAULT_READ_THREADS
+    assert create_app_from_env().state.server.read_threads == DEFAULT_READ_THREADS
     monkeypatch.setenv("USERSCTL_READ_THREADS", "5")
-    assert create_app_from_env().state.server.reads.total_tokens == 5
+    assert create_app_from_env().state.server.read_threads == 5
+    monkeypatch.setenv("USERSCTL_READ_THREADS", "0")
+    with pytest.raises(UsageError, match="at least 1"):
+        create_app_from_env()
 
 
 def test_serve_without_the_extra_exits_7(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:

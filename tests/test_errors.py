@@ -591,3 +591,21 @@ def test_tutorial_database_must_be_adopted_explicitly(empty_db_url: str) -> None
 def test_foreign_tables_are_refused(empty_db_url: str) -> None:
     sql(empty_db_url, "CREATE TABLE orders (id INTEGER PRIMARY KEY)")
     assert_fails(invoke(empty_db_url, "list"), 8, "did not create")
+
+
+def test_a_failing_read_begin_is_translated_like_any_driver_error() -> None:
+    """A read transaction's BEGIN goes straight to the SQLite driver; if it fails (here: a
+    read session nested in a write session on the one connection of an in-memory
+    database), the error is SQLAlchemy's, which translate_errors maps to exit 7."""
+    from sqlalchemy import text
+
+    from usersctl.config import load_settings
+    from usersctl.database import Database
+    from usersctl.errors import DatabaseUnavailable
+
+    database = Database(load_settings(database_url="sqlite://"))
+    with database.session(write=True) as outer:
+        outer.execute(text("SELECT 1"))
+        with pytest.raises(DatabaseUnavailable), database.session(write=False) as inner:
+            inner.execute(text("SELECT 1"))
+    database.dispose()

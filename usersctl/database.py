@@ -282,8 +282,13 @@ def _install_sqlite_hooks(engine: Engine, path: Path | None) -> None:
             return  # VACUUM and checkpoints must run outside a transaction
         if options.get(_READ_ONLY):
             # A deferred BEGIN takes no lock, so it cannot fail busy: straight to the driver,
-            # without the statement machinery (a sixth of a server's read otherwise).
-            connection.connection.driver_connection.execute("BEGIN")
+            # without the statement machinery (a sixth of a server's read otherwise). Should
+            # it fail all the same, it is repeated through SQLAlchemy, whose error (wrapped,
+            # as translate_errors expects) is the one raised.
+            try:
+                connection.connection.driver_connection.execute("BEGIN")
+            except Exception:  # noqa: BLE001 - the driver's own error types
+                connection.exec_driver_sql("BEGIN")
         else:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 

@@ -7,7 +7,6 @@ import logging
 import time
 from typing import Any
 
-from anyio import CapacityLimiter
 from fastapi import FastAPI
 
 from usersctl import __version__
@@ -95,7 +94,10 @@ def create_app(
     from usersctl.api import errors
     from usersctl.api.routes import auth, health, users
     from usersctl.database import Database
+    from usersctl.errors import UsageError
 
+    if read_threads < 1:  # (anyio would take 0, and every read would wait forever)
+        raise UsageError(f"read threads must be at least 1, not {read_threads}")
     app = FastAPI(
         title="usersctl",
         version=__version__,
@@ -108,7 +110,7 @@ def create_app(
         settings=settings,
         database=Database(settings, pool_size=SERVER_POOL),
         token_minutes=token_minutes,
-        reads=CapacityLimiter(read_threads),
+        read_threads=read_threads,
     )
     errors.install(app)
     app.include_router(health.router)

@@ -14,11 +14,12 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
 from anyio import CapacityLimiter
+from anyio.lowlevel import RunVar
 from anyio.to_thread import run_sync
 from fastapi import Depends, HTTPException, Request, Response
 from sqlalchemy import Connection
@@ -51,7 +52,24 @@ class Server:
     settings: Settings
     database: Database
     token_minutes: int = 15
-    reads: CapacityLimiter = field(default_factory=lambda: CapacityLimiter(DEFAULT_READ_THREADS))
+    read_threads: int = DEFAULT_READ_THREADS
+
+
+# An anyio limiter belongs to one event loop: each loop that serves an app (uvicorn runs
+# one per process; tests and embedders may run several) gets its own, per server.
+_READ_LIMITERS: RunVar[dict[int, CapacityLimiter]] = RunVar("usersctl_read_limiters")
+
+
+def _read_limiter(server: Server) -> CapacityLimiter:
+    try:
+        limiters = _READ_LIMITERS.get()
+    except LookupError:
+        limiters = {}
+        _READ_LIMITERS.set(limiters)
+    limiter = limiters.get(id(server))
+    if limiter is None:
+        limiter = limiters[id(server)] = CapacityLimiter(server.read_threads)
+    return limiter
 
 
 @dataclass(frozen=True)
@@ -223,7 +241,7 @@ async def read(
         with signed_in(server, caller) as (session, principal):
             return work(session, principal)
 
-    return await run_sync(run, limiter=server.reads)
+    return await run_sync(run, limiter=_read_limiter(server))
 
 
 def _reading(scope: str, refusal: str) -> Any:
