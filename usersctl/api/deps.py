@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -218,28 +217,21 @@ class Caller:
     refusal: str
 
 
-@contextmanager
-def signed_in(server: Server, caller: Caller) -> Iterator[tuple[Session, Principal]]:
-    """A read transaction in which the caller has been checked (401, or 403 without the
-    route's scope) before the handler reads anything."""
-    with server.database.session(write=False) as session:
-        checked = _check(session, caller.credential)
-        caller.request.state.caller = checked.principal.name
-        if caller.scope not in checked.principal.scopes:
-            raise forbidden(caller.refusal)
-        yield session, checked.principal
-    _record_use(server, checked)
-
-
 async def read(
     server: Server, caller: Caller, work: Callable[[Session, Principal], Response]
 ) -> Response:
-    """`work` in a read transaction in which the caller has been checked, on one of the
-    server's read threads."""
+    """`work` on one of the server's read threads, in a read transaction in which the
+    caller has been checked first (401, or 403 without the route's scope)."""
 
     def run() -> Response:
-        with signed_in(server, caller) as (session, principal):
-            return work(session, principal)
+        with server.database.session(write=False) as session:
+            checked = _check(session, caller.credential)
+            caller.request.state.caller = checked.principal.name  # for the access log
+            if caller.scope not in checked.principal.scopes:
+                raise forbidden(caller.refusal)
+            answer = work(session, checked.principal)
+        _record_use(server, checked)
+        return answer
 
     return await run_sync(run, limiter=_read_limiter(server))
 
