@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, NamedTuple, TextIO
 
 from usersctl.errors import InvalidData, UsageError
 
@@ -45,8 +45,9 @@ def guess_format(source: str, given: str | None) -> str:
     return guessed
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
+    """One record of the input and the line it starts on (a tuple: made for every row)."""
+
     line: int
     data: dict[str, Any] | None  # None when the record itself could not be read
     problem: str | None = None
@@ -179,6 +180,9 @@ def _csv_records(
         yield Record(start, {k: csv_value(v) for k, v in pairs if v != "" or k not in _OPTIONAL})
 
 
+_decode = json.JSONDecoder().decode  # json.loads without its per-call checks
+
+
 def _loads(line: int, text: str) -> Record:
     try:
         value = json.loads(text)
@@ -192,11 +196,21 @@ def _loads(line: int, text: str) -> Record:
 
 
 def _jsonl_records(stream: TextIO) -> Iterator[Record]:
-    lines = _Lines(stream)
-    for text in lines:
-        lines.mark()
-        if text.strip():
-            yield _loads(lines.number, text)
+    # One record a line: the _Lines rules, in one loop (this runs for every row).
+    readline = stream.readline
+    number = 0
+    while text := readline(MAX_RECORD + 3):
+        number += 1
+        if len(text) > MAX_RECORD and len(text.rstrip("\r\n")) > MAX_RECORD:
+            raise InvalidData(f"line {number}: longer than {_LIMIT_TEXT}, the limit for a line")
+        if text.isspace():
+            continue
+        try:
+            value = _decode(text)
+        except (ValueError, RecursionError):
+            yield _loads(number, text)  # again, for json.loads's wording of the error
+            continue
+        yield Record(number, value) if type(value) is dict else _object(number, value)
 
 
 class _JsonArray:
