@@ -556,3 +556,31 @@ def test_one_app_served_by_two_event_loops_at_once(api: Api, db_url: str) -> Non
         assert {future.result() for future in done} == {200}
     assert app.state.server.database.engine.pool.checkedout() == 0
     app.state.server.database.dispose()
+
+
+def test_a_server_out_of_connections_answers_503_with_retry_after(
+    api: Api, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pooled connection in use: a request waits the busy timeout for one, then gets
+    503 "database busy" and Retry-After (it was a 500, "a bug", after 30 s), on the users
+    API and on SCIM; the next request, once a connection is free, succeeds."""
+    import usersctl.api.app
+    import usersctl.database
+
+    monkeypatch.setattr(usersctl.api.app, "SERVER_POOL", 1)
+    monkeypatch.setattr(usersctl.database, "SERVER_POOL_OVERFLOW", 0)
+    settings = dataclasses.replace(load_settings(database_url=db_url), busy_timeout=0.3)
+    app = create_app(settings, scim=True)
+    scim = {**api.token("idp", "--scope", "scim"), "Accept": "application/scim+json"}
+    with TestClient(app) as client:
+        held = app.state.server.database.engine.connect()
+        try:
+            for path, headers in (("/users/", api.admin), ("/scim/v2/Users", scim)):
+                response = client.get(path, headers=headers)
+                assert response.status_code == 503, response.text
+                assert "database busy" in response.json()["detail"], response.text
+                assert response.headers["retry-after"] == "1"
+        finally:
+            held.close()
+        assert client.get("/users/", headers=api.admin).status_code == 200
+    app.state.server.database.dispose()

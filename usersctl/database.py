@@ -28,6 +28,7 @@ from sqlalchemy.exc import (
     OperationalError,
     ProgrammingError,
 )
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.types import TypeEngine
@@ -38,7 +39,10 @@ from usersctl.errors import Conflict, DatabaseUnavailable, NotFound, SchemaMisma
 _DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 _READ_ONLY = "usersctl_read_only"
 _MIN_FREE_BYTES = 64 * 1024
-SERVER_POOL_OVERFLOW = 10  # connections a server opens past its pool, closed after use
+# Connections a server process opens past its pool (closed after use). With its pool of 16
+# (usersctl.api.app.SERVER_POOL), 24 a worker at most: 4 workers fit PostgreSQL's default
+# max_connections of 100 (97 for ordinary roles).
+SERVER_POOL_OVERFLOW = 8
 QUICK_LOCK_WAIT_MS = 100  # how long best-effort writes wait for a lock (quick_session)
 
 
@@ -340,7 +344,12 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         # A server keeps this many connections open (QueuePool's default of 5 closes and
         # reopens one per request past the fifth concurrent one: on SQLite, a third of a
         # request's time went into opening the file and its pragmas).
-        pooling = {"pool_size": pool_size, "max_overflow": SERVER_POOL_OVERFLOW}
+        # Waiting for a free connection is bounded like waiting for a lock: the busy timeout.
+        pooling = {
+            "pool_size": pool_size,
+            "max_overflow": SERVER_POOL_OVERFLOW,
+            "pool_timeout": settings.busy_timeout,
+        }
     try:
         engine = create_engine(url, hide_parameters=True, connect_args=connect_args, **pooling)
     except NoSuchModuleError:
@@ -467,6 +476,12 @@ class Database:
             raise Conflict("conflict: a unique value (email) is already taken") from None
         except StaleDataError:
             raise NotFound("user not found: another process deleted it meanwhile") from None
+        except PoolTimeout:  # a server with every pooled connection in use
+            raise DatabaseUnavailable(
+                f"database busy: no free connection within {self.settings.busy_timeout:g} s "
+                "(every connection of this server process is in use); retry, or raise "
+                "USERSCTL_BUSY_TIMEOUT"
+            ) from None
         except (ProgrammingError, DataError, NotSupportedError, InternalError) as exc:
             _raise_if_schema_error(exc)
             raise  # a bug in usersctl, not the database's state: exit 1 with --debug detail

@@ -9,20 +9,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from usersctl.errors import UsersctlError
+from usersctl.errors import DatabaseUnavailable, UsersctlError
 from usersctl.service import http_status
 
 BEARER = {"WWW-Authenticate": "Bearer"}
+RETRY = {"Retry-After": "1"}  # the database busy or unreachable: worth another try
 
 
-def error_response(status: int, detail: str) -> JSONResponse:
-    headers = BEARER if status == 401 else None
+def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = BEARER if status == 401 else headers
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, UsersctlError)
-    return error_response(http_status(exc), exc.message)
+    retry = RETRY if isinstance(exc, DatabaseUnavailable) else None
+    return error_response(http_status(exc), exc.message, retry)
 
 
 def _problem(error: Any) -> str:

@@ -19,7 +19,15 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
-from usersctl.errors import Conflict, InvalidData, NotFound, UsageError, UsersctlError
+from usersctl.api.errors import RETRY
+from usersctl.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    InvalidData,
+    NotFound,
+    UsageError,
+    UsersctlError,
+)
 from usersctl.service import http_status
 
 MEDIA_TYPE = "application/scim+json"
@@ -90,7 +98,7 @@ def problem_for(exc: Exception) -> tuple[ScimProblem, dict[str, str] | None] | N
     if isinstance(exc, ScimProblem):
         return exc, None
     if isinstance(exc, UsersctlError):
-        return _domain(exc), None
+        return _domain(exc), RETRY if isinstance(exc, DatabaseUnavailable) else None
     if isinstance(exc, HTTPException):
         detail = exc.detail if isinstance(exc.detail, str) else "request refused"
         return ScimProblem(exc.status_code, detail), dict(exc.headers or {}) or None
