@@ -169,7 +169,7 @@ def _csv_records(
         if values is None:
             return
         start, line = line, reader.line_num + 1
-        if not values or not any(value.strip() for value in values):
+        if not "".join(values).strip():
             counts.blank_rows += 1  # a blank line, or a row of empty cells (`,,,`)
             continue
         if len(values) != len(header):
@@ -177,15 +177,44 @@ def _csv_records(
             continue
         # An empty optional cell means "not given" (the default applies).
         pairs = zip(header, values, strict=True) if every else ((k, values[i]) for i, k in kept)
-        yield Record(start, {k: csv_value(v) for k, v in pairs if v != "" or k not in _OPTIONAL})
+        yield Record(
+            start,
+            {
+                k: csv_value(v) if v[:1] == "'" else v
+                for k, v in pairs
+                if v != "" or k not in _OPTIONAL
+            },
+        )
 
 
-_decode = json.JSONDecoder().decode  # json.loads without its per-call checks
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: `{"email": "a@x", "email": "b@x"}` is a bad
+    record (json keeps the last silently; CSV refuses a column named twice too)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_decode = _DECODER.decode  # json.loads without its per-call checks
 
 
 def _loads(line: int, text: str) -> Record:
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        return Record(line, None, f"the key {exc.key!r} appears twice")
     except json.JSONDecodeError as exc:
         return Record(line, None, f"not valid JSON: {exc.msg}")
     except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
@@ -247,11 +276,18 @@ class _JsonArray:
         while True:
             try:
                 value, end = decoder.raw_decode(self.text, self.position)
+            except _DuplicateKey as exc:  # a bad record, not bad JSON: read past it
+                self.value(json.JSONDecoder())
+                return exc
             except json.JSONDecodeError as exc:
-                if not self.eof and len(self.text) - self.position <= MAX_RECORD and self.more():
-                    continue
-                if len(self.text) - self.position > MAX_RECORD:
-                    self.too_long()
+                # Only an error at the end of what was read may be the record going on in
+                # the next chunk (an unterminated string is reported where it starts).
+                cut = exc.pos >= len(self.text) - 6 or exc.msg.startswith("Unterminated string")
+                if cut and not self.eof:
+                    if len(self.text) - self.position > MAX_RECORD:
+                        self.too_long()
+                    if self.more():
+                        continue
                 line = self.line + self.text.count("\n", self.position, exc.pos)
                 raise InvalidData(f"line {line}: not valid JSON: {exc.msg}") from None
             except ValueError:
@@ -277,7 +313,7 @@ class _JsonArray:
 def _json_records(stream: TextIO) -> Iterator[Record]:
     """The elements of one JSON array, each with the line it starts on."""
     reader = _JsonArray(stream)
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     if reader.peek() != "[":
         raise InvalidData(f"line {reader.line}: a JSON import must be one array of objects")
     reader.position += 1
@@ -288,7 +324,11 @@ def _json_records(stream: TextIO) -> Iterator[Record]:
         return
     while True:
         line = reader.line
-        yield _object(line, reader.value(decoder))
+        value = reader.value(decoder)
+        if isinstance(value, _DuplicateKey):
+            yield Record(line, None, f"the key {value.key!r} appears twice")
+        else:
+            yield _object(line, value)
         following = reader.peek()
         if following == ",":
             reader.position += 1

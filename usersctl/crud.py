@@ -462,6 +462,7 @@ class Existing:
     password_hash: str | None
     expires_at: datetime | None
     source: str | None
+    external_id: str | None = None
 
 
 def existing_users(
@@ -470,15 +471,23 @@ def existing_users(
     found: dict[str, Existing] = {}
     columns = (
         User.email, User.id, User.name, User.role, User.is_active, User.password_hash,
-        User.expires_at, User.source,
+        User.expires_at, User.source, User.external_id,
     )  # fmt: skip
     for start in range(0, len(emails), chunk):
         query = select(*columns).where(User.email.in_(emails[start : start + chunk]))
-        for email, user_id, name, role, active, password_hash, expires, source in session.execute(
-            query
-        ):
+        for (
+            email,
+            user_id,
+            name,
+            role,
+            active,
+            hashed,
+            expires,
+            source,
+            external,
+        ) in session.execute(query):
             found[email] = Existing(
-                user_id, name, role, bool(active), password_hash, expires, source
+                user_id, name, role, bool(active), hashed, expires, source, external
             )
     return found
 
@@ -516,8 +525,9 @@ def import_changes(
     if "expires_at" in given:
         before["expires_at"] = _audit_time(_moment(existing.expires_at))
         after["expires_at"] = _audit_time(_moment(row.expires_at))
-    if source is not None:
+    if source is not None:  # taken over: the old owner's external id goes with it
         before["source"], after["source"] = existing.source, source
+        before["external_id"], after["external_id"] = existing.external_id, None
     changes = diff(before, after)
     if (
         update_passwords
@@ -543,7 +553,17 @@ def apply_import(
     created user without one has no password. Users created are owned by `source`."""
     now = utcnow()
 
-    if plan.create:
+    if plan.create and restore:  # what each row put back (a backup's source and external id)
+        ids = _insert_rows(session, plan, hashes, restore, now, source)
+        trail.record_many(
+            session,
+            action,
+            (
+                (ids[row.email], row.email, _restored(row, row.email in hashes))
+                for _, row in plan.create
+            ),
+        )
+    elif plan.create:
         ids = _insert_rows(session, plan, hashes, restore, now, source)
         # The changes of a created user, encoded by template: json.dumps of a nested dict
         # per row would be the largest cost an import's audit trail adds.
@@ -576,8 +596,6 @@ def apply_import(
             }
             if "expires_at" in changes:
                 update_values["expires_at"] = _moment(row.expires_at)
-            if "source" in changes:  # taken over: the old owner's external id goes
-                update_values["external_id"] = None
             if "password" in changes:
                 update_values["password_hash"] = hashes[row.email]
                 update_values["password_changed_at"] = now
@@ -600,7 +618,20 @@ def apply_import(
     session.flush()
 
 
-_FIELD_COLUMNS = {"name": "name", "role": "role", "active": "is_active", "source": "source"}
+def _restored(row: UserImport, password: bool) -> dict[str, Any]:
+    """The audit changes of a user a restore created: its audited fields, as a create's."""
+    values = {
+        "name": row.name, "email": row.email, "role": row.role, "active": row.active,
+        "expires_at": _audit_time(_moment(row.expires_at)), "source": row.source,
+        "external_id": row.external_id,
+    }  # fmt: skip
+    return {**diff({}, values), **({"password": PASSWORD_SET} if password else {})}
+
+
+_FIELD_COLUMNS = {
+    "name": "name", "role": "role", "active": "is_active", "source": "source",
+    "external_id": "external_id",
+}  # fmt: skip
 
 
 def _insert_rows(

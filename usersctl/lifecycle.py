@@ -45,12 +45,13 @@ def parse_expiry(text: str, moment: datetime) -> datetime | None:
         if match:
             return moment + int(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
         parsed = datetime.fromisoformat(value)
+        # (an offset can carry a time past what UTC holds: 9999-12-31T23:00:00-05:00)
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         raise UsageError(
             f"invalid --expires {text!r}: give a date (2027-06-30), a duration from now "
             "(90d, 12h, 4w, 1y) or never"
         ) from None
-    parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     return parsed.replace(microsecond=0)
 
 

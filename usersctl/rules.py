@@ -56,6 +56,10 @@ FIELD_RULES = {
     ),
 }
 STORED_NUL = "invalid {}: must not contain NUL (U+0000), which no database engine stores"
+# A lone surrogate (U+D800-U+DFFF, e.g. JSON's "\ud800") is not text: no database stores it
+# and argon2 cannot hash it.
+NOT_UNICODE = "invalid {}: must be valid Unicode text (found a lone surrogate, U+{:04X})"
+MOMENT_RANGE = "invalid {}: out of range once converted to UTC (years 1 to 9999)"
 NOT_TEXT = "invalid {}: must be text"
 UNKNOWN_COLUMN = "unknown column {!r}"
 MISSING_COLUMN = "missing column {!r}"
@@ -76,6 +80,17 @@ def email_reason(message: str) -> str:
     return EMAIL_INVALID.format(message)
 
 
+def lone_surrogate(value: str) -> int | None:
+    """The first lone surrogate's code point in `value`, if any."""
+    if value.isascii():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return ord(value[exc.start])
+    return None
+
+
 def password_length(password: str) -> int:
     """Length in Unicode code points after NFKC normalisation (NIST SP 800-63B-4)."""
     import unicodedata
@@ -88,6 +103,9 @@ def password_problem(password: str, *, min_length: int = PASSWORD_MIN_LENGTH) ->
     rest of the policy, guessability, is usersctl.password_policy.check)."""
     if len(password) > PASSWORD_MAX_LENGTH:
         return PASSWORD_TOO_LONG
+    surrogate = lone_surrogate(password)
+    if surrogate is not None:
+        return NOT_UNICODE.format("password", surrogate)
     length = password_length(password)
     if length < min_length:
         return PASSWORD_TOO_SHORT.format(length=length, minimum=min_length)

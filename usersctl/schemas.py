@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from usersctl import rules
 from usersctl.errors import InvalidData
@@ -138,8 +139,18 @@ def normalize_email(value: str) -> str:
     return result.normalized.lower()
 
 
+def in_utc(value: datetime) -> datetime:
+    """An aware time converted to UTC, as stored and shown (also in a dry run's plan); one
+    that UTC cannot hold (9999-12-31T23:00:00-05:00) is refused here, not when written."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError("moment_range", "out of range") from None
+
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+Moment = Annotated[AwareDatetime, AfterValidator(in_utc)]
 Name = Annotated[str, AfterValidator(clean_name)]
 Email = Annotated[str, AfterValidator(normalize_email)]
 Role = Annotated[str, StringConstraints(pattern=ROLE_PATTERN, max_length=ROLE_LENGTH)]
@@ -153,7 +164,7 @@ class UserCreate(BaseModel):
     email: Email
     role: Role = "user"
     is_active: bool = True
-    expires_at: AwareDatetime | None = None
+    expires_at: Moment | None = None
     must_change_password: bool = False
 
 
@@ -165,7 +176,7 @@ class UserUpdate(BaseModel):
     name: Name | None = None
     email: Email | None = None
     role: Role | None = None
-    expires_at: AwareDatetime | None = None  # given as None: never expires
+    expires_at: Moment | None = None  # given as None: never expires
     source: Source | None = None  # given as None: managed by hand (external_id cleared too)
 
 
@@ -203,11 +214,11 @@ class UserImport(BaseModel):
         default=None, repr=False
     )
     id: int | None = Field(default=None, ge=1, le=rules.ID_MAX)
-    created_at: AwareDatetime | None = None
-    updated_at: AwareDatetime | None = None
-    last_login_at: AwareDatetime | None = None
-    password_changed_at: AwareDatetime | None = None
-    expires_at: AwareDatetime | None = None
+    created_at: Moment | None = None
+    updated_at: Moment | None = None
+    last_login_at: Moment | None = None
+    password_changed_at: Moment | None = None
+    expires_at: Moment | None = None
     must_change_password: bool = False
     locked: bool = False  # as exported; a lock is transient and is not restored
     has_password: bool = True  # as exported; false with a password given is refused
@@ -239,6 +250,9 @@ def _stored(field: str, limit: int, *, empty: bool) -> Any:
             raise ValueError(f"invalid {field}: at most {limit} characters are allowed")
         if "\x00" in value:
             raise ValueError(rules.STORED_NUL.format(field))
+        surrogate = rules.lone_surrogate(value)
+        if surrogate is not None:
+            raise ValueError(rules.NOT_UNICODE.format(field, surrogate))
         return value
 
     return Annotated[str, AfterValidator(check)]
@@ -291,6 +305,10 @@ def _describe(error: Any) -> str:
         return rules.UNKNOWN_COLUMN.format(field)
     if error["type"] == "missing":
         return rules.MISSING_COLUMN.format(field)
+    if error["type"] == "string_unicode":  # pydantic's own check, on constrained strings
+        return rules.NOT_UNICODE.format(field, rules.lone_surrogate(str(error["input"])) or 0)
+    if error["type"] == "moment_range":
+        return rules.MOMENT_RANGE.format(field)
     if error["type"] == "string_type":
         return rules.NOT_TEXT.format(field)
     return rules.FIELD_RULES.get(field, f"invalid {field}")

@@ -117,6 +117,9 @@ class Outcome:
     deleted: int = 0
     hashed: int = 0
     to_hash: int = 0
+    # A restore's rows that say has_password true but carry no hash (an export made without
+    # --include-hashes): those users come back without a password.
+    passwords_missing: int = 0
     conflicts: Problems = field(default_factory=Problems)
 
 
@@ -207,6 +210,7 @@ class Run:
         self.plan = plan
         self.outcome = Outcome()
         self.seen = Seen()
+        self.with_ids: bool | None = None  # a restore: whether its rows carry ids (all or none)
         # Into an empty table (a first load) no row can meet an existing user: only one
         # created by an earlier row, which is a duplicate (Seen). No lookups then.
         self.empty = session.scalar(select(User.id).limit(1)) is None
@@ -224,13 +228,18 @@ class Run:
         self.seen.close()
 
     def _unique(self, rows: list[tuple[int, UserImport]]) -> list[tuple[int, UserImport]]:
-        """The rows whose email (and id, in a restore) no earlier row had."""
-        earlier = self.seen.first_lines("emails", [row.email for _, row in rows])
+        """The rows whose email (and id, in a restore) no earlier row had. Emails compare
+        case-insensitively: a restore keeps an email's case as the backup has it, but two
+        that differ only in case are one address (and one on MariaDB's unique index)."""
+        earlier = self.seen.first_lines("emails", [row.email.lower() for _, row in rows])
         ids = [row.id for _, row in rows if row.id is not None] if self.job.restore else []
         earlier_ids = self.seen.first_lines("ids", ids) if ids else {}
         kept: list[tuple[int, UserImport]] = []
         for line, row in rows:
-            first = earlier.get(row.email)
+            if self.job.restore and not self._restorable(line, row):
+                continue
+            key = row.email.lower()
+            first = earlier.get(key)
             if first is not None:
                 self.duplicates.add(line, f"duplicate email {row.email} (first on line {first})")
                 continue
@@ -240,12 +249,29 @@ class Run:
                     self.duplicates.add(line, f"duplicate id {row.id} (first on line {first})")
                     continue
                 earlier_ids[row.id] = line
-            earlier[row.email] = line
+            earlier[key] = line
             kept.append((line, row))
-        self.seen.add("emails", ((row.email, line) for line, row in kept))
+        self.seen.add("emails", ((row.email.lower(), line) for line, row in kept))
         if ids:
             self.seen.add("ids", ((row.id, line) for line, row in kept if row.id is not None))
         return kept
+
+    def _restorable(self, line: int, row: UserImport) -> bool:
+        """A restore's rows have an id each, or none has (ids given and ids drawn from the
+        table's sequence would collide); counts those that lose their password."""
+        has_id = row.id is not None
+        if self.with_ids is None:
+            self.with_ids = has_id
+        elif has_id != self.with_ids:
+            self.duplicates.add(
+                line,
+                f"--restore: this row {'has an' if has_id else 'has no'} id and earlier rows "
+                f"{'have none' if has_id else 'have one'} (a backup's rows all have ids)",
+            )
+            return False
+        if row.has_password and "has_password" in row.model_fields_set and not row.gives_password:
+            self.outcome.passwords_missing += 1
+        return True
 
     def add(self, rows: list[tuple[int, UserImport]]) -> None:
         """Plan one batch and, while every row so far was good, write it."""
@@ -386,8 +412,8 @@ class Run:
             if not page:
                 return
             last = page[-1][0]
-            listed = self.seen.first_lines("emails", [email for _, email, _ in page])
-            yield [user for user in page if user[1] not in listed]
+            listed = self.seen.first_lines("emails", [email.lower() for _, email, _ in page])
+            yield [user for user in page if user[1].lower() not in listed]
 
     def _prune(self) -> None:
         job, outcome = self.job, self.outcome

@@ -262,6 +262,14 @@ def import_(
         "dry_run": dry_run,
         "blank_rows": counts.blank_rows,  # last: `-o plain` fields keep their places
     }
+    if outcome.passwords_missing:
+        typer.echo(
+            f"warning: {outcome.passwords_missing} user(s) {'would be' if dry_run else 'were'} "
+            "restored without a password: their rows say has_password true but carry no "
+            "password_hash (a backup needs `export --include-hashes`); they cannot log in "
+            "until given one (usersctl passwd)",
+            err=True,
+        )
     if dry_run:
         typer.echo("Dry run: nothing was written.", err=True)
     Renderer(output).one(summary, fields=list(summary))

@@ -40,9 +40,10 @@ def _value(value: Any) -> str:
     return printable(str(value))
 
 
-def plan_line(entry: dict[str, Any]) -> str:
+def plan_line(entry: dict[str, Any], prune: str = "none") -> str:
     """One change of a dry run's plan: `+ EMAIL  field: value, ...` (create), `~ EMAIL  field:
-    old -> new, ...` (update), `- EMAIL  disable|delete` (prune), `? EMAIL  absent (kept)`."""
+    old -> new, ...` (update), `- EMAIL  disable|delete` (prune), `? EMAIL  absent (kept)`
+    (`prune`: the run's --prune, which says why an absent user is kept)."""
     change, email = entry["change"], printable(entry["email"])
     mark = _MARKS[change]
     if change == "create":
@@ -57,15 +58,18 @@ def plan_line(entry: dict[str, Any]) -> str:
                 parts.append(f"{name}: {value}")
         return f"{mark} {email}  {', '.join(parts)}"
     if change == "keep":
-        return f"{mark} {email}  absent from the file (kept: --prune none)"
+        why = "already disabled" if prune == "disable" else f"kept: --prune {prune}"
+        return f"{mark} {email}  absent from the file ({why})"
     return f"{mark} {email}  {change}"
 
 
-def _show_plan(entries: Iterable[dict[str, Any]], summary: dict[str, Any], output: Any) -> None:
+def _show_plan(
+    entries: Iterable[dict[str, Any]], summary: dict[str, Any], output: Any, prune: str
+) -> None:
     """The plan on stdout: lines then the counts, or the same as data."""
     if output in (OutputFormat.table, OutputFormat.plain):
         for entry in entries:
-            typer.echo(plan_line(entry))
+            typer.echo(plan_line(entry, prune))
         typer.echo(", ".join(f"{name.replace('_', ' ')} {summary[name]}" for name in SUMMARY))
         return
     if output == OutputFormat.jsonl:
@@ -171,13 +175,13 @@ def sync(
         )  # fmt: skip
         if plan is not None:
             typer.echo("Dry run: nothing was written.", err=True)
-            _show_plan(plan.entries(), summary_of(outcome), output)
+            _show_plan(plan.entries(), summary_of(outcome), output, job.prune)
             return
         summary = summary_of(outcome)
         Renderer(output).one(summary, fields=list(summary))
     except PruneRefused as exc:
         if plan is not None:  # a dry run shows what the real run would refuse
-            _show_plan(plan.entries(), summary_of(exc.outcome), output)
+            _show_plan(plan.entries(), summary_of(exc.outcome), output, job.prune)
         raise
     finally:
         if plan is not None:

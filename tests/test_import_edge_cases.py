@@ -1,0 +1,216 @@
+"""Import, restore and sync edge cases a review found (each failed before its fix), on
+every engine: values no database can store, times past what UTC holds, an adopted user's
+external id, restores with mixed-case emails or ids on some rows only, backups without
+hashes, repeated JSON keys, a syntax error deep in a big JSON array, and the dry-run plan's
+wording for an absent user who is already disabled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_sync import state, write
+
+from conftest import Cli, assert_error
+
+
+def bad_rows(cli: Cli, *args: str, lines: tuple[str, ...]) -> None:
+    """Exit 5 with each of `lines` reported, no traceback, and nothing changed."""
+    before = state(cli)
+    result = cli(*args)
+    assert result.exit_code == 5, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "bug" not in result.stderr
+    for line in lines:
+        assert line in result.stderr, (line, result.stderr)
+    assert state(cli) == before
+
+
+def test_values_no_database_can_store_are_bad_rows_in_dry_runs_too(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A lone surrogate (JSON "\\ud800") or a time UTC cannot hold used to pass validation
+    and crash the write (exit 1, "a bug") while the dry run said exit 0."""
+    surrogate = write(
+        tmp_path,
+        "s.jsonl",
+        '{"name": "Ada", "email": "ada@example.com", "password": "correct horse \\ud800 staple"}\n'
+        '{"name": "Bob", "email": "bob@example.com", "external_id": "x\\udc80"}\n',
+    )
+    overflow = write(
+        tmp_path, "o.csv", "name,email,expires_at\nAda,ada@example.com,9999-12-31T23:00:00-05:00\n"
+    )
+    restore = write(
+        tmp_path, "r.jsonl", '{"id": 1, "name": "Ada\\ud800", "email": "a@example.com"}\n'
+    )
+    surrogate_lines = (
+        "line 1: invalid password: must be valid Unicode text (found a lone surrogate, U+D800)",
+        "line 2: invalid external_id: must be valid Unicode text (found a lone surrogate, U+DC80)",
+    )
+    overflow_line = "line 2: invalid expires_at: out of range once converted to UTC"
+    for dry in ((), ("--dry-run",)):
+        bad_rows(cli, "import", str(surrogate), *dry, lines=surrogate_lines)
+        bad_rows(cli, "import", str(overflow), *dry, lines=(overflow_line,))
+        bad_rows(cli, "sync", str(overflow), "--source", "hr", *dry, lines=(overflow_line,))
+        bad_rows(cli, "import", str(restore), "--restore", *dry, lines=("line 1: invalid name",))
+    assert_error(
+        cli("create", "--name", "Ada", "--email", "ada@example.com", "--expires",
+            "9999-12-31T23:00:00-05:00", "--random-password"),
+        2, "invalid --expires",
+    )  # fmt: skip
+
+
+def test_a_sync_plan_shows_times_in_utc_as_they_are_stored(cli: Cli, tmp_path: Path) -> None:
+    rows = "name,email,expires_at\nAda,ada@example.com,2030-06-01T12:00:00+02:00\n"
+    source = write(tmp_path, "hr.csv", rows)
+    plan = json.loads(
+        cli.ok("sync", str(source), "--source", "hr", "--dry-run", "-o", "json").stdout
+    )
+    assert plan["changes"][0]["fields"]["expires_at"] == "2030-06-01T10:00:00Z"
+    cli.ok("sync", str(source), "--source", "hr")
+    assert cli.json("get", "ada@example.com")["expires_at"] == "2030-06-01T10:00:00Z"
+
+
+def test_adopting_a_user_records_its_external_id_going(cli: Cli, tmp_path: Path) -> None:
+    backup = write(
+        tmp_path,
+        "b.jsonl",
+        '{"id": 1, "name": "Ada", "email": "ada@example.com", "source": "okta", '
+        '"external_id": "ext-1"}\n',
+    )
+    cli.ok("import", str(backup), "--restore")
+    hr = write(tmp_path, "hr.csv", "name,email\nAda,ada@example.com\n")
+    plan = json.loads(
+        cli.ok("sync", str(hr), "--source", "hr", "--adopt", "--dry-run", "-o", "json").stdout
+    )
+    expected = {
+        "source": {"before": "okta", "after": "hr"},
+        "external_id": {"before": "ext-1", "after": None},
+    }
+    assert plan["changes"][0]["fields"] == expected
+    cli.ok("sync", str(hr), "--source", "hr", "--adopt")
+    user = cli.json("get", "1")
+    assert (user["source"], user["external_id"]) == ("hr", None)
+    trail = cli.ok("audit", "--action", "sync", "-o", "jsonl").stdout
+    entries = [json.loads(line) for line in trail.splitlines()]
+    assert [entry["changes"] for entry in entries] == [expected]
+
+
+def test_a_restore_records_what_it_put_back(cli: Cli, tmp_path: Path) -> None:
+    backup = write(
+        tmp_path,
+        "b.jsonl",
+        '{"id": 7, "name": "Ada", "email": "ada@example.com", "source": "okta", '
+        '"external_id": "ext-1", "active": false}\n',
+    )
+    cli.ok("import", str(backup), "--restore")
+    trail = cli.ok("audit", "--action", "import", "-o", "jsonl").stdout
+    (entry,) = [json.loads(line) for line in trail.splitlines()]
+    assert entry["user_id"] == 7
+    assert entry["changes"] == {
+        name: {"before": None, "after": value}
+        for name, value in [("name", "Ada"), ("email", "ada@example.com"), ("role", "user"),
+                            ("active", False), ("source", "okta"), ("external_id", "ext-1")]
+    }  # fmt: skip
+
+
+def test_a_restore_refuses_emails_that_differ_only_in_case(cli: Cli, tmp_path: Path) -> None:
+    """One address twice (MariaDB's unique index refuses it; elsewhere one of them could
+    never be found by email). A single mixed-case email is kept as the backup has it."""
+    twins = write(
+        tmp_path,
+        "twins.jsonl",
+        '{"id": 1, "name": "Ada", "email": "Ada@Example.com"}\n'
+        '{"id": 2, "name": "Ada 2", "email": "ada@example.com"}\n',
+    )
+    bad_rows(cli, "import", str(twins), "--restore",
+             lines=("line 2: duplicate email ada@example.com (first on line 1)",))  # fmt: skip
+    one = write(tmp_path, "one.jsonl", '{"id": 1, "name": "Ada", "email": "Ada@Example.com"}\n')
+    cli.ok("import", str(one), "--restore")
+    assert json.loads(cli.ok("export", "-f", "jsonl").stdout)["email"] == "Ada@Example.com"
+
+
+def test_a_restore_needs_ids_on_every_row_or_none(cli: Cli, tmp_path: Path) -> None:
+    """Ids given and ids drawn from the table's sequence collided: a misleading "email
+    already taken" (exit 4) in the real run after a dry run that said 0."""
+    few = write(
+        tmp_path,
+        "few.jsonl",
+        '{"name": "NoId", "email": "noid@example.com"}\n'
+        '{"id": 1, "name": "One", "email": "one@example.com"}\n',
+    )
+    message = "line 2: --restore: this row has an id and earlier rows have none"
+    for dry in ((), ("--dry-run",)):
+        bad_rows(cli, "import", str(few), "--restore", *dry, lines=(message,))
+    rows = [{"name": f"U{i}", "email": f"u{i}@example.com"} for i in range(2000)]
+    many = tmp_path / "many.jsonl"
+    rows.append({"id": 5, "name": "Five", "email": "x@example.com"})  # in the second batch
+    many.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    bad_rows(
+        cli, "import", str(many), "--restore", lines=("line 2001: --restore: this row has an id",)
+    )
+    mixed = write(
+        tmp_path,
+        "mixed.jsonl",
+        '{"id": 3, "name": "Three", "email": "three@example.com"}\n'
+        '{"name": "NoId", "email": "noid@example.com"}\n',
+    )
+    message = "line 2: --restore: this row has no id and earlier rows have one"
+    bad_rows(cli, "import", str(mixed), "--restore", lines=(message,))
+
+
+def test_restoring_a_backup_without_hashes_warns(cli: Cli, tmp_path: Path) -> None:
+    backup = write(
+        tmp_path,
+        "nohash.jsonl",
+        '{"id": 1, "name": "Ada", "email": "ada@example.com", "has_password": true}\n'
+        '{"id": 2, "name": "Bob", "email": "bob@example.com", "has_password": false}\n',
+    )
+    result = cli.ok("import", str(backup), "--restore")
+    assert "warning: 1 user(s) were restored without a password" in result.stderr
+    assert "export --include-hashes" in result.stderr
+    assert cli.json("get", "1")["has_password"] is False
+
+
+def test_a_key_given_twice_is_a_bad_row(cli: Cli, tmp_path: Path) -> None:
+    """JSON keeps the last of two equal keys silently; CSV refuses a column named twice."""
+    jsonl = write(
+        tmp_path,
+        "twice.jsonl",
+        '{"name": "A", "email": "a@example.com", "email": "c@example.com"}\n'
+        '{"name": "B", "email": "b@example.com"}\n',
+    )
+    bad_rows(cli, "import", str(jsonl), lines=("line 1: the key 'email' appears twice",))
+    array = write(
+        tmp_path,
+        "twice.json",
+        '[{"name": "A", "email": "a@example.com"},\n'
+        ' {"name": "B", "email": "b@example.com", "role": "user", "role": "admin"},\n'
+        ' {"name": "C", "email": "c@example.com"}]\n',
+    )
+    bad_rows(cli, "import", str(array), lines=("line 2: the key 'role' appears twice",))
+
+
+def test_a_syntax_error_in_a_big_json_array_is_named(cli: Cli, tmp_path: Path) -> None:
+    """With 1 MiB or more after it, a missing comma was reported as a record too long."""
+    records = [json.dumps({"name": f"U{i}", "email": f"u{i}@example.com"}) for i in range(40000)]
+    records[5] = records[5].replace(', "email"', ' "email"')
+    big = tmp_path / "big.json"
+    big.write_text("[\n" + ",\n".join(records) + "\n]\n")
+    assert big.stat().st_size > 1 << 20
+    before = state(cli)
+    assert_error(cli("import", str(big)), 5, "line 7: not valid JSON: Expecting ',' delimiter")
+    assert state(cli) == before
+
+
+def test_the_plan_says_an_absent_disabled_user_is_already_disabled(
+    cli: Cli, tmp_path: Path
+) -> None:
+    everyone = write(tmp_path, "all.csv", "name,email\nA,a@example.com\nB,b@example.com\n")
+    cli.ok("sync", str(everyone), "--source", "hr")
+    cli.ok("disable", "b@example.com")
+    fewer = write(tmp_path, "fewer.csv", "name,email\nA,a@example.com\n")
+    plan = cli.ok("sync", str(fewer), "--source", "hr", "--prune", "disable", "--max-prune", "1",
+                  "--dry-run").stdout  # fmt: skip
+    assert "? b@example.com  absent from the file (already disabled)" in plan
+    kept = cli.ok("sync", str(fewer), "--source", "hr", "--dry-run").stdout
+    assert "? b@example.com  absent from the file (kept: --prune none)" in kept
