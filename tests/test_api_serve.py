@@ -224,6 +224,17 @@ def test_serve_refuses_remote_without_allow_remote(cli: Cli) -> None:
     assert_error(cli("serve", "--read-threads", "0"), 2, "--read-threads")
 
 
+def test_serve_on_a_port_in_use_is_a_usage_error(cli: Cli) -> None:
+    """uvicorn logged the failure and exited 3 ("not found" in the exit-code table)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert_error(cli("serve", "--port", port), 2, f"127.0.0.1:{port}", "address already in use")
+
+
 def test_read_threads_reach_every_worker(monkeypatch: pytest.MonkeyPatch, db_url: str) -> None:
     """`serve --read-threads N` hands N to its workers (USERSCTL_READ_THREADS), and each
     worker's reads share a limiter of N threads; fewer than 1 is refused."""

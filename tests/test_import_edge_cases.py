@@ -129,33 +129,37 @@ def test_a_restore_refuses_emails_that_differ_only_in_case(cli: Cli, tmp_path: P
     assert json.loads(cli.ok("export", "-f", "jsonl").stdout)["email"] == "Ada@Example.com"
 
 
-def test_a_restore_needs_ids_on_every_row_or_none(cli: Cli, tmp_path: Path) -> None:
-    """Ids given and ids drawn from the table's sequence collided: a misleading "email
-    already taken" (exit 4) in the real run after a dry run that said 0."""
+def test_a_restore_takes_rows_without_ids_only_after_those_with(
+    cli: Cli, tmp_path: Path, empty_db_url: str
+) -> None:
+    """Rows without an id draw the next free ones as they are written: an id given after
+    them collided (a misleading "email already taken", exit 4, after a dry run that said
+    0), and on PostgreSQL even one given before them in the same batch did."""
     few = write(
         tmp_path,
         "few.jsonl",
         '{"name": "NoId", "email": "noid@example.com"}\n'
         '{"id": 1, "name": "One", "email": "one@example.com"}\n',
     )
-    message = "line 2: --restore: this row has an id and earlier rows have none"
+    message = "line 2: --restore: this row has an id but an earlier row has none"
     for dry in ((), ("--dry-run",)):
         bad_rows(cli, "import", str(few), "--restore", *dry, lines=(message,))
     rows = [{"name": f"U{i}", "email": f"u{i}@example.com"} for i in range(2000)]
-    many = tmp_path / "many.jsonl"
     rows.append({"id": 5, "name": "Five", "email": "x@example.com"})  # in the second batch
+    many = tmp_path / "many.jsonl"
     many.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    bad_rows(
-        cli, "import", str(many), "--restore", lines=("line 2001: --restore: this row has an id",)
-    )
-    mixed = write(
+    message = "line 2001: --restore: this row has an id"
+    bad_rows(cli, "import", str(many), "--restore", lines=(message,))
+    ordered = write(
         tmp_path,
-        "mixed.jsonl",
-        '{"id": 3, "name": "Three", "email": "three@example.com"}\n'
+        "ordered.jsonl",
+        '{"id": 1, "name": "One", "email": "one@example.com"}\n'
         '{"name": "NoId", "email": "noid@example.com"}\n',
     )
-    message = "line 2: --restore: this row has no id and earlier rows have one"
-    bad_rows(cli, "import", str(mixed), "--restore", lines=(message,))
+    fresh = Cli(url=empty_db_url, runner=cli.runner)  # (no earlier run moved a counter)
+    fresh.ok("import", str(ordered), "--restore")
+    ids = {user["email"]: user["id"] for user in fresh.json("list")}
+    assert ids == {"one@example.com": 1, "noid@example.com": 2}
 
 
 def test_restoring_a_backup_without_hashes_warns(cli: Cli, tmp_path: Path) -> None:

@@ -225,3 +225,31 @@ def test_processes_meeting_an_empty_database_all_succeed(empty_db_url: str, tmp_
     outcomes = [(p.communicate(timeout=120), p.returncode) for p in processes]
     assert [code for _, code in outcomes] == [0] * 6, outcomes
     assert all(out == "[]\n" for (out, _), _ in outcomes)
+
+
+def test_an_account_created_without_a_password_is_not_audited_as_set(cli: Cli) -> None:
+    cli.ok("create", "--name", "Bob", "--email", "bob@example.com", "--no-password")
+    cli.create("Ada", "ada@example.com")
+    trail = cli.ok("audit", "--action", "create", "-o", "jsonl").stdout.splitlines()
+    changes = {entry["email"]: entry["changes"] for entry in map(json.loads, trail)}
+    assert "password" not in changes["bob@example.com"]
+    assert changes["ada@example.com"]["password"] == "set"
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("sqlite://users.db", "a file takes three slashes, sqlite:///users.db"),
+        ("sqlite://", "is an in-memory database"),
+        ("sqlite:///", "is an in-memory database"),
+        ("sqlite:///:memory:", "is an in-memory database"),
+        ("sqlite:///~no-such-user-here/x.db", "cannot expand '~no-such-user-here' (no such user)"),
+    ],
+)
+def test_database_url_slips_are_usage_errors(url: str, fragment: str, tmp_path: Path) -> None:
+    """A typo'd SQLite URL was "a bug" (exit 1), and an in-memory one took a created user
+    with it (exit 0)."""
+    cli = Cli(url=url, runner=CliRunner())
+    for args in (["list"], ["create", "--name", "T", "--email", "t@example.com", "--no-password"]):
+        assert_error(cli(*args, env={"HOME": str(tmp_path)}), 2, fragment)
+    assert list(tmp_path.iterdir()) == []

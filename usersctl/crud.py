@@ -149,7 +149,12 @@ def _flush_unique(session: Session, email: str) -> None:
 
 
 def _created(user: User) -> dict[str, Any]:
-    return {**diff({}, snapshot(user)), "password": PASSWORD_SET}
+    """A created user's audited fields; "password": "set" only when it has one (not for an
+    account created with --no-password)."""
+    changes = diff({}, snapshot(user))
+    if user.password_hash:
+        changes["password"] = PASSWORD_SET
+    return changes
 
 
 def create_user(
@@ -611,11 +616,15 @@ def apply_import(
             action,
             ((user_id, row.email, changes) for _, row, user_id, changes in plan.update),
         )
-    if restore and session.get_bind().dialect.name == "postgresql":
-        # Ids were given explicitly: move the sequence past them.
+    session.flush()
+
+
+def _past_given_ids(session: Session) -> None:
+    """After rows with explicit ids: PostgreSQL's sequence moved past them, so that the next
+    id drawn is free (SQLite and MariaDB draw past the largest id by themselves)."""
+    if session.get_bind().dialect.name == "postgresql":
         sequence = func.pg_get_serial_sequence(User.__tablename__, "id")
         session.execute(select(func.setval(sequence, select(func.max(User.id)).scalar_subquery())))
-    session.flush()
 
 
 def _restored(row: UserImport, password: bool) -> dict[str, Any]:
@@ -668,10 +677,15 @@ def _insert_rows(
             for _, row in plan.create
         ]
         # executemany needs one key set per statement: rows with an id, rows without.
-        for group in ([r for r in rows if "id" in r], [r for r in rows if "id" not in r]):
-            if group:
-                statement = insert(users_table).returning(users_table.c.email, users_table.c.id)
-                ids.update((email, uid) for email, uid in session.execute(statement, group))
+        # (sync.Run lets no row with an id follow one without: none can take a drawn id)
+        statement = insert(users_table).returning(users_table.c.email, users_table.c.id)
+        given = [r for r in rows if "id" in r]
+        if given:
+            ids.update((email, uid) for email, uid in session.execute(statement, given))
+            _past_given_ids(session)
+        drawn = [r for r in rows if "id" not in r]
+        if drawn:
+            ids.update((email, uid) for email, uid in session.execute(statement, drawn))
         return ids
     connection = session.connection()
     last_id = session.scalar(select(func.max(User.id))) or 0

@@ -106,7 +106,36 @@ def _sqlite_path(url: URL) -> Path | None:
     database = url.database
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
-    return Path(database).expanduser()
+    try:
+        return Path(database).expanduser()
+    except RuntimeError:  # ~name of no such user
+        raise UsageError(
+            f"database URL {display_url(url)!r}: cannot expand {database.split('/')[0]!r} "
+            "(no such user)"
+        ) from None
+
+
+def in_memory(settings: Settings) -> bool:
+    """Is the database a private in-memory SQLite one (`sqlite://`, `sqlite:///:memory:`)?"""
+    text = settings.database_url
+    if not text.startswith("sqlite") or _looks_like_path(text):
+        return False
+    try:
+        url = make_url(text)
+    except (ArgumentError, ValueError):
+        return False
+    database = url.database or ""
+    return not url.host and (database in ("", ":memory:") or "mode=memory" in text)
+
+
+def refuse_in_memory(settings: Settings) -> None:
+    """A command's (or a server's) database must outlive it: an in-memory one would take
+    every change with it (exit 0, and nothing kept)."""
+    if in_memory(settings):
+        raise UsageError(
+            f"database URL {display_url(settings.database_url)!r} is an in-memory database, "
+            "gone when the command ends: give a file, e.g. sqlite:////srv/usersctl/users.db"
+        )
 
 
 def missing_database_message(path: object) -> str:
@@ -162,13 +191,17 @@ def _check_trusted(path: Path, info: os.stat_result, what: str, fix: str) -> Non
 
 def _check_folder(folder: Path, path: Path) -> None:
     # A sticky world-writable folder (/tmp) is refused too: anyone may create the
-    # database's -wal file there before it exists, and SQLite would replay it.
-    _check_trusted(
-        folder,
-        os.stat(folder),
-        f"folder {folder} (of database {path})",
-        f"move the database to a folder only you can write to, or `chmod go-w {folder}`",
+    # database's -wal file there before it exists, and SQLite would replay it. Such a
+    # folder is shared on purpose: the fix is another folder, never chmod (it breaks /tmp).
+    info = os.stat(folder)
+    move = "move the database to a folder only you can write to"
+    shared = info.st_mode & stat.S_ISVTX and stat.S_IMODE(info.st_mode) & 0o002
+    fix = (
+        f"{move}, e.g. a new folder in it (mkdir -m 700)"
+        if shared
+        else f"{move}, or `chmod go-w {folder}`"
     )
+    _check_trusted(folder, info, f"folder {folder} (of database {path})", fix)
 
 
 def check_sqlite_file(path: Path) -> None:
@@ -329,6 +362,12 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         raise UsageError(
             f"database URL {display_url(text)!r}: its password contains an @; write it "
             "percent-encoded, as %40"
+        )
+    if backend == "sqlite" and url.host:
+        raise UsageError(
+            f"invalid SQLite URL {display_url(text)!r}: a file takes three slashes, "
+            f"sqlite:///{url.host}{'/' + url.database if url.database else ''} (relative to "
+            "the current folder), or four for an absolute path (sqlite:////srv/users.db)"
         )
     connect_args: dict[str, Any] = {}
     path = _sqlite_path(url) if backend == "sqlite" else None

@@ -210,7 +210,7 @@ class Run:
         self.plan = plan
         self.outcome = Outcome()
         self.seen = Seen()
-        self.with_ids: bool | None = None  # a restore: whether its rows carry ids (all or none)
+        self.drawing = False  # a restore: a row without an id was seen (ids drawn from here)
         # Into an empty table (a first load) no row can meet an existing user: only one
         # created by an earlier row, which is a duplicate (Seen). No lookups then.
         self.empty = session.scalar(select(User.id).limit(1)) is None
@@ -257,16 +257,16 @@ class Run:
         return kept
 
     def _restorable(self, line: int, row: UserImport) -> bool:
-        """A restore's rows have an id each, or none has (ids given and ids drawn from the
-        table's sequence would collide); counts those that lose their password."""
-        has_id = row.id is not None
-        if self.with_ids is None:
-            self.with_ids = has_id
-        elif has_id != self.with_ids:
+        """In a restore, no row with an id after one without: the rows without are given the
+        next free ids as they are written, which a later row's id could then collide with.
+        Also counts the rows that lose their password."""
+        if row.id is None:
+            self.drawing = True
+        elif self.drawing:
             self.duplicates.add(
                 line,
-                f"--restore: this row {'has an' if has_id else 'has no'} id and earlier rows "
-                f"{'have none' if has_id else 'have one'} (a backup's rows all have ids)",
+                "--restore: this row has an id but an earlier row has none (rows without an "
+                "id are given the next free ones): put the rows with ids first",
             )
             return False
         if row.has_password and "has_password" in row.model_fields_set and not row.gives_password:

@@ -49,6 +49,27 @@ def _within(low: int, high: int, what: str) -> Callable[[int], int]:
     return check
 
 
+def free_port(host: str, port: int) -> int:
+    """`port` if it can be listened on (0: a free one, so that the banner names it), else a
+    usage error (exit 2). uvicorn would log the failure and exit 3, "not found" here."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+            return int(probe.getsockname()[1])
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {reason.lower()} (another server?); give "
+            "another --port"
+        ) from None
+
+
 def _exit_cleanly(_signum: int, _frame: object) -> None:
     sys.exit(0)
 
@@ -131,6 +152,7 @@ def serve(
             "and give --allow-remote"
         )
     _require_extra(scim=scim)
+    port = free_port(host, port)
     state = get_state(ctx)
     database = state.ready_database(write=True)
     from usersctl import tokens

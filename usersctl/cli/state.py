@@ -45,8 +45,9 @@ class AppState:
     def database(self) -> Database:
         """The database, without any schema check (for the `db` commands)."""
         if self._database is None:
-            from usersctl.database import Database
+            from usersctl.database import Database, refuse_in_memory
 
+            refuse_in_memory(self.settings)
             self._database = Database(self.settings)
         return self._database
 
