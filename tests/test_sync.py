@@ -457,3 +457,32 @@ def test_progress_line_shows_counts_rates_and_an_eta_only_once_known(
     assert eta == "ETA 30 s"  # a quarter read in 10 s
     assert progress.duration(4000) == "67 min"
     assert progress.duration(3 * 3600 + 600) == "3 h 10 min"
+
+
+def test_users_a_sync_disabled_come_back_when_the_file_lists_them_again(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """A short HR file disables the missing (--prune disable); the next full file brings
+    them back, though it has no `active` column. A user disabled by hand stays disabled."""
+    full = str(write(tmp_path, "full.csv", hr_rows(20)))
+    short = str(write(tmp_path, "short.csv", hr_rows(20, skip=(19, 20))))
+    sync(cli, full, "--source", "hr")
+    assert sync(cli, short, "--source", "hr", "--prune", "disable")["disabled"] == 2
+    cli.ok("disable", "p5@example.com")  # by hand
+    plan = cli.ok("sync", full, "--source", "hr", "--prune", "disable", "--dry-run").stdout
+    assert plan.splitlines() == [
+        "~ p19@example.com  active: false -> true",
+        "~ p20@example.com  active: false -> true",
+        "created 0, updated 2, unchanged 18, absent 0, disabled 0, deleted 0, blank rows 0",
+    ]
+    assert sync(cli, full, "--source", "hr", "--prune", "disable")["updated"] == 2
+    active = {user["email"]: user["active"] for user in cli.json("list")}
+    assert active["p19@example.com"] and active["p20@example.com"]
+    assert not active["p5@example.com"]
+    last = json.loads(
+        cli.ok("audit", "--user", "p19@example.com", "-o", "jsonl").stdout.splitlines()[0]
+    )
+    assert (last["action"], last["changes"]) == (
+        "sync",
+        {"active": {"before": False, "after": True}},
+    )

@@ -132,6 +132,24 @@ encode_string = json.encoder.encode_basestring
 """A str as a JSON string literal (C speed), for changes built from a template."""
 
 
+def last_to_change(session: Session, field: str, user_ids: list[int]) -> dict[int, str]:
+    """For each of `user_ids`, the action of the latest entry that changed `field`."""
+    latest: dict[int, str] = {}
+    for start in range(0, len(user_ids), 500):
+        query = (
+            select(AuditEntry.user_id, AuditEntry.action, AuditEntry.changes)
+            .where(
+                AuditEntry.user_id.in_(user_ids[start : start + 500]),
+                AuditEntry.changes.contains(f'"{field}"', autoescape=True),
+            )
+            .order_by(AuditEntry.id)
+        )
+        for user_id, action, changes in session.execute(query):
+            if user_id is not None and field in json.loads(changes):
+                latest[user_id] = action
+    return latest
+
+
 def _user_clause(ref: str) -> ColumnElement[bool]:
     """Entries about USER: by id; by email, every entry of whoever had that address (before
     or after an email change) and of the user who has it now."""

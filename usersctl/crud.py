@@ -512,11 +512,13 @@ def import_changes(
     *,
     update_passwords: bool = False,
     source: str | None = None,
+    reactivate: bool = False,
 ) -> dict[str, Any]:
     """What updating `existing` from `row` changes. Only what the row gives counts: a file
     without a role or active column must not demote an admin or unlock an account. The
     password only with `update_passwords` (a plaintext password then always counts as
-    changed: its new hash differs); `source` (a sync taking the user over) when it differs."""
+    changed: its new hash differs); `source` (a sync taking the user over) when it differs.
+    `reactivate`: the row lists a user its sync disabled (pruned), who comes back active."""
     before: dict[str, Any] = {
         "name": existing.name,
         "role": existing.role,
@@ -527,6 +529,8 @@ def import_changes(
     for name in ("role", "active"):
         if name in given:
             after[name] = getattr(row, name)
+    if reactivate and "active" not in given:
+        after["active"] = True
     if "expires_at" in given:
         before["expires_at"] = _audit_time(_moment(existing.expires_at))
         after["expires_at"] = _audit_time(_moment(row.expires_at))

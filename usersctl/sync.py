@@ -27,9 +27,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 
-from usersctl.audit import PASSWORD_SET, Trail, diff, snapshot
+from usersctl.audit import PASSWORD_SET, Trail, diff, last_to_change, snapshot
 from usersctl.bulk import Problems
-from usersctl.crud import ImportPlan, apply_import, existing_users, import_changes
+from usersctl.crud import Existing, ImportPlan, apply_import, existing_users, import_changes
 from usersctl.errors import Conflict, InvalidData, SafetyLimit, UsageError
 from usersctl.models import User, utcnow
 
@@ -273,6 +273,27 @@ class Run:
             self.outcome.passwords_missing += 1
         return True
 
+    def _pruned_before(
+        self, rows: list[tuple[int, UserImport]], existing: dict[str, Existing]
+    ) -> set[int]:
+        """The disabled users this source owns that the rows list without an `active`
+        column and that a sync disabled (pruned, or a row of the source said so): they come
+        back active. One disabled by anyone else (`usersctl disable`, the API) stays so."""
+        if self.job.source is None:
+            return set()
+        candidates = [
+            found.id
+            for _, row in rows
+            if (found := existing.get(row.email)) is not None
+            and not found.active
+            and found.source == self.job.source
+            and "active" not in row.model_fields_set
+        ]
+        if not candidates:
+            return set()
+        last = last_to_change(self.session, "active", candidates)
+        return {user_id for user_id, action in last.items() if action == "sync"}
+
     def add(self, rows: list[tuple[int, UserImport]]) -> None:
         """Plan one batch and, while every row so far was good, write it."""
         job, outcome = self.job, self.outcome
@@ -282,6 +303,7 @@ class Run:
             if self.empty
             else existing_users(session=self.session, emails=[row.email for _, row in rows])
         )
+        pruned = self._pruned_before(rows, existing)
         plan = ImportPlan()
         for line, row in rows:
             found = existing.get(row.email)
@@ -311,7 +333,11 @@ class Run:
                 outcome.conflicts.add(line, f"email already taken: {row.email} (user {found.id})")
                 continue
             changes = import_changes(
-                row, found, update_passwords=job.update_passwords, source=take_over
+                row,
+                found,
+                update_passwords=job.update_passwords,
+                source=take_over,
+                reactivate=found.id in pruned,
             )
             if changes:
                 plan.update.append((line, row, found.id, changes))
