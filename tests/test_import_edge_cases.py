@@ -218,3 +218,18 @@ def test_the_plan_says_an_absent_disabled_user_is_already_disabled(
     assert "? b@example.com  absent from the file (already disabled)" in plan
     kept = cli.ok("sync", str(fewer), "--source", "hr", "--dry-run").stdout
     assert "? b@example.com  absent from the file (kept: --prune none)" in kept
+
+
+def test_a_header_in_another_delimiter_or_jsonl_named_json_gets_a_hint(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cases = [
+        ("pipes.csv", "name|email|role\nA|a@example.com|user\n", (), "give --delimiter '|'"),
+        ("spaces.csv", "name email\nA a@example.com\n", (), "give commas between the column"),
+        ("semi.csv", "name;email\nA;a@example.com\n", ("--delimiter", ","), "--delimiter ';'"),
+        ("lines.json", '{"name": "A", "email": "a@example.com"}\n', (), "give --format jsonl"),
+    ]
+    for name, content, extra, hint in cases:
+        result = cli("import", str(write(tmp_path, name, content)), *extra)
+        assert_error(result, 5, hint)
+        assert "known:" not in result.stderr  # (not the list of every column)

@@ -128,6 +128,19 @@ def _detect_delimiter(header: str) -> str:
     return best if counts[best] else ","
 
 
+def _delimiter_hint(header: list[str], delimiter: str) -> str | None:
+    """When the header is one cell that another delimiter splits into known columns (a `|`
+    file, or `;` given as --delimiter ','): say so, instead of listing every column."""
+    if len(header) != 1:
+        return None
+    for other, name in (("|", "|"), (";", ";"), ("\t", "tab"), (" ", None)):
+        cells = [cell.strip() for cell in header[0].split(other) if cell.strip()]
+        if other != delimiter and len(cells) > 1 and {"name", "email"} <= set(cells):
+            given = f"--delimiter '{name}'" if name else "commas between the column names"
+            return f"the header looks {'space' if not name else repr(name)}-separated: give {given}"
+    return None
+
+
 def _csv_records(
     stream: TextIO, options: CsvOptions | None = None, counts: ReadCounts | None = None
 ) -> Iterator[Record]:
@@ -151,9 +164,10 @@ def _csv_records(
     header = [name.strip().lower() for name in header]
     unknown = [n for n in header if n not in IMPORT_COLUMNS and n not in options.ignore]
     if unknown:
+        hint = _delimiter_hint(header, delimiter)
         raise InvalidData(
             f"line 1: unknown column(s) {', '.join(map(repr, unknown))}; "
-            f"known: {', '.join(IMPORT_COLUMNS)} (--ignore-columns drops others)"
+            + (hint or f"known: {', '.join(IMPORT_COLUMNS)} (--ignore-columns drops others)")
         )
     if len(set(header)) != len(header):
         raise InvalidData("line 1: a column appears twice in the header")
@@ -315,7 +329,8 @@ def _json_records(stream: TextIO) -> Iterator[Record]:
     reader = _JsonArray(stream)
     decoder = _DECODER
     if reader.peek() != "[":
-        raise InvalidData(f"line {reader.line}: a JSON import must be one array of objects")
+        hint = " (one object a line is JSONL: give --format jsonl)" if reader.peek() == "{" else ""
+        raise InvalidData(f"line {reader.line}: a JSON import must be one array of objects{hint}")
     reader.position += 1
     if reader.peek() == "]":
         reader.position += 1
