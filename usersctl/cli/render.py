@@ -97,7 +97,7 @@ DROP_ORDER = (
     "external_id", "source", "locked", "expires_at", "last_login_at", "active", "role",
     "down_revision",
 )  # fmt: skip
-AUDIT_DROP_ORDER = ("id", "actor", "email")
+AUDIT_DROP_ORDER = ("id", "email", "actor")  # who made a change goes last (user_id stays)
 
 
 def _cell(value: Any) -> str:
@@ -244,6 +244,16 @@ class Renderer:
         else:
             table = _users_table(fields, rows, shown, fold=True)
         console.print(table, soft_wrap=False)
+        left_out = [name for name in fields if name not in shown]
+        if left_out:  # never silently: say what is missing and how to see it (stderr)
+            from rich.text import Text
+
+            note = Text(
+                f"({len(left_out)} column(s) left out to fit {console.width} columns: "
+                f"{', '.join(left_out)}; a wider terminal or -o plain shows them)",
+                style="dim",
+            )
+            Console(file=sys.stderr, width=console.width).print(note)
         return len(rows)
 
     def _vertical_table(self, record: Record, fields: list[str]) -> None:
