@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from sqlalchemy.exc import (
     NotSupportedError,
     OperationalError,
     ProgrammingError,
+    SAWarning,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
@@ -390,7 +392,16 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
             "pool_timeout": settings.busy_timeout,
         }
     try:
-        engine = create_engine(url, hide_parameters=True, connect_args=connect_args, **pooling)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SAWarning)
+            engine = create_engine(url, hide_parameters=True, connect_args=connect_args, **pooling)
+        for warning in caught:  # an ignored argument (sqlite ?mode=ro without uri=true)
+            if issubclass(warning.category, SAWarning) and "ignored" in str(warning.message):
+                engine.dispose()
+                reason = str(warning.message).split(" (Background")[0]
+                raise UsageError(
+                    f"database URL {display_url(text)!r}: {reason[:1].lower()}{reason[1:]}"
+                )
     except NoSuchModuleError:
         raise UsageError(f"unsupported database URL scheme {url.drivername!r}") from None
     except ImportError as exc:
