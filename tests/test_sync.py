@@ -448,13 +448,23 @@ def test_progress_line_shows_counts_rates_and_an_eta_only_once_known(
     seen, counting = Validated(), Counting()
     line = progress.RowProgress(seen, counting, enabled=False)
     line.follow(Outcome())
-    assert line.text() == ("rows read 0 · validated 0", "")  # no rate yet: no ETA
+    assert line.text() == ("0 rows read · 0 valid", "")  # no rate yet: no ETA
     seen.read, seen.valid, counting.consumed = 2000, 1990, 250
     clock[0] += 10
-    line.outcome.hashed, line.hashing_time = 50, 5.0
     text, eta = line.text()
-    assert text == "rows read 2,000 · validated 1,990 · passwords hashed 50 (10.0/s) · 200 rows/s"
+    assert text == "2,000 rows read · 1,990 valid · 200 rows/s"
     assert eta == "ETA 30 s"  # a quarter read in 10 s
+    # Hashing: the slow part decides. 100 to hash in the quarter read: about 400 in all,
+    # 350 left at 10/s (35 s, more than the 30 s the reading needs).
+    line.outcome.to_hash, line.outcome.hashed, line.hashing_time = 100, 50, 5.0
+    text, eta = line.text()
+    assert text == "2,000 rows read · 1,990 valid · 50 of ~400 passwords hashed (10.0/s)"
+    assert eta == "ETA 35 s"
+    counting.consumed = 1000  # all read: only the hashing is left
+    assert line.text() == (
+        "2,000 rows read · 1,990 valid · 50 of ~100 passwords hashed (10.0/s)",
+        "ETA 5 s",
+    )
     assert progress.duration(4000) == "67 min"
     assert progress.duration(3 * 3600 + 600) == "3 h 10 min"
 

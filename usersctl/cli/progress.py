@@ -67,10 +67,11 @@ class RowProgress:
             from rich.progress import BarColumn, Progress, TextColumn
 
             self._console = Console(stderr=True)
+            # The ETA first and a short bar: at 80 columns the counts are what may be cut.
             self._progress = Progress(
-                TextColumn("{task.description}", markup=False),
-                BarColumn(),
                 TextColumn("{task.fields[eta]}", markup=False),
+                BarColumn(bar_width=12),
+                TextColumn("{task.description}", markup=False),
                 console=self._console,
                 transient=True,
             )
@@ -92,53 +93,77 @@ class RowProgress:
     def follow(self, outcome: Any) -> None:
         self.outcome = outcome
 
-    def text(self) -> tuple[str, str]:
-        """(what has been done, the ETA or "") as shown."""
-        parts = [f"rows read {self.seen.read:,}", f"validated {self.seen.valid:,}"]
+    def _hash_rate(self) -> float:
+        spent = self.hashing_time
+        if self.hash_started is not None:
+            spent += time.monotonic() - self.hash_started
         hashed = self.outcome.hashed if self.outcome is not None else 0
-        if hashed:
-            spent = self.hashing_time
-            if self.hash_started is not None:
-                spent += time.monotonic() - self.hash_started
-            rate = hashed / spent if spent else 0.0
-            parts.append(f"passwords hashed {hashed:,} ({rate:,.1f}/s)")
+        return hashed / spent if spent else 0.0
+
+    def _to_hash(self) -> int:
+        """How many passwords the whole input will have hashed: those of the batches so
+        far, scaled by how much of the input is still unread."""
+        known = int(max(self.outcome.to_hash, self.outcome.hashed)) if self.outcome else 0
+        size, done = self.counting.size, self.counting.consumed
+        if size and done and done < size:
+            return int(known * size / done + 0.5)
+        return known
+
+    def text(self) -> tuple[str, str]:
+        """(what has been done, the ETA or "") as shown. While passwords are hashed, that is
+        the slow part: its count, rate and what is left decide the ETA (rows/s would only
+        fall); otherwise rows/s and how much of the input is left."""
+        parts = [f"{self.seen.read:,} rows read", f"{self.seen.valid:,} valid"]
+        hashed = self.outcome.hashed if self.outcome is not None else 0
         elapsed = time.monotonic() - self.started
         size, done = self.counting.size, self.counting.consumed
-        eta = ""
-        if size and done and elapsed >= 1 and self.seen.read:  # the rate is known
+        remaining = None
+        if size and done and elapsed >= 1 and self.seen.read and done < size:  # rate known
             remaining = elapsed * (size - done) / done
-            eta = f"ETA {duration(remaining)}" if done < size else ""
-        if self.seen.read and elapsed:
+        if hashed:
+            rate, total = self._hash_rate(), self._to_hash()
+            parts.append(f"{hashed:,} of ~{total:,} passwords hashed ({rate:,.1f}/s)")
+            if rate and total > hashed:
+                remaining = max(remaining or 0.0, (total - hashed) / rate)
+        elif self.seen.read and elapsed:
             parts.append(f"{self.seen.read / elapsed:,.0f} rows/s")
-        return " · ".join(parts), eta
+        return " · ".join(parts), f"ETA {duration(remaining)}" if remaining else ""
 
     def update(self) -> None:
         if self._progress is None:
             return
         description, eta = self.text()
+        hashed = self.outcome.hashed if self.outcome is not None else 0
+        if hashed:  # the bar follows the hashing, the slow part
+            completed, total = hashed, max(self._to_hash(), hashed)
+        else:
+            completed, total = self.counting.consumed, self.counting.size or None
         self._progress.update(
-            self._task, completed=self.counting.consumed, description=description, eta=eta
+            self._task, completed=completed, total=total, description=description, eta=eta
         )
 
     def hasher(self) -> Callable[[Sequence[str]], list[str]]:
         """Hashes a batch's plaintext passwords on every core, counting them; the first
         batch first says how long hashing will take at the rate measured on its first
         password (on a terminal)."""
-        from usersctl.passwords import hash_many, hash_password
+        from usersctl.passwords import hash_many
 
         def hash_batch(passwords: Sequence[str]) -> list[str]:
             start = self.hash_started = time.monotonic()
             first: list[str] = []
             if self.outcome is not None and not self.outcome.hashed and self.enabled:
-                first = [hash_password(passwords[0])]
-                self._announce(len(passwords), time.monotonic() - start)
+                # The rate, from as many passwords as there are cores hashed at once: one
+                # argon2 hash alone already uses several cores (p=4), so cores / (one
+                # hash's time) promised twice the real rate.
+                first = hash_many(passwords[: os.cpu_count() or 1])
+                self._announce(len(passwords), len(first) / (time.monotonic() - start))
             try:
                 hashed = first + hash_many(passwords[len(first) :], advance=self._advance)
             finally:
                 self.hashing_time += time.monotonic() - start
                 self.hash_started = None
             if first:
-                self._advance(1)
+                self._advance(len(first))
             return hashed
 
         return hash_batch
@@ -149,9 +174,8 @@ class RowProgress:
         if self.outcome is not None and self.outcome.hashed % 4 == 0:
             self.update()
 
-    def _announce(self, in_batch: int, one: float) -> None:
+    def _announce(self, in_batch: int, rate: float) -> None:
         cores = os.cpu_count() or 1
-        rate = cores / one if one > 0 else float("inf")
         size, done = self.counting.size, self.counting.consumed
         if size and done:
             expected = max(in_batch, round(in_batch * size / done))
