@@ -94,17 +94,25 @@ def history() -> list[Revision]:
     return list(reversed(revisions))
 
 
-def _resolve(revision: str) -> str | None:
-    """Check a revision name or alias (head, base, 0001) before touching the database."""
+ALIASES = ("head", "base")
+
+
+def resolve_revision(revision: str, *, aliases: tuple[str, ...] = ALIASES) -> str | None:
+    """A revision as the commands take it: 'head', 'base' (None) or an id of
+    KNOWN_REVISIONS (which a test keeps equal to the scripts), checked before the database
+    is touched. Nothing else (no prefixes, no Alembic branch syntax such as 0003@head):
+    anything else is a usage error naming what exists, never Alembic's sentence. `aliases`
+    are the ones the message offers (all of ALIASES are accepted)."""
+    if revision == "head":
+        return KNOWN_REVISIONS[-1]
     if revision == "base":
         return None
-    try:
-        script = script_directory().get_revision(revision)
-    except CommandError as exc:
-        raise UsageError(f"unknown revision {revision!r}: {exc}") from None
-    if script is None:
-        raise UsageError(f"unknown revision {revision!r}")
-    return script.revision
+    if revision in KNOWN_REVISIONS:
+        return revision
+    raise UsageError(
+        f"unknown revision {revision!r}: give {', '.join(aliases)} or one of "
+        f"{KNOWN_REVISIONS[0]}..{KNOWN_REVISIONS[-1]}"
+    )
 
 
 @dataclass(frozen=True)
@@ -401,7 +409,7 @@ def upgrade(
     missing SQLite file is created (the one command that does); a dry run rehearses on an
     empty in-memory stand-in instead, creating nothing. `on_commit` is called as soon as
     the change is committed."""
-    target = _resolve(revision)
+    target = resolve_revision(revision, aliases=("head",))
     if db.missing:
         db.create_file(dry_run=dry_run)
         if dry_run:
@@ -446,7 +454,7 @@ def downgrade(
 ) -> MigrationResult:
     """Downgrade to `revision`. Leaving 0003 drops the audit trail, which the migration
     refuses unless `discard_audit_trail`."""
-    target = _resolve(revision)
+    target = resolve_revision(revision, aliases=("base",))
 
     def operation(config: Config, status: Status) -> MigrationResult:
         if status.state is State.TUTORIAL:
@@ -496,7 +504,7 @@ def stamp(
     """Record `revision` without running migrations (for databases migrated by other means).
     Refuses (exit 8) when the tables present contradict it: a later `db upgrade` would then
     fail half-way (`table audit_log already exists`), or every command would refuse."""
-    target = _resolve(revision)
+    target = resolve_revision(revision)
 
     def operation(config: Config, status: Status) -> MigrationResult:
         connection = config.attributes["connection"]

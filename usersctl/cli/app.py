@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from typer._click import exceptions as click_exceptions  # typer >= 0.29 vendors click
+from typer._click.core import ParameterSource
 from typer.core import TyperGroup
 
 from usersctl import __version__
@@ -27,27 +28,30 @@ from usersctl.cli.state import AppState
 from usersctl.cli.text import printable
 from usersctl.errors import OutputFailed, UsersctlError
 
-EXIT_CODES = """\
-Exit codes:
-  0  success
-  1  unexpected error (a bug; see --debug), or a prompt answered no
-  2  usage error: bad option, missing argument, no password source
-  3  user not found
-  4  conflict: email already taken
-  5  invalid data: bad email, empty name, weak password, bad import rows
-  6  verification failed (wrong or no password; disabled, locked, expired)
-  7  database unavailable: cannot connect, no driver, not a database, busy
-  8  schema mismatch: run `usersctl db upgrade` (or the database is newer)
-  9  refused by a safety limit; nothing changed
-  10  output failed (stdout closed, disk full); says if the change committed
-  130  interrupted (Ctrl-C); nothing changed
-"""
+_EXIT_CODES = (
+    (0, "success"),
+    (1, "unexpected error (a bug; see --debug), or a prompt answered no"),
+    (2, "usage error: bad option or value, missing argument, no password source"),
+    (3, "user not found"),
+    (4, "conflict: email already taken"),
+    (5, "invalid data: bad email, empty name, weak password, bad import rows"),
+    (6, "verification failed (wrong or no password; disabled, locked, expired)"),
+    (7, "database unavailable: cannot connect, no driver, not a database, busy"),
+    (8, "schema mismatch: run `usersctl db upgrade` (or the database is newer)"),
+    (9, "refused by a safety limit; nothing changed"),
+    (10, "output failed (stdout closed, disk full); says if the change committed"),
+    (130, "interrupted (Ctrl-C); nothing changed"),
+)
+EXIT_CODES = "Exit codes:\n" + "".join(f"  {code:>3}  {text}\n" for code, text in _EXIT_CODES)
 
 CONFIGURATION = """\
 Configuration: a flag wins over the environment, which wins over the file.
   config file            $USERSCTL_CONFIG, else ~/.config/usersctl/config.toml
-                         (keys: database_url, actor, busy_timeout)
+                         (keys: database_url, actor, busy_timeout,
+                         lockout_threshold, lockout_minutes,
+                         password_min_length, roles)
   USERSCTL_BUSY_TIMEOUT  seconds to wait for a busy SQLite database (10)
+  USERSCTL_DEBUG         1 (or true, yes, on) is the same as --debug
   The global options (--database-url, --actor, --debug) may also follow the
   command: usersctl list --debug
 """
@@ -129,12 +133,15 @@ class UsersctlGroup(TyperGroup):
             _fail(exc.message, exc.exit_code, exc, debug=debug)
         except UsersctlError as exc:
             _fail(exc.message, exc.exit_code, exc, debug=debug, details=exc.details)
+        except click_exceptions.BadParameter as exc:
+            # Before UsageError (its base): a value Typer could not convert is reported in
+            # usersctl's words, never pydantic's.
+            _fail(_bad_value(exc, args) or _usage_message(exc), exc.exit_code)
         except click_exceptions.NoArgsIsHelpError as exc:
             typer.echo(exc.format_message(), err=True)  # the help text itself, as it is
             sys.exit(exc.exit_code)
         except click_exceptions.UsageError as exc:
-            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            _fail(exc.format_message() + hint, exc.exit_code)
+            _fail(_usage_message(exc), exc.exit_code)
         except click_exceptions.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
         except typer.Abort as exc:
@@ -164,6 +171,69 @@ class UsersctlGroup(TyperGroup):
         from usersctl.cli.completion import run
 
         run(self, ctx_args, prog_name, complete_var or "_USERSCTL_COMPLETE")
+
+
+def _usage_message(exc: click_exceptions.UsageError) -> str:
+    hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return exc.format_message() + hint
+
+
+BOOLEAN_VALUES = "give 1 or 0 (or true/false, yes/no, on/off)"
+
+
+def _bad_value(exc: click_exceptions.BadParameter, args: Sequence[str]) -> str | None:
+    """`invalid -o 'jsn': give table, json, jsonl, csv or plain` for a value Typer could
+    not convert (its pydantic adapter failed: an unknown choice, a number that is not
+    one, a boolean environment variable that is neither). None for the checks of our own
+    callbacks, which already speak usersctl."""
+    from pydantic import ValidationError
+
+    cause, param = exc.__cause__, exc.param
+    if not isinstance(cause, ValidationError) or param is None:
+        return None
+    errors = cause.errors()
+    value = errors[0].get("input") if errors else None
+    shown = repr(value) if isinstance(value, str) else repr(str(value))
+    descriptor = getattr(param, "type_descriptor", None)
+    annotation = getattr(descriptor, "annotation", None)
+    choices = getattr(descriptor, "choices", None)
+    if annotation is bool:
+        rule = BOOLEAN_VALUES
+    elif choices:
+        names = [str(getattr(choice, "value", choice)) for choice in choices]
+        listed = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+        rule = f"give {listed}"
+    elif annotation is int:
+        rule = "must be a whole number"
+    elif annotation is float:
+        rule = "must be a number"
+    else:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return f"invalid {_param_name(exc, args)} {shown}{hint}"
+    return f"invalid {_param_name(exc, args)} {shown}: {rule}"
+
+
+def _param_name(exc: click_exceptions.BadParameter, args: Sequence[str]) -> str:
+    """How the user gave the bad value: the environment variable it came from, the
+    option as typed (`-o` or `--output`), or the argument's name (USER)."""
+    param = exc.param
+    assert param is not None
+    if param.param_type_name == "argument":
+        return (param.metavar or param.name or "value").upper()
+    source = exc.ctx.get_parameter_source(param.name) if exc.ctx and param.name else None
+    if source is ParameterSource.ENVIRONMENT:
+        envvars = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+        named = [name for name in envvars if name in os.environ]
+        if named:
+            return named[0]
+    typed = None
+    for arg in args:
+        if arg == "--":
+            break
+        for opt in param.opts:
+            if arg == opt or arg.startswith(opt + "=" if opt.startswith("--") else opt):
+                typed = opt
+    return typed or max(param.opts, key=len)
 
 
 def _interrupted() -> NoReturn:

@@ -384,7 +384,13 @@ def export(
     elif output_file is not None and (atomic or output_file.suffix):
         from usersctl.bulk import guess_format
 
-        chosen = guess_format(str(output_file), None)
+        try:
+            chosen = guess_format(str(output_file), None)
+        except UsageError:  # its wording names import's --format; export's option is -o
+            raise UsageError(
+                f"cannot tell the format of {str(output_file)!r} from its name: "
+                "give -o csv|json|jsonl"
+            ) from None
     else:
         chosen = "jsonl"  # stdout, and streams named without an extension (/dev/stdout)
     fields = [*FIELDS, "password_hash"] if include_hashes else list(FIELDS)

@@ -205,6 +205,7 @@ def downgrade(
     """
     from usersctl import migrations
 
+    migrations.resolve_revision(revision, aliases=("base",))  # before asking for consent
     database = get_state(ctx).database()
     if revision == "base" and not (yes or dry_run):
         users = migrations.count_users(database)

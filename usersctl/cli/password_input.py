@@ -40,12 +40,35 @@ class PasswordInput:
     generated: bool = False
 
 
+STDIN_PROMPT = "Password: "
+
+
+def _typed_on_terminal() -> bool:
+    """Is stdin itself a terminal? (Looked up through the module, not imported by name as
+    the prompts' check is, so that a test pretending the prompts run on a terminal still
+    feeds --password-stdin through a pipe.)"""
+    from usersctl.cli import state
+
+    return state.stdin_is_terminal()
+
+
 def read_stdin_line() -> str:
-    """One line of stdin without its line ending; more than MAX_LINE characters is an error."""
+    """One line of stdin without its line ending; more than MAX_LINE characters is an error.
+
+    When stdin is a terminal (`--password-stdin` with nothing piped in), the line is read
+    without echo (getpass) after a short prompt on stderr: otherwise the password would
+    show on the screen while the command seemed to hang. From a pipe nothing is printed."""
     try:
-        line = sys.stdin.readline(MAX_LINE + 2)
+        if _typed_on_terminal():
+            import getpass
+
+            line = getpass.getpass(STDIN_PROMPT, stream=sys.stderr) + "\n"
+        else:
+            line = sys.stdin.readline(MAX_LINE + 2)
     except UnicodeDecodeError:
         raise InvalidData("the password on standard input is not valid UTF-8") from None
+    except EOFError:  # Ctrl-D at the prompt
+        line = ""
     if line == "":
         raise InvalidData("no password on standard input (expected one line)")
     try:  # under the C/POSIX locale (cron's) Python decodes stdin with surrogateescape

@@ -12,6 +12,7 @@ from usersctl.cli.options import Output
 from usersctl.cli.render import OutputFormat, Renderer
 from usersctl.cli.state import get_state
 from usersctl.cli.text import printable
+from usersctl.errors import UsageError
 
 token_app = typer.Typer(
     name="token",
@@ -46,7 +47,9 @@ def create(
     expires: Annotated[
         str,
         typer.Option(
-            "--expires", help="A duration (90d, 12h, 4w, 1y), a date, or never.", metavar="WHEN"
+            "--expires",
+            help="A duration (90d, 12h, 4w, 1y), a future date, or never.",
+            metavar="WHEN",
         ),
     ] = "90d",
     output: Output = OutputFormat.table,
@@ -64,7 +67,14 @@ def create(
     from usersctl.cli.output import delivered_before_commit
     from usersctl.lifecycle import now, parse_expiry
 
-    expires_at = parse_expiry(expires, now())
+    moment = now()
+    expires_at = parse_expiry(expires, moment)
+    if expires_at is not None and expires_at <= moment:
+        # A token that is expired the moment it is made (0d, a date gone by) is a mistake.
+        # (`update USER --expires` allows it: expiring an account now is legitimate.)
+        raise UsageError(
+            f"invalid --expires {expires!r}: must be in the future (e.g. 90d or never)"
+        )
     tokens.check_name(name)
     with get_state(ctx).change() as (session, trail):
         row, secret = tokens.create_token(
