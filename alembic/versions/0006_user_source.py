@@ -1,6 +1,8 @@
-"""Who owns a user: `source` (the `usersctl sync --source NAME` or SCIM provisioning that
-created or adopted the user; NULL for users managed by hand) and `external_id` (the
-identity provider's id for the user, SCIM's externalId). Both are NULL for every existing
+"""Who owns a user: its source (sync or SCIM) and external id.
+
+`source` is the `usersctl sync --source NAME` or SCIM provisioning that created or adopted
+the user (NULL for users managed by hand); `external_id` is the identity provider's id for
+the user (SCIM's externalId). Both are NULL for every existing
 user; `source` is indexed, since sync reads every user one source owns.
 
 MariaDB commits each ALTER as it runs, so every step first checks whether it is already

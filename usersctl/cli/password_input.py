@@ -103,16 +103,22 @@ def new_password(
     if password_stdin:
         value = read_stdin_line()
     elif stdin_is_terminal():
-        for attempt in range(1, PROMPT_ATTEMPTS + 1):
-            value = _prompt_twice()
+        # The policy is checked before the confirmation: nobody should type a password
+        # twice to learn that it is too short.
+        attempt = 1
+        while True:
+            value = typer.prompt("Password", hide_input=True)
             try:
                 password_policy.check(value, min_length=minimum, user_inputs=user_inputs)
             except InvalidData as exc:
                 if attempt == PROMPT_ATTEMPTS:
                     raise
+                attempt += 1
                 typer.echo(f"{exc.message}; please choose another.", err=True)
-            else:
+                continue
+            if typer.prompt("Repeat for confirmation", hide_input=True) == value:
                 return PasswordInput(value)
+            typer.echo(MISMATCH, err=True)  # (click's own would go to stdout)
     else:
         raise UsageError(
             "no password source: stdin is not a terminal; use --password-stdin or --random-password"
@@ -122,17 +128,6 @@ def new_password(
 
 
 MISMATCH = "error: the two passwords do not match."
-
-
-def _prompt_twice() -> str:
-    """A hidden prompt and its confirmation, asked again until they agree (click's own
-    confirmation prints "Error: The two entered values do not match." to stdout)."""
-    while True:
-        value: str = typer.prompt("Password", hide_input=True)
-        again: str = typer.prompt("Repeat for confirmation", hide_input=True)
-        if value == again:
-            return value
-        typer.echo(MISMATCH, err=True)
 
 
 def existing_password(*, password_stdin: bool) -> str:
