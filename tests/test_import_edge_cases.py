@@ -233,3 +233,21 @@ def test_a_header_in_another_delimiter_or_jsonl_named_json_gets_a_hint(
         result = cli("import", str(write(tmp_path, name, content)), *extra)
         assert_error(result, 5, hint)
         assert "known:" not in result.stderr  # (not the list of every column)
+
+
+def test_a_sync_of_an_empty_file_is_refused(cli: Cli, tmp_path: Path) -> None:
+    """0 bytes is a failed export: it reported every owned user absent, exit 0 (and with
+    --max-prune 100% pruned them all)."""
+    cli.ok(
+        "sync", str(write(tmp_path, "hr.csv", "name,email\nA,a@example.com\n")), "--source", "hr"
+    )
+    empty = str(write(tmp_path, "empty.csv", ""))
+    for extra in ((), ("--dry-run",), ("--prune", "delete", "--max-prune", "100%")):
+        before = state(cli)
+        assert_error(cli("sync", empty, "--source", "hr", *extra), 5, "is empty (0 bytes")
+        assert state(cli) == before
+    assert_error(
+        cli("sync", "-", "-f", "csv", "--source", "hr", input=""), 5, "standard input is empty"
+    )
+    header_only = str(write(tmp_path, "header.csv", "name,email\n"))
+    assert cli.json("sync", header_only, "--source", "hr")["absent"] == 1  # (a real, empty list)

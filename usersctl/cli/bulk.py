@@ -18,7 +18,7 @@ from usersctl.cli.output import writing
 from usersctl.cli.progress import progress_bar
 from usersctl.cli.render import FIELDS, OutputFormat, Renderer
 from usersctl.cli.state import get_state
-from usersctl.errors import UsageError
+from usersctl.errors import InvalidData, UsageError
 
 if TYPE_CHECKING:
     from usersctl.config import Settings
@@ -192,6 +192,14 @@ def run_rows(
                 for batch in bulk.validate(records, row_check, restore=job.restore, seen=seen):
                     run.add(batch)
                     progress.update()
+                if job.source is not None and counting.consumed == 0:
+                    # A failed export, surely: a sync of nothing would report (or prune)
+                    # every user the source owns.
+                    raise InvalidData(
+                        f"{'standard input' if source == '-' else source} is empty (0 bytes, "
+                        "not even a header line): a source's export always has one; nothing "
+                        "changed"
+                    )
                 outcome = run.finish()
             finally:
                 run.close()
