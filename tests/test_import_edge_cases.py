@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from test_sync import state, write
 
@@ -23,6 +24,12 @@ def bad_rows(cli: Cli, *args: str, lines: tuple[str, ...]) -> None:
     for line in lines:
         assert line in result.stderr, (line, result.stderr)
     assert state(cli) == before
+
+
+def entries(cli: Cli, action: str) -> list[dict[str, Any]]:
+    """The audit trail's entries of one action, newest first."""
+    lines = cli.ok("audit", "--action", action, "-o", "jsonl").stdout.splitlines()
+    return [json.loads(line) for line in lines]
 
 
 def test_values_no_database_can_store_are_bad_rows_in_dry_runs_too(
@@ -90,9 +97,7 @@ def test_adopting_a_user_records_its_external_id_going(cli: Cli, tmp_path: Path)
     cli.ok("sync", str(hr), "--source", "hr", "--adopt")
     user = cli.json("get", "1")
     assert (user["source"], user["external_id"]) == ("hr", None)
-    trail = cli.ok("audit", "--action", "sync", "-o", "jsonl").stdout
-    entries = [json.loads(line) for line in trail.splitlines()]
-    assert [entry["changes"] for entry in entries] == [expected]
+    assert [entry["changes"] for entry in entries(cli, "sync")] == [expected]
 
 
 def test_a_restore_records_what_it_put_back(cli: Cli, tmp_path: Path) -> None:
@@ -103,8 +108,7 @@ def test_a_restore_records_what_it_put_back(cli: Cli, tmp_path: Path) -> None:
         '"external_id": "ext-1", "active": false}\n',
     )
     cli.ok("import", str(backup), "--restore")
-    trail = cli.ok("audit", "--action", "import", "-o", "jsonl").stdout
-    (entry,) = [json.loads(line) for line in trail.splitlines()]
+    (entry,) = entries(cli, "import")
     assert entry["user_id"] == 7
     assert entry["changes"] == {
         name: {"before": None, "after": value}

@@ -148,11 +148,11 @@ def _flush_unique(session: Session, email: str) -> None:
         raise Conflict(f"email already taken: {email}") from None
 
 
-def _created(user: User) -> dict[str, Any]:
+def _created(user: User, *, password: bool = True) -> dict[str, Any]:
     """A created user's audited fields; "password": "set" only when it has one (not for an
     account created with --no-password)."""
     changes = diff({}, snapshot(user))
-    if user.password_hash:
+    if password:
         changes["password"] = PASSWORD_SET
     return changes
 
@@ -166,11 +166,13 @@ def create_user(
     if_not_exists: bool = False,
     source: str | None = None,
     external_id: str | None = None,
+    has_password: bool | None = None,
 ) -> tuple[User, bool]:
     """Create a user. Returns (user, created); with if_not_exists an existing user is
     returned untouched instead of raising Conflict. In a dry run the user is not added
     (and has no id). `source` and `external_id`: who manages the user (SCIM) and its id
-    there."""
+    there. `has_password`: whether it gets one (default: a hash is given; a dry run gives
+    none, since it hashes nothing)."""
     existing = find_user(session, user_in.email)
     if existing is not None:
         if if_not_exists:
@@ -184,7 +186,7 @@ def create_user(
         source=source,
         external_id=external_id,
     )
-    changes = _created(user)
+    changes = _created(user, password=bool(password_hash) if has_password is None else has_password)
     for name, value in (("source", source), ("external_id", external_id)):
         if value is not None:
             changes[name] = {"before": None, "after": value}

@@ -179,6 +179,7 @@ def create(
             password_hash=password_hash,
             trail=trail,
             if_not_exists=if_not_exists,
+            has_password=not no_password,
         )
         shown = user_record(user) if user.id is not None else {}
         if created and not dry_run:
