@@ -335,6 +335,8 @@ def test_dry_runs_change_nothing(api: Api) -> None:
         planned = response.json()
         assert isinstance(planned, list) and len(planned) == 1, planned
         assert set(planned[0]) == {"action", "user_id", "email", "changes"}
+        if path == "/users/":  # what the real request would record (it hashes nothing)
+            assert planned[0]["changes"]["password"] == "set", planned
     assert client.post(f"/users/{uid}/enable?dry_run=true", headers=h).json() == []
     assert api.cli.json("get", str(uid)) == before
     assert api.cli.json("audit") == audit_before

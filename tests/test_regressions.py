@@ -245,6 +245,8 @@ def test_an_account_created_without_a_password_is_not_audited_as_set(cli: Cli) -
         ("sqlite:///:memory:", "is an in-memory database"),
         ("sqlite:///~no-such-user-here/x.db", "cannot expand '~no-such-user-here' (no such user)"),
         ("sqlite:////tmp/never.db?mode=ro", "argument(s) 'mode' are not accepted"),  # (ignored)
+        ("sqlite:///file::memory:?uri=true", "is an in-memory database"),
+        ("sqlite:///file:x?mode=memory&uri=true", "is an in-memory database"),
     ],
 )
 def test_database_url_slips_are_usage_errors(url: str, fragment: str, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ wins and the rest answer 409 uniqueness)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -424,3 +425,15 @@ def test_parallel_creates_on_a_real_server(cli: Cli, db_url: str) -> None:
         assert len(creates) == 51
     finally:
         assert server.stop() == 0
+
+
+def test_an_external_id_that_is_not_text_is_a_400(scim: Scim) -> None:
+    """A lone surrogate (JSON "\\udc80") in externalId crashed the write: a 500, "a bug"."""
+    body = json.dumps(  # ASCII, the surrogate escaped: as an identity provider would send it
+        {"schemas": [USER_SCHEMA], "userName": "ada@example.com", "externalId": "x\udc80"}
+    )
+    headers = {**scim.h, "Content-Type": "application/scim+json"}
+    response = scim.client.post("/scim/v2/Users", content=body.encode(), headers=headers)
+    assert response.status_code == 400, response.text
+    assert "invalid externalId: must be valid Unicode text" in response.json()["detail"]
+    assert scim.cli.json("list") == []

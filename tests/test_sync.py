@@ -469,6 +469,16 @@ def test_progress_line_shows_counts_rates_and_an_eta_only_once_known(
     assert progress.duration(3 * 3600 + 600) == "3 h 10 min"
 
 
+def outside(url: str, statement: str) -> None:
+    """A change made by something else than usersctl (the application, plain SQL)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(statement))
+    engine.dispose()
+
+
 def test_users_a_sync_disabled_come_back_when_the_file_lists_them_again(
     cli: Cli, tmp_path: Path
 ) -> None:
@@ -479,6 +489,7 @@ def test_users_a_sync_disabled_come_back_when_the_file_lists_them_again(
     sync(cli, full, "--source", "hr")
     assert sync(cli, short, "--source", "hr", "--prune", "disable")["disabled"] == 2
     cli.ok("disable", "p5@example.com")  # by hand
+    outside(cli.url, "UPDATE users SET is_active = false WHERE email = 'p6@example.com'")
     plan = cli.ok("sync", full, "--source", "hr", "--prune", "disable", "--dry-run").stdout
     assert plan.splitlines() == [
         "~ p19@example.com  active: false -> true",
@@ -489,6 +500,7 @@ def test_users_a_sync_disabled_come_back_when_the_file_lists_them_again(
     active = {user["email"]: user["active"] for user in cli.json("list")}
     assert active["p19@example.com"] and active["p20@example.com"]
     assert not active["p5@example.com"]
+    assert not active["p6@example.com"]  # disabled outside usersctl: its last sync set true
     last = json.loads(
         cli.ok("audit", "--user", "p19@example.com", "-o", "jsonl").stdout.splitlines()[0]
     )

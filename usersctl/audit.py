@@ -132,9 +132,10 @@ encode_string = json.encoder.encode_basestring
 """A str as a JSON string literal (C speed), for changes built from a template."""
 
 
-def last_to_change(session: Session, field: str, user_ids: list[int]) -> dict[int, str]:
-    """For each of `user_ids`, the action of the latest entry that changed `field`."""
-    latest: dict[int, str] = {}
+def last_to_change(session: Session, field: str, user_ids: list[int]) -> dict[int, tuple[str, Any]]:
+    """For each of `user_ids`, the latest entry that changed `field`: (its action, the
+    value it set)."""
+    latest: dict[int, tuple[str, Any]] = {}
     for start in range(0, len(user_ids), 500):
         query = (
             select(AuditEntry.user_id, AuditEntry.action, AuditEntry.changes)
@@ -144,9 +145,10 @@ def last_to_change(session: Session, field: str, user_ids: list[int]) -> dict[in
             )
             .order_by(AuditEntry.id)
         )
-        for user_id, action, changes in session.execute(query):
-            if user_id is not None and field in json.loads(changes):
-                latest[user_id] = action
+        for user_id, action, text in session.execute(query):
+            change = json.loads(text).get(field)
+            if user_id is not None and isinstance(change, dict):
+                latest[user_id] = (action, change.get("after"))
     return latest
 
 

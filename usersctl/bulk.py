@@ -296,7 +296,7 @@ class _JsonArray:
             except json.JSONDecodeError as exc:
                 # Only an error at the end of what was read may be the record going on in
                 # the next chunk (an unterminated string is reported where it starts).
-                cut = exc.pos >= len(self.text) - 6 or exc.msg.startswith("Unterminated string")
+                cut = exc.pos >= len(self.text) - 10 or exc.msg.startswith("Unterminated string")
                 if cut and not self.eof:
                     if len(self.text) - self.position > MAX_RECORD:
                         self.too_long()

@@ -127,7 +127,12 @@ def in_memory(settings: Settings) -> bool:
     except (ArgumentError, ValueError):
         return False
     database = url.database or ""
-    return not url.host and (database in ("", ":memory:") or "mode=memory" in text)
+    if url.host:
+        return False
+    if database.startswith("file:"):  # a URI filename (?uri=true): file::memory:, memdb
+        name = database[5:].split("?")[0]
+        return name in ("", ":memory:") or "mode=memory" in text or "vfs=memdb" in text
+    return database in ("", ":memory:") or "mode=memory" in text or "vfs=memdb" in text
 
 
 def refuse_in_memory(settings: Settings) -> None:

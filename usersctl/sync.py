@@ -292,7 +292,7 @@ class Run:
         if not candidates:
             return set()
         last = last_to_change(self.session, "active", candidates)
-        return {user_id for user_id, action in last.items() if action == "sync"}
+        return {user_id for user_id, change in last.items() if change == ("sync", False)}
 
     def add(self, rows: list[tuple[int, UserImport]]) -> None:
         """Plan one batch and, while every row so far was good, write it."""

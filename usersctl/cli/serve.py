@@ -54,16 +54,14 @@ def free_port(host: str, port: int) -> int:
     usage error (exit 2). uvicorn would log the failure and exit 3, "not found" here."""
     import socket
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-            probe.bind(address)
+            probe.bind((host.strip("[]"), port))
             return int(probe.getsockname()[1])
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+    except (OSError, UnicodeError) as exc:  # (a host name IDNA cannot encode: a..b)
+        reason = getattr(exc, "strerror", None) or "not a valid host name"
         raise UsageError(
             f"cannot listen on {host}:{port}: {reason.lower()} (another server?); give "
             "another --port"

@@ -129,7 +129,11 @@ def create_user(
         password_hash = "" if dry_run else hash_password(body.password)
     with _change(server, principal, dry_run) as (session, trail):
         user, _ = crud.create_user(
-            session=session, user_in=user_in, password_hash=password_hash, trail=trail
+            session=session,
+            user_in=user_in,
+            password_hash=password_hash,
+            trail=trail,
+            has_password=True,  # (a dry run hashes nothing, but the real request would)
         )
         shown = user_record(user) if user.id is not None else {}
     if dry_run:

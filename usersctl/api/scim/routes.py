@@ -308,10 +308,14 @@ def create_user(request: Request, body: JsonBody, server: ServerDep, caller: Cal
 
 
 def _external_id(value: str | None) -> str | None:
+    from usersctl import rules
     from usersctl.models import EXTERNAL_ID_LENGTH
 
     if value is not None and (len(value) > EXTERNAL_ID_LENGTH or "\x00" in value):
         raise InvalidData(f"invalid externalId: at most {EXTERNAL_ID_LENGTH} characters")
+    surrogate = None if value is None else rules.lone_surrogate(value)
+    if surrogate is not None:
+        raise InvalidData(rules.NOT_UNICODE.format("externalId", surrogate))
     return value
 
 
