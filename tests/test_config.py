@@ -157,8 +157,12 @@ BROKEN_CONFIGS: list[tuple[str, str, tuple[str, ...]]] = [
     ("bad-toml", "database_url = \n", ("cannot read config file",)),
     ("bad-toml-quote", 'database_url = "sqlite:///x.db\n', ("cannot read config file",)),
     ("url-not-a-string", "database_url = 5\n", ("database_url must be a string",)),
-    ("timeout-not-a-number", 'busy_timeout = "soon"\n', ("busy_timeout must be a number",)),
-    ("timeout-negative", "busy_timeout = -1\n", ("busy_timeout must be between",)),
+    (
+        "timeout-not-a-number",
+        'busy_timeout = "soon"\n',
+        ("invalid busy_timeout 'soon': must be a number",),
+    ),
+    ("timeout-negative", "busy_timeout = -1\n", ("invalid busy_timeout -1: must be between",)),
 ]
 
 
@@ -203,7 +207,7 @@ def test_missing_default_config_file_is_fine() -> None:
 @pytest.mark.parametrize("value", ["abc", "", "-1", "3601", "nan", "inf", "10s"])
 def test_invalid_busy_timeout_variable(value: str) -> None:
     result = invoke("list", env={"USERSCTL_BUSY_TIMEOUT": value})
-    assert_error(result, 2, "USERSCTL_BUSY_TIMEOUT", "busy_timeout must be")
+    assert_error(result, 2, f"invalid USERSCTL_BUSY_TIMEOUT {value!r}: must be")
     assert not default_database().exists()
 
 

@@ -256,3 +256,10 @@ def test_database_url_slips_are_usage_errors(url: str, fragment: str, tmp_path: 
     for args in (["list"], ["create", "--name", "T", "--email", "t@example.com", "--no-password"]):
         assert_error(cli(*args, env={"HOME": str(tmp_path)}), 2, fragment)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_list_limit_0_does_not_say_there_are_no_users(cli: Cli, seed: Seeder) -> None:
+    seed([{"name": "Ada", "email": "ada@example.com"}])
+    result = cli.ok("list", "--limit", "0")
+    assert (result.stdout, result.stderr) == ("", "")
+    assert cli.ok("list", "--search", "nobody").stderr == "No users.\n"

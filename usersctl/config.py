@@ -92,13 +92,15 @@ def _read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
     return data
 
 
-def _as_timeout(value: object, where: str) -> float:
+def _as_timeout(value: object, name: str, where: str = "") -> float:
+    """The busy timeout from `name` (the variable, or the file's key, `where` naming the
+    file). The value is quoted back: a timeout is no secret."""
     try:
         timeout = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise UsageError(f"{where}: busy_timeout must be a number of seconds") from None
+        raise UsageError(f"{where}invalid {name} {value!r}: must be a number of seconds") from None
     if not 0 <= timeout <= 3600:
-        raise UsageError(f"{where}: busy_timeout must be between 0 and 3600 seconds")
+        raise UsageError(f"{where}invalid {name} {value!r}: must be between 0 and 3600 seconds")
     return timeout
 
 
@@ -185,7 +187,7 @@ def load_settings(
     if "USERSCTL_BUSY_TIMEOUT" in env:
         timeout = _as_timeout(env["USERSCTL_BUSY_TIMEOUT"], "USERSCTL_BUSY_TIMEOUT")
     elif "busy_timeout" in file_values:
-        timeout = _as_timeout(file_values["busy_timeout"], f"config file {path}")
+        timeout = _as_timeout(file_values["busy_timeout"], "busy_timeout", f"config file {path}: ")
     else:
         timeout = DEFAULT_BUSY_TIMEOUT
 

@@ -279,7 +279,7 @@ def list_(
             moment=moment,
         )
         shown = Renderer(output).many(records(users), fields=fields)
-    if shown == 0 and output is OutputFormat.table:
+    if shown == 0 and output is OutputFormat.table and limit != 0:  # (0 rows were asked for)
         typer.echo("No users.", err=True)
 
 
