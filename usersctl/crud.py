@@ -482,20 +482,11 @@ def existing_users(
     )  # fmt: skip
     for start in range(0, len(emails), chunk):
         query = select(*columns).where(User.email.in_(emails[start : start + chunk]))
-        for (
-            email,
-            user_id,
-            name,
-            role,
-            active,
-            hashed,
-            expires,
-            source,
-            external,
-        ) in session.execute(query):
-            found[email] = Existing(
-                user_id, name, role, bool(active), hashed, expires, source, external
-            )
+        for row in session.execute(query):
+            found[row.email] = Existing(
+                row.id, row.name, row.role, bool(row.is_active), row.password_hash,
+                row.expires_at, row.source, row.external_id,
+            )  # fmt: skip
     return found
 
 
@@ -564,8 +555,9 @@ def apply_import(
     created user without one has no password. Users created are owned by `source`."""
     now = utcnow()
 
-    if plan.create and restore:  # what each row put back (a backup's source and external id)
+    if plan.create:
         ids = _insert_rows(session, plan, hashes, restore, now, source)
+    if plan.create and restore:  # what each row put back (a backup's source and external id)
         trail.record_many(
             session,
             action,
@@ -575,7 +567,6 @@ def apply_import(
             ),
         )
     elif plan.create:
-        ids = _insert_rows(session, plan, hashes, restore, now, source)
         # The changes of a created user, encoded by template: json.dumps of a nested dict
         # per row would be the largest cost an import's audit trail adds.
         text = encode_string

@@ -127,12 +127,10 @@ def in_memory(settings: Settings) -> bool:
     except (ArgumentError, ValueError):
         return False
     database = url.database or ""
-    if url.host:
-        return False
     if database.startswith("file:"):  # a URI filename (?uri=true): file::memory:, memdb
-        name = database[5:].split("?")[0]
-        return name in ("", ":memory:") or "mode=memory" in text or "vfs=memdb" in text
-    return database in ("", ":memory:") or "mode=memory" in text or "vfs=memdb" in text
+        database = database[5:].split("?")[0]
+    memory = database in ("", ":memory:") or "mode=memory" in text or "vfs=memdb" in text
+    return memory and not url.host
 
 
 def refuse_in_memory(settings: Settings) -> None:

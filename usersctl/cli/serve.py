@@ -52,6 +52,7 @@ def _within(low: int, high: int, what: str) -> Callable[[int], int]:
 def free_port(host: str, port: int) -> int:
     """`port` if it can be listened on (0: a free one, so that the banner names it), else a
     usage error (exit 2). uvicorn would log the failure and exit 3, "not found" here."""
+    import errno
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds
@@ -60,12 +61,13 @@ def free_port(host: str, port: int) -> int:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
             probe.bind((host.strip("[]"), port))
             return int(probe.getsockname()[1])
-    except (OSError, UnicodeError) as exc:  # (a host name IDNA cannot encode: a..b)
-        reason = getattr(exc, "strerror", None) or "not a valid host name"
-        raise UsageError(
-            f"cannot listen on {host}:{port}: {reason.lower()} (another server?); give "
-            "another --port"
-        ) from None
+    except UnicodeError:  # a host name IDNA cannot encode: a..b
+        raise UsageError(f"cannot listen on {host}: not a valid host name") from None
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        busy = exc.errno == errno.EADDRINUSE
+        hint = "another server? give another --port" if busy else "check --host"
+        raise UsageError(f"cannot listen on {host}:{port}: {reason} ({hint})") from None
 
 
 def _exit_cleanly(_signum: int, _frame: object) -> None:
