@@ -512,15 +512,14 @@ def validate(
     problem goes to `seen.bad`. Duplicate emails are the caller's to find (across batches).
 
     A restore (a usersctl backup) keeps names, emails and roles exactly as stored
-    (schemas.UserRestore), so that whatever a database held comes back. `row_check` raises
+    (schemas._RestoreIdentity), so that whatever a database held comes back. `row_check` raises
     InvalidData for a valid row that the configuration refuses (a weak plaintext password,
     a role outside the pinned ones)."""
     from pydantic import ValidationError
 
-    from usersctl.schemas import UserImport, UserRestore, validation_message
+    from usersctl.schemas import import_validator, validation_message
 
-    model = UserRestore if restore else UserImport
-    validate_row = model.model_validate
+    validate_row = import_validator(restore)
     seen = seen if seen is not None else Validated()
     bad = seen.bad
     rows: list[tuple[int, Any]] = []

@@ -518,7 +518,7 @@ def import_changes(
         "active": existing.active,
     }
     after: dict[str, Any] = {"name": row.name}
-    given = row.model_fields_set
+    given = row.given
     for name in ("role", "active"):
         if name in given:
             after[name] = getattr(row, name)

@@ -269,7 +269,7 @@ class Run:
                 "id are given the next free ones): put the rows with ids first",
             )
             return False
-        if row.has_password and "has_password" in row.model_fields_set and not row.gives_password:
+        if row.has_password and "has_password" in row.given and not row.gives_password:
             self.outcome.passwords_missing += 1
         return True
 
@@ -287,7 +287,7 @@ class Run:
             if (found := existing.get(row.email)) is not None
             and not found.active
             and found.source == self.job.source
-            and "active" not in row.model_fields_set
+            and "active" not in row.given
         ]
         if not candidates:
             return set()
