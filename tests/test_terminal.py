@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,3 +117,21 @@ def test_delete_asks_on_a_terminal(env: dict[str, str]) -> None:
 
     gone = Terminal(["get", "ada@example.com"], env)
     assert gone.finish() == 3
+
+
+def test_long_errors_wrap_between_words_on_a_terminal_and_stay_one_line_in_a_pipe(
+    env: dict[str, str],
+) -> None:
+    args = ["list", "--sort", "no-such-column-for-sorting"]
+    piped = subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True)
+    assert piped.returncode == 2
+    message = piped.stderr.strip()
+    assert "\n" not in message and len(message) > 80  # scripts get one line to read
+
+    term = Terminal(args, {**env, "COLUMNS": "80"})
+    assert term.finish() == 2
+    lines = term.screen.decode().replace("\r\n", "\n").strip().split("\n")
+    assert len(lines) > 1
+    assert all(len(line) <= 80 for line in lines)
+    assert all(line.startswith("  ") for line in lines[1:])  # continuation lines indented
+    assert " ".join(line.strip() for line in lines) == message  # no word cut in two

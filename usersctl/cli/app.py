@@ -25,7 +25,7 @@ from usersctl.cli.output import (
     start_command,
 )
 from usersctl.cli.state import AppState
-from usersctl.cli.text import printable
+from usersctl.cli.text import printable, say
 from usersctl.errors import OutputFailed, UsersctlError
 
 _EXIT_CODES = (
@@ -78,8 +78,8 @@ def _fail(
     if exc is not None and debug:
         traceback.print_exception(exc, file=sys.stderr)
     for line in details:
-        typer.echo(printable(line), err=True)
-    typer.echo(f"error: {printable(message)}", err=True)
+        say(printable(line))
+    say(f"error: {printable(message)}")
     sys.exit(code)
 
 

@@ -13,6 +13,7 @@ from usersctl.cli.completion import complete_users
 from usersctl.cli.options import Limit, Offset, Output, exclusive
 from usersctl.cli.render import AUDIT_DROP_ORDER, OutputFormat, Renderer, to_json
 from usersctl.cli.state import get_state
+from usersctl.cli.text import say
 from usersctl.errors import UsageError
 from usersctl.timestamps import iso_utc
 
@@ -68,9 +69,9 @@ def show_planned(trail: Trail, output: OutputFormat) -> None:
         _shaped(records, output), fields=PLANNED_FIELDS, drop=AUDIT_DROP_ORDER
     )
     if shown == 0:
-        typer.echo("Dry run: nothing would change.", err=True)
+        say("Dry run: nothing would change.")
     else:
-        typer.echo(f"Dry run: {shown} change(s) shown; nothing was written.", err=True)
+        say(f"Dry run: {shown} change(s) shown; nothing was written.")
 
 
 def parse_when(text: str, option: str, now: datetime) -> datetime:
@@ -168,4 +169,4 @@ def audit(
             _shaped(records, output), fields=AUDIT_FIELDS, drop=AUDIT_DROP_ORDER
         )
     if shown == 0 and output is OutputFormat.table:
-        typer.echo("No audit entries.", err=True)
+        say("No audit entries.")

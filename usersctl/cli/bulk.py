@@ -18,6 +18,7 @@ from usersctl.cli.output import writing
 from usersctl.cli.progress import progress_bar
 from usersctl.cli.render import FIELDS, OutputFormat, Renderer
 from usersctl.cli.state import get_state
+from usersctl.cli.text import say
 from usersctl.errors import InvalidData, UsageError
 
 if TYPE_CHECKING:
@@ -271,15 +272,14 @@ def import_(
         "blank_rows": counts.blank_rows,  # last: `-o plain` fields keep their places
     }
     if outcome.passwords_missing:
-        typer.echo(
+        say(
             f"warning: {outcome.passwords_missing} user(s) {'would be' if dry_run else 'were'} "
             "restored without a password: their rows say has_password true but carry no "
             "password_hash (a backup needs `export --include-hashes`); they cannot log in "
-            "until given one (usersctl passwd)",
-            err=True,
+            "until given one (usersctl passwd)"
         )
     if dry_run:
-        typer.echo("Dry run: nothing was written.", err=True)
+        say("Dry run: nothing was written.")
     Renderer(output).one(summary, fields=list(summary))
 
 
@@ -413,7 +413,7 @@ def export(
         # A full disk or read-only folder: exit 10 naming the file (and no partial file).
         with writing(str(target)), opened as handle:
             count = _export_to(handle, session, chosen, include_hashes, fields)
-    typer.echo(f"Exported {count} user(s) to {output_file}.", err=True)
+    say(f"Exported {count} user(s) to {output_file}.")
 
 
 def _export_to(

@@ -14,6 +14,7 @@ from usersctl.cli.options import Output, Yes
 from usersctl.cli.progress import progress_bar
 from usersctl.cli.render import OutputFormat, Renderer
 from usersctl.cli.state import get_state, stdin_is_terminal
+from usersctl.cli.text import say
 from usersctl.errors import SchemaMismatch, UsageError
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def _report(verb: str, where: str, result: MigrationResult) -> None:
             f"{verb} {where} from {_describe_revision(result.before)} "
             f"to {_describe_revision(result.after)}."
         )
-    typer.echo(message, err=True)
+    say(message)
 
 
 def _show_dry_run(verb: str, where: str, result: MigrationResult) -> None:
@@ -67,10 +68,7 @@ def _show_dry_run(verb: str, where: str, result: MigrationResult) -> None:
     from usersctl.revision import KNOWN_REVISIONS
 
     if result.before == result.after and not result.adopted:
-        typer.echo(
-            f"Dry run: already at revision {_describe_revision(result.after)}; nothing to do.",
-            err=True,
-        )
+        say(f"Dry run: already at revision {_describe_revision(result.after)}; nothing to do.")
         return
     order = [None, *KNOWN_REVISIONS]
     low, high = sorted((order.index(result.before), order.index(result.after)))
@@ -84,10 +82,9 @@ def _show_dry_run(verb: str, where: str, result: MigrationResult) -> None:
         + ("-- adopts the tutorial users table: stamps 0001 first\n" if result.adopted else "")
         + result.sql
     )
-    typer.echo(
+    say(
         f"Dry run: would {verb} {where} from {_describe_revision(result.before)} to "
-        f"{_describe_revision(result.after)} ({len(steps)} revision(s)); nothing was written.",
-        err=True,
+        f"{_describe_revision(result.after)} ({len(steps)} revision(s)); nothing was written."
     )
 
 
@@ -115,21 +112,17 @@ def run_upgrade(ctx: typer.Context, revision: str, dry_run: bool = False) -> Non
             database, revision, progress, dry_run=dry_run, on_commit=on_commit
         )
     for warning in result.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+        say(f"warning: {warning}")
     if dry_run:
         _show_dry_run("upgrade", database.display_url, result)
         return
     if result.adopted:
-        typer.echo(
+        say(
             "Adopted the tutorial database: stamped revision 0001, then upgraded "
-            f"(plaintext passwords are now argon2id hashes; {_plaintext_left(result)}).",
-            err=True,
+            f"(plaintext passwords are now argon2id hashes; {_plaintext_left(result)})."
         )
     if result.finished_scrub:
-        typer.echo(
-            "Scrubbed the old plaintext passwords an earlier upgrade left in free space.",
-            err=True,
-        )
+        say("Scrubbed the old plaintext passwords an earlier upgrade left in free space.")
     _report("Upgraded", database.display_url, result)
 
 
@@ -306,7 +299,7 @@ def check(ctx: typer.Context) -> None:
             f"database is stamped {HEAD} but its tables differ from the models: {differences[0]}"
             + (f" (and {len(differences) - 1} more)" if len(differences) > 1 else "")
         )
-    typer.echo(f"Database is at head ({HEAD}) and matches the models.", err=True)
+    say(f"Database is at head ({HEAD}) and matches the models.")
 
 
 @command(db_app, "stamp")
@@ -340,25 +333,23 @@ def stamp(
     planned = migrations.stamp(database, revision, dry_run=True)
     before, after = _describe_revision(planned.before), _describe_revision(planned.after)
     if planned.before == planned.after:
-        typer.echo(f"Already at revision {after}; nothing to do.", err=True)
+        say(f"Already at revision {after}; nothing to do.")
         return
     if dry_run:
         sys.stdout.write(f"-- usersctl db stamp --dry-run: {where} from {before} to {after}\n")
         sql = [line for line in planned.sql.splitlines() if not line.startswith("-- Running")]
         sys.stdout.write("".join(f"{line}\n" for line in sql if line))
-        typer.echo(
+        say(
             f"Dry run: would stamp {where} as revision {after} (was {before}) without "
-            "running migrations; nothing was written.",
-            err=True,
+            "running migrations; nothing was written."
         )
         return
     question = f"Stamp {where} as revision {after} (was {before}) without running migrations?"
     _consent("stamp", question, yes=yes, dry_run=False)
     result = migrations.stamp(database, revision, on_commit=_migrating(ctx, database))
-    typer.echo(
+    say(
         f"Stamped revision {_describe_revision(result.after)} "
-        f"(was {_describe_revision(result.before)}).",
-        err=True,
+        f"(was {_describe_revision(result.before)})."
     )
 
 

@@ -14,6 +14,7 @@ from usersctl.cli.completion import complete_users
 from usersctl.cli.options import DryRun, Output
 from usersctl.cli.render import FIELDS, OutputFormat
 from usersctl.cli.state import get_state
+from usersctl.cli.text import say
 from usersctl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ def select_users(
 
 
 def say_none_matched(chosen: Filters) -> None:
-    typer.echo(f"No users match ({chosen.describe()}); nothing changed.", err=True)
+    say(f"No users match ({chosen.describe()}); nothing changed.")
 
 
 def register(app: typer.Typer) -> None:

@@ -14,6 +14,7 @@ import typer
 
 from usersctl import rules
 from usersctl.cli.state import stdin_is_terminal
+from usersctl.cli.text import say
 from usersctl.errors import InvalidData, UsageError
 
 MAX_LINE = rules.PASSWORD_MAX_LENGTH
@@ -114,11 +115,11 @@ def new_password(
                 if attempt == PROMPT_ATTEMPTS:
                     raise
                 attempt += 1
-                typer.echo(f"{exc.message}; please choose another.", err=True)
+                say(f"{exc.message}; please choose another.")
                 continue
             if typer.prompt("Repeat for confirmation", hide_input=True) == value:
                 return PasswordInput(value)
-            typer.echo(MISMATCH, err=True)  # (click's own would go to stdout)
+            say(MISMATCH)  # (click's own would go to stdout)
     else:
         raise UsageError(
             "no password source: stdin is not a terminal; use --password-stdin or --random-password"

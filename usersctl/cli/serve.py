@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from usersctl.cli.state import get_state
+from usersctl.cli.text import say
 from usersctl.errors import DatabaseUnavailable, UsageError
 
 EXTRA_HINT = "pip install 'usersctl[server]'"
@@ -169,11 +170,10 @@ def serve(
     os.environ["USERSCTL_TOKEN_MINUTES"] = str(token_minutes)
     os.environ["USERSCTL_SCIM"] = "1" if scim else "0"
     os.environ["USERSCTL_READ_THREADS"] = str(read_threads)
-    typer.echo(
+    say(
         f"Serving {database.display_url} on http://{host}:{port} "
         f"({workers} worker{'s' if workers > 1 else ''}); docs at /docs"
-        + ("; SCIM 2.0 at /scim/v2" if scim else ""),
-        err=True,
+        + ("; SCIM 2.0 at /scim/v2" if scim else "")
     )
     # Uvicorn finishes the requests in flight, then raises the signal again with the handler
     # that was in place before it started: make that one a clean exit 0.

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from usersctl.cli.text import say
 from usersctl.config import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class AppState:
             database,
             write=write,
             dry_run=dry_run,
-            announce=lambda message: typer.echo(message, err=True),
+            announce=say,
             on_initialised=self._note_initialised,
         )
         return database

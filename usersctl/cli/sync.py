@@ -18,7 +18,7 @@ from usersctl.cli.bulk import (
 )
 from usersctl.cli.options import Output
 from usersctl.cli.render import OutputFormat, Renderer, to_json
-from usersctl.cli.text import printable
+from usersctl.cli.text import printable, say
 from usersctl.errors import UsageError
 
 
@@ -174,7 +174,7 @@ def sync(
             ignore_columns=ignore_columns, counts=counts, plan=plan,
         )  # fmt: skip
         if plan is not None:
-            typer.echo("Dry run: nothing was written.", err=True)
+            say("Dry run: nothing was written.")
             _show_plan(plan.entries(), summary_of(outcome), output, job.prune)
             return
         summary = summary_of(outcome)

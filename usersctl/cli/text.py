@@ -11,7 +11,12 @@ retitle a window, reverse what follows it or hide part of itself. The zero-width
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import textwrap
+
+import typer
 
 # Unicode category Cf (format characters) except the joiners, as of Unicode 15; a test
 # keeps it in step with the running Python's unicodedata.
@@ -33,3 +38,35 @@ def _escape(match: re.Match[str]) -> str:
 
 def printable(value: str) -> str:
     return _UNSAFE.sub(_escape, value)
+
+
+def _stderr_width() -> int | None:
+    """The width of the terminal stderr is, or None when stderr is not a terminal."""
+    try:
+        if not sys.stderr.isatty():
+            return None
+        columns = os.environ.get("COLUMNS", "")
+        return int(columns) if columns.isdigit() else os.get_terminal_size(2).columns
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def for_stderr(text: str) -> str:
+    """A message as stderr shows it: on a terminal, wrapped between words at its width (an
+    email, path or URL is never cut; continuation lines indented by two spaces); piped or
+    redirected, the one line scripts read."""
+    width = _stderr_width()
+    if width is None or len(text) <= width or width < 40:
+        return text
+    return textwrap.fill(
+        text,
+        width=width,
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def say(text: str) -> None:
+    """A message for the person at the terminal, on stderr (stdout is the data)."""
+    typer.echo(for_stderr(text), err=True)

@@ -11,7 +11,7 @@ from usersctl.cli.command import command
 from usersctl.cli.options import Output
 from usersctl.cli.render import OutputFormat, Renderer
 from usersctl.cli.state import get_state
-from usersctl.cli.text import printable
+from usersctl.cli.text import printable, say
 from usersctl.errors import UsageError
 
 token_app = typer.Typer(
@@ -89,10 +89,9 @@ def create(
                          "expires_at": record["expires_at"]}  # fmt: skip
                 Renderer(output).one(shown, fields=("name", "token", "scopes", "expires_at"))
     if output is OutputFormat.table:
-        typer.echo(
+        say(
             f"Token {printable(name)} ({' '.join(record['scopes'])}, expires "
-            f"{record['expires_at'] or 'never'}): shown only this once.",
-            err=True,
+            f"{record['expires_at'] or 'never'}): shown only this once."
         )
 
 
@@ -113,7 +112,7 @@ def list_(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
         records = [{**r, "scopes": " ".join(r["scopes"])} for r in records]
     shown = Renderer(output).many(records, fields=LIST_FIELDS)
     if shown == 0 and output is OutputFormat.table:
-        typer.echo("No tokens.", err=True)
+        say("No tokens.")
 
 
 @command(token_app, "revoke")
@@ -128,7 +127,7 @@ def revoke(ctx: typer.Context, name: Name) -> None:
 
     with get_state(ctx).change() as (session, trail):
         tokens.revoke_token(session=session, name=name, trail=trail)
-    typer.echo(f"Token {printable(name)} revoked.", err=True)
+    say(f"Token {printable(name)} revoked.")
 
 
 @command(token_app, "rotate-signing-key")
@@ -144,4 +143,4 @@ def rotate_signing_key(ctx: typer.Context) -> None:
 
     with get_state(ctx).change() as (session, trail):
         tokens.rotate_signing_key(session=session, trail=trail)
-    typer.echo("Signing key replaced; every login token issued so far is now refused.", err=True)
+    say("Signing key replaced; every login token issued so far is now refused.")

@@ -46,7 +46,7 @@ from usersctl.cli.password_input import (
 )
 from usersctl.cli.render import FIELDS, TABLE_FIELDS, OutputFormat, Renderer, records
 from usersctl.cli.state import get_state, stdin_is_terminal
-from usersctl.cli.text import printable
+from usersctl.cli.text import printable, say
 from usersctl.errors import UsageError, VerificationFailed
 from usersctl.records import user_record
 
@@ -68,7 +68,7 @@ def _show_user(
         return
     if output is OutputFormat.table:
         renderer.one(user_data)
-        typer.echo("Generated password (shown only this once):", err=True)
+        say("Generated password (shown only this once):")
         renderer.line(password.value)
     else:
         renderer.one({**user_data, "password": password.value}, fields=[*user_data, "password"])
@@ -185,7 +185,7 @@ def create(
         if created and not dry_run:
             _deliver_password(shown, output, password)
     if not created:
-        typer.echo(f"User {printable(shown['email'])} already exists; left unchanged.", err=True)
+        say(f"User {printable(shown['email'])} already exists; left unchanged.")
     if dry_run:
         show_planned(trail, output)
     elif not (created and password is not None and password.generated):
@@ -280,7 +280,7 @@ def list_(
         )
         shown = Renderer(output).many(records(users), fields=fields)
     if shown == 0 and output is OutputFormat.table and limit != 0:  # (0 rows were asked for)
-        typer.echo("No users.", err=True)
+        say("No users.")
 
 
 def get(
@@ -415,7 +415,7 @@ def passwd(
     if dry_run:
         show_planned(trail, output)
         return
-    typer.echo(f"Password changed for {printable(shown['email'])}.", err=True)
+    say(f"Password changed for {printable(shown['email'])}.")
     if not password.generated:
         _show_user(shown, output, password)
 
@@ -457,13 +457,13 @@ def verify_password(
             if result.hash_kept
             else "the attempt was not recorded"
         )
-        typer.echo(f"note: {what}: {result.not_recorded}", err=True)
+        say(f"note: {what}: {result.not_recorded}")
     if not result.verified:
         raise VerificationFailed("password verification failed")
     if result.must_change_password:
-        typer.echo("Password verified; it must be changed now (usersctl passwd).", err=True)
+        say("Password verified; it must be changed now (usersctl passwd).")
     else:
-        typer.echo("Password verified.", err=True)
+        say("Password verified.")
 
 
 def _set_active(
@@ -609,7 +609,7 @@ def delete(
         show_planned(trail, output)
         return
     if not shown:
-        typer.echo("Nothing to delete.", err=True)
+        say("Nothing to delete.")
     elif output is OutputFormat.table:
-        typer.echo(f"Deleted {len(shown)} user(s).", err=True)
+        say(f"Deleted {len(shown)} user(s).")
     Renderer(output).many(shown)
