@@ -46,7 +46,7 @@ from usersctl.audit import (
 )
 from usersctl.database import driver_value, insert_many
 from usersctl.errors import Conflict, NotFound, UsageError
-from usersctl.models import User, UTCDateTime, users_table, utcnow
+from usersctl.models import EMAIL_LENGTH, User, UTCDateTime, users_table, utcnow
 from usersctl.timestamps import iso_from_sqlite_text, iso_utc
 
 if TYPE_CHECKING:
@@ -235,6 +235,10 @@ def user_query(
         query = query.where(User.role == role)
     if active is not None:
         query = query.where(User.is_active == active)
+    if search and len(search) > EMAIL_LENGTH:  # (SQLite refuses patterns over 50,000 bytes)
+        raise UsageError(
+            f"search text is at most {EMAIL_LENGTH} characters: no name or email is longer"
+        )
     if search:
         needle = search.lower()
         query = query.where(
@@ -874,7 +878,12 @@ def record_login(
             email=email,
             changes={"password": PASSWORD_REHASHED},
         )
-    return LoginResult(verified=True, must_change_password=bool(must_change))
+    return LoginResult(
+        verified=True,
+        must_change_password=bool(must_change),
+        user_id=check.user_id,
+        password_hash=values.get("password_hash", stored_hash),
+    )
 
 
 def unlock_users(*, session: Session, users: Sequence[User], trail: Trail) -> list[User]:

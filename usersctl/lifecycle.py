@@ -126,6 +126,11 @@ class LoginResult:
     locked_now: bool = False  # this failure locked the account
     not_recorded: str | None = None  # why the attempt could not be written (best effort)
     hash_kept: bool = False  # ... and so an upgrade of the stored hash was not made
+    # Verified: whose password it was, and the hash in force after the login. A login token
+    # is signed from these, never from a second look-up (a reset in between would
+    # otherwise leave the old password's token valid).
+    user_id: int | None = None
+    password_hash: str | None = None
 
 
 def login(
@@ -177,6 +182,8 @@ def login(
             read_answer.must_change_password,
             not_recorded=_reason(exc),
             hash_kept=check.new_hash is not None,
+            user_id=check.user_id if read_answer.verified else None,
+            password_hash=check.stored_hash if read_answer.verified else None,
         )
 
 

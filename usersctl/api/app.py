@@ -83,6 +83,81 @@ class AccessLog:
 
 UNEXPECTED = b'{"detail":"unexpected error (a bug): see the server log"}'
 
+# The largest request body read (a user, a password, a SCIM resource are a few KiB). The
+# body is read before the credential is checked (FastAPI parses it first): without a bound,
+# anyone could make the server hold hundreds of MiB per request.
+MAX_BODY = 1 << 20
+TOO_LARGE = "request body too large: at most 1 MiB"
+
+
+class RequestLimits:
+    """Refuses a body over MAX_BODY with 413: at once when Content-Length says so, else
+    (a chunked body) as soon as the bytes read pass it. And a query parameter given twice
+    with 400 (`?dry_run=true&dry_run=false` must not be "the last one wins")."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            await _refuse(scope, send, 413, TOO_LARGE)
+            return
+        twice = _repeated_parameter(scope.get("query_string", b""))
+        if twice is not None:
+            await _refuse(scope, send, 400, f"the query parameter {twice} is given twice")
+            return
+        read = 0
+
+        async def limited() -> Any:
+            nonlocal read
+            message = await receive()
+            read += len(message.get("body", b""))
+            if read > MAX_BODY:
+                from fastapi import HTTPException
+
+                raise HTTPException(status_code=413, detail=TOO_LARGE)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _repeated_parameter(query: bytes) -> str | None:
+    """The name of a query parameter given more than once (quoted, when it is a plain
+    name; a hostile one is not echoed back)."""
+    from urllib.parse import parse_qsl
+
+    names = [name for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)]
+    if len(names) == len(set(names)):
+        return None
+    twice = next(name for name in names if names.count(name) > 1)
+    return repr(twice) if twice.isidentifier() and len(twice) <= 40 else "(one of them)"
+
+
+async def _refuse(scope: Any, send: Any, status: int, detail: str) -> None:
+    import json
+
+    scim = scope["path"].startswith("/scim/")
+    body: dict[str, Any] = {"detail": detail}
+    if scim:
+        body = {
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+            "status": str(status),
+            **body,
+        }
+    kind = b"application/scim+json" if scim else b"application/json"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", kind), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
 
 def create_app(
     settings: Settings,
@@ -90,6 +165,7 @@ def create_app(
     token_minutes: int = 15,
     scim: bool = False,
     read_threads: int = DEFAULT_READ_THREADS,
+    docs: bool = False,
 ) -> FastAPI:
     from usersctl.api import errors
     from usersctl.api.routes import auth, health, users
@@ -102,8 +178,10 @@ def create_app(
         title="usersctl",
         version=__version__,
         description=DESCRIPTION,
-        docs_url="/docs",
-        openapi_url="/openapi.json",
+        # Published only on request (serve --docs): every request but /healthz needs a
+        # credential (DESIGN.md), and a browser fetching /docs has none to give.
+        docs_url="/docs" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         redoc_url=None,
     )
     app.state.server = Server(
@@ -120,7 +198,8 @@ def create_app(
         from usersctl.api.scim.routes import router as scim_router
 
         app.include_router(scim_router)
-    app.add_middleware(AccessLog)
+    app.add_middleware(RequestLimits)
+    app.add_middleware(AccessLog)  # (outermost: it logs the 413s too)
     return app
 
 
@@ -140,4 +219,7 @@ def create_app_from_env() -> FastAPI:
     minutes = int(os.environ.get("USERSCTL_TOKEN_MINUTES", "15"))
     scim = os.environ.get("USERSCTL_SCIM") == "1"
     threads = int(os.environ.get("USERSCTL_READ_THREADS", str(DEFAULT_READ_THREADS)))
-    return create_app(load_settings(), token_minutes=minutes, scim=scim, read_threads=threads)
+    docs = os.environ.get("USERSCTL_DOCS") == "1"
+    return create_app(
+        load_settings(), token_minutes=minutes, scim=scim, read_threads=threads, docs=docs
+    )

@@ -21,10 +21,23 @@ def error_response(status: int, detail: str, headers: dict[str, str] | None = No
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, UsersctlError)
-    retry = RETRY if isinstance(exc, DatabaseUnavailable) else None
-    return error_response(http_status(exc), exc.message, retry)
+    if isinstance(exc, DatabaseUnavailable):
+        return error_response(http_status(exc), unplaced(exc.message, request), RETRY)
+    return error_response(http_status(exc), exc.message)
+
+
+def unplaced(message: str, request: Request) -> str:
+    """The message without where the database is (a file path, a host): the commands show
+    it to the admin; an HTTP client has no business knowing it."""
+    database = request.app.state.server.database
+    url = database.engine.url
+    places = {database.display_url, str(url.database or ""), str(database.sqlite_path or "")}
+    for place in sorted((p for p in places if p), key=len, reverse=True):
+        message = message.replace(f"database {place}", "the database")
+        message = message.replace(place, "the database")
+    return message
 
 
 def _problem(error: Any) -> str:

@@ -135,6 +135,14 @@ def serve(
             "--scope scim).",
         ),
     ] = False,
+    docs: Annotated[
+        bool,
+        typer.Option(
+            "--docs",
+            help="Also publish the API's OpenAPI description at /docs and /openapi.json, "
+            "without a credential (off: every request but /healthz needs one).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the users API over HTTP (needs the extra: pip install 'usersctl[server]').
 
@@ -169,10 +177,12 @@ def serve(
     os.environ["USERSCTL_ACTOR"] = state.settings.actor
     os.environ["USERSCTL_TOKEN_MINUTES"] = str(token_minutes)
     os.environ["USERSCTL_SCIM"] = "1" if scim else "0"
+    os.environ["USERSCTL_DOCS"] = "1" if docs else "0"
     os.environ["USERSCTL_READ_THREADS"] = str(read_threads)
     say(
         f"Serving {database.display_url} on http://{host}:{port} "
-        f"({workers} worker{'s' if workers > 1 else ''}); docs at /docs"
+        f"({workers} worker{'s' if workers > 1 else ''})"
+        + ("; docs at /docs" if docs else "")
         + ("; SCIM 2.0 at /scim/v2" if scim else "")
     )
     # Uvicorn finishes the requests in flight, then raises the signal again with the handler

@@ -26,7 +26,7 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], server: ServerDep) -> TokenOut:
     import jwt
 
-    from usersctl import crud, tokens
+    from usersctl import tokens
     from usersctl.lifecycle import login as check_login
     from usersctl.lifecycle import now
 
@@ -35,15 +35,14 @@ def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], server: ServerD
         result = check_login(
             database=server.database, settings=settings, ref=form.username, password=form.password
         )
-    if not result.verified:
+    if not result.verified or result.user_id is None:
         raise unauthorized("incorrect email or password")
+    # Signed from the hash the login verified: a password reset after it makes this token
+    # invalid, as it does every older one (tokens.password_generation).
+    password_hash, user_id = result.password_hash, result.user_id
     # A read transaction: `serve` made the key at start-up (a write only if it is gone).
     with server.database.session(write=False) as session:
         key = tokens.signing_key(session=session)
-        user = crud.find_user(session, form.username)
-        if user is None:  # deleted meanwhile
-            raise unauthorized("incorrect email or password")
-        password_hash, user_id = user.password_hash, user.id
     if key is None:
         with server.database.session(write=True) as session:
             key = tokens.ensure_signing_key(session=session)

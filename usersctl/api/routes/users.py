@@ -19,6 +19,7 @@ from usersctl.api.deps import (
     Principal,
     Reader,
     Self,
+    Server,
     ServerDep,
     Writer,
     read,
@@ -193,6 +194,26 @@ async def get_me(server: ServerDep, caller: Self) -> Response:
     return await read(server, caller, work)
 
 
+def _count_failure(server: Server, principal: Principal, check: Any) -> None:
+    """A wrong current password counts as a failed login, and locks the account at the
+    threshold as one does: a stolen login token must not buy unlimited guesses."""
+    from datetime import timedelta
+
+    from usersctl import crud
+    from usersctl.audit import Trail
+
+    settings = server.settings
+    with server.database.quick_session() as session:
+        crud.record_login(
+            session=session,
+            check=check,
+            threshold=settings.lockout_threshold,
+            lock_for=timedelta(minutes=settings.lockout_minutes),
+            moment=now(),
+            trail=Trail(actor=principal.name),
+        )
+
+
 @router.put(
     "/me/password",
     response_model=UserOut,
@@ -206,6 +227,8 @@ def change_own_password(
     from usersctl.passwords import hash_password
 
     ref = str(principal.user_id)
+    if body.new_password == body.current_password:  # (it would end must_change_password)
+        raise InvalidData("the new password must differ from the current one")
     with server.database.session(write=False) as session:
         credentials = crud.read_credentials(session=session, ref=ref)
         user = crud.get_user(session=session, ref=ref)
@@ -217,6 +240,7 @@ def change_own_password(
     if not check.matches:
         from usersctl.errors import VerificationFailed
 
+        _count_failure(server, principal, check)
         raise VerificationFailed("current password is wrong")
     _check_password(server, body.new_password, inputs)
     with HASHING:

@@ -91,12 +91,18 @@ def _request_problem(exc: RequestValidationError) -> ScimProblem:
     return ScimProblem(400, "invalid request", "invalidSyntax")
 
 
-def problem_for(exc: Exception) -> tuple[ScimProblem, dict[str, str] | None] | None:
+def problem_for(
+    exc: Exception, request: Request
+) -> tuple[ScimProblem, dict[str, str] | None] | None:
     """The SCIM problem for what a handler raised, or None for a bug."""
     from scim2_models import SCIMException
 
+    from usersctl.api.errors import unplaced
+
     if isinstance(exc, ScimProblem):
         return exc, None
+    if isinstance(exc, DatabaseUnavailable):
+        return ScimProblem(http_status(exc), unplaced(exc.message, request)), RETRY
     if isinstance(exc, UsersctlError):
         return _domain(exc), RETRY if isinstance(exc, DatabaseUnavailable) else None
     if isinstance(exc, HTTPException):
@@ -121,7 +127,7 @@ class ScimRoute(APIRoute):
             try:
                 return await handler(request)
             except Exception as exc:
-                found = problem_for(exc)
+                found = problem_for(exc, request)
                 if found is None:
                     raise
                 problem, headers = found

@@ -41,6 +41,8 @@ from scim2_models.path import (
 )
 from sqlalchemy import ColumnElement, and_, false, func, not_, or_, true
 
+from usersctl import rules
+from usersctl.crud import stored_form
 from usersctl.models import User
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -193,8 +195,12 @@ class _ToSql(FilterVisitor[Clause]):
             return self._id(op, value)
         if not isinstance(value, str):
             raise FilterProblem(f"{node.attr_path} compares with a quoted string")
+        if rules.lone_surrogate(value) is not None:  # no database could even be asked
+            raise FilterProblem(f"{node.attr_path} compares with text that is not Unicode")
         if attribute.kind == "text":
             column, value = func.lower(column), value.lower()
+        elif attribute.kind == "lowered" and op in (CompareOperator.eq, CompareOperator.ne):
+            value = stored_form(value)  # as create stored it: `userName eq` finds that user
         elif attribute.kind == "lowered":
             value = value.lower()
         clause = _TEXT[op](column, value)

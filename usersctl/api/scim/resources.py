@@ -115,6 +115,13 @@ def _name(user: User[Any], current: UserRow | None) -> str | None:
     given = [name for name in candidates if name is not None]
     if current is not None:
         changed = [name for name in given if name != current.name]
+        if not changed and parts and composed is None and (parts.given_name or parts.family_name):
+            # One part alone (Entra's "Replace name.familyName"): usersctl keeps one name and
+            # cannot tell which words of it the other part is; a 200 would drop the change.
+            raise InvalidData(
+                "usersctl stores one name: send displayName, name.formatted, or both "
+                "name.givenName and name.familyName"
+            )
         return changed[0] if changed else current.name
     return given[0] if given else None
 

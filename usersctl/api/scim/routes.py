@@ -159,6 +159,29 @@ def _load(session: Any, user_id: str, *, lock: bool = False) -> Any:
     return found
 
 
+# The role whose login token has the REST API's read and write scopes (api/deps.py): a
+# scim token must not be able to mint one, nor take over an admin's account.
+ADMIN_ROLE = "admin"
+
+
+def _no_admin_role(role: str | None) -> None:
+    if role == ADMIN_ROLE:
+        raise ScimProblem(
+            403,
+            "the admin role opens the REST API: it is given by hand (usersctl update --role "
+            "admin), never over SCIM",
+        )
+
+
+def _changeable(row: Any) -> Any:
+    """The user, if SCIM may change or delete it: not an admin (admins are managed by hand)."""
+    if row.role == ADMIN_ROLE:
+        raise ScimProblem(
+            403, f"user {row.id} has the admin role: admins are managed by hand, not over SCIM"
+        )
+    return row
+
+
 def _hash_new_password(server: Server, password: str | None, name: str, email: str) -> str:
     from usersctl import password_policy
     from usersctl.passwords import hash_password
@@ -290,6 +313,7 @@ def create_user(request: Request, body: JsonBody, server: ServerDep, caller: Cal
             "is_active": True if asked.active is None else asked.active,
         },
     )
+    _no_admin_role(user_in.role)
     check_role(user_in.role, server.settings)
     external_id = _external_id(asked.external_id)
     password_hash = _hash_new_password(server, asked.password, user_in.name, user_in.email)
@@ -341,6 +365,8 @@ def _store(server: Server, session: Any, trail: Any, row: Any, asked: Any, hashe
     from usersctl.lifecycle import check_role
     from usersctl.schemas import UserUpdate, parse
 
+    _changeable(row)
+    _no_admin_role(asked.role)
     given: dict[str, Any] = {}
     if asked.name is not None and asked.name != row.name:
         given["name"] = asked.name
@@ -431,7 +457,7 @@ def delete_user(user_id: str, server: ServerDep, caller: Caller) -> Response:
     from usersctl import crud
 
     with _change(server, caller) as (session, trail):
-        row = _load(session, user_id, lock=True)
+        row = _changeable(_load(session, user_id, lock=True))
         crud.delete_users(session=session, users=[row], trail=trail)
     return Response(status_code=204)
 

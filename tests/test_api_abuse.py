@@ -1,0 +1,256 @@
+"""What a hostile or careless client can do to the HTTP front end, in-process over ASGI on
+every engine: bodies too large to read, guessing the current password, a login racing a
+password reset, a SCIM token reaching for admin rights, and the SCIM requests that used to
+answer 200 (or 500, or 503) wrongly. Found by a review and a new-admin tryout."""
+
+# ruff: noqa: F811  (the api and scim fixtures are imported from their own test modules)
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("scim2_models")
+
+from test_api_http import LOCKOUT, NEW_PASSWORD, PASSWORD, Api, api, assert_detail  # noqa: E402, F401
+from test_scim import PATCH_SCHEMA, USER_SCHEMA, Scim, assert_scim_error, scim  # noqa: E402, F401
+
+from conftest import Cli  # noqa: E402
+
+MIB = 1 << 20
+
+
+def _users(cli: Cli) -> Any:
+    return cli.json("list", "--limit", "1000")
+
+
+def _audit_count(cli: Cli) -> int:
+    return len(cli.json("audit", "--limit", "1000"))
+
+
+# --- request bodies ------------------------------------------------------------------------
+
+
+def test_a_body_over_one_mib_is_refused_before_it_is_read_or_the_credential_checked(
+    api: Api,
+) -> None:
+    big = json.dumps({"name": "x" * (2 * MIB), "email": "big@example.com"}).encode()
+    # Content-Length says so: 413 at once, with no credential at all.
+    response = api.client.post("/users/", content=big, headers={"content-type": "application/json"})
+    assert_detail(response, 413, "at most 1 MiB")
+    # A chunked body (no Content-Length): refused once the bytes read pass the limit.
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
+    response = api.client.post("/users/", content=chunks, headers=api.admin)
+    assert_detail(response, 413, "at most 1 MiB")
+    assert _users(api.cli) == []
+    # Just under the limit is read (and then judged on its merits).
+    fits = json.dumps({"name": "x" * (MIB - 100), "email": "fits@example.com"}).encode()
+    response = api.client.post("/users/", content=fits, headers=api.admin)
+    assert response.status_code == 422, response.text
+
+
+def test_a_scim_body_over_one_mib_is_a_scim_error(scim: Scim) -> None:
+    big = json.dumps({"schemas": [USER_SCHEMA], "userName": "a@example.com", "x": "y" * MIB})
+    response = scim.client.post(
+        "/scim/v2/Users", content=big, headers={"content-type": "application/scim+json"}
+    )
+    assert_scim_error(response, 413, None, "at most 1 MiB")
+
+
+# --- one's own password --------------------------------------------------------------------
+
+
+def test_guessing_the_current_password_counts_and_locks_like_a_login(api: Api) -> None:
+    api.user("plain@example.com")
+    token = api.login("plain@example.com")
+    wrong = {"current_password": "not it at all", "new_password": NEW_PASSWORD}
+    for _ in range(LOCKOUT):
+        assert_detail(api.client.put("/users/me/password", json=wrong, headers=token), 401)
+    record = api.cli.json("get", "plain@example.com")
+    assert record["locked"] is True
+    assert any(entry["action"] == "lock" for entry in api.cli.json("audit"))
+    # Locked: the right password no longer logs in, and the stolen token stops working.
+    response = api.client.post(
+        "/auth/token", data={"username": "plain@example.com", "password": PASSWORD}
+    )
+    assert_detail(response, 401)
+    assert_detail(api.client.get("/users/me", headers=token), 401)
+
+
+def test_a_forced_change_cannot_be_answered_with_the_same_password(api: Api) -> None:
+    uid = api.user("temp@example.com")
+    api.client.post(
+        f"/users/{uid}/password",
+        json={"password": PASSWORD, "must_change_password": True},
+        headers=api.admin,
+    )
+    token = api.login("temp@example.com")
+    before = _audit_count(api.cli)
+    same = {"current_password": PASSWORD, "new_password": PASSWORD}
+    assert_detail(api.client.put("/users/me/password", json=same, headers=token), 422, "differ")
+    assert api.cli.json("get", str(uid))["must_change_password"] is True
+    assert _audit_count(api.cli) == before
+
+
+def test_a_login_racing_a_password_reset_gets_a_token_the_reset_ends(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import usersctl.lifecycle
+
+    api.user("bob@example.com")
+    real = usersctl.lifecycle.login
+
+    def login_then_reset(**kwargs: Any) -> Any:
+        result = real(**kwargs)  # verified with the old password; now the admin resets it
+        api.cli.ok("passwd", "bob@example.com", "--password-stdin", input=NEW_PASSWORD + "\n")
+        return result
+
+    monkeypatch.setattr(usersctl.lifecycle, "login", login_then_reset)
+    response = api.client.post(
+        "/auth/token", data={"username": "bob@example.com", "password": PASSWORD}
+    )
+    monkeypatch.setattr(usersctl.lifecycle, "login", real)
+    assert response.status_code == 200, response.text
+    token = {"Authorization": f"Bearer {response.json()['access_token']}"}
+    assert_detail(api.client.get("/users/me", headers=token), 401)  # the reset ended it
+    assert api.client.get(
+        "/users/me", headers=api.login("bob@example.com", NEW_PASSWORD)
+    ).is_success
+
+
+def test_a_search_longer_than_any_name_or_email_is_a_client_error(api: Api) -> None:
+    api.user("ada@example.com")
+    response = api.client.get("/users/", params={"search": "a" * 60_000}, headers=api.admin)
+    assert_detail(response, 400, "at most 320 characters")
+    assert "retry-after" not in response.headers
+    found = api.client.get("/users/", params={"search": "ADA@"}, headers=api.admin)
+    assert [user["email"] for user in found.json()] == ["ada@example.com"]
+    result = api.cli("list", "--search", "b" * 321)
+    assert result.exit_code == 2, result.output
+    assert "at most 320 characters" in result.stderr
+
+
+# --- SCIM: no way to admin rights ----------------------------------------------------------
+
+
+def test_a_scim_token_cannot_make_an_admin(scim: Scim) -> None:
+    body = {"schemas": [USER_SCHEMA], "userName": "eve@example.com", "roles": [{"value": "admin"}]}
+    assert_scim_error(scim.post("/Users", body), 403, None, "admin role")
+    assert _users(scim.cli) == []
+    uid = scim.create("mallory@example.com")["id"]
+    before = _audit_count(scim.cli)
+    grant = {"op": "replace", "path": "roles", "value": [{"value": "admin"}]}
+    assert_scim_error(scim.patch(f"/Users/{uid}", grant), 403, None, "admin role")
+    put = {
+        "schemas": [USER_SCHEMA],
+        "userName": "mallory@example.com",
+        "roles": [{"value": "admin"}],
+    }
+    assert_scim_error(scim.put(f"/Users/{uid}", put), 403, None, "admin role")
+    assert scim.cli.json("get", "mallory@example.com")["role"] == "user"
+    assert _audit_count(scim.cli) == before
+
+
+def test_a_scim_token_cannot_change_or_delete_an_admin(scim: Scim) -> None:
+    admin = scim.cli.create("Root", "root@example.com", "--role", "admin")
+    before = (_users(scim.cli), _audit_count(scim.cli))
+    password = {"op": "replace", "path": "password", "value": "a takeover passphrase 42"}
+    assert_scim_error(scim.patch(f"/Users/{admin['id']}", password), 403, None, "managed by hand")
+    rename = {"op": "replace", "path": "displayName", "value": "Not Root"}
+    assert_scim_error(scim.patch(f"/Users/{admin['id']}", rename), 403, None, "managed by hand")
+    assert_scim_error(scim.delete(f"/Users/{admin['id']}"), 403, None, "managed by hand")
+    assert (_users(scim.cli), _audit_count(scim.cli)) == before
+    # Still readable: an identity provider may look an admin up.
+    assert scim.get(f"/Users/{admin['id']}").status_code == 200
+
+
+# --- SCIM: answers that were wrong ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("user_name", ["Ada.Lovelace@EXAMPLE.com ", "ada@xn--bcher-kva.example"])
+def test_userName_eq_finds_the_user_that_same_userName_created(scim: Scim, user_name: str) -> None:
+    created = scim.create(user_name)
+    assert created["userName"] != user_name  # stored normalized
+    assert scim.names(f'userName eq "{user_name}"') == [created["userName"]]
+    assert scim.names(f'emails.value eq "{user_name}"') == [created["userName"]]
+    assert scim.names(f'userName ne "{user_name}"') == []
+
+
+def test_a_filter_with_text_that_is_not_unicode_is_invalid_filter(scim: Scim) -> None:
+    body = (
+        b'{"schemas":["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],'
+        b'"filter":"userName eq \\"\\ud800\\""}'
+    )
+    headers = {**scim.h, "content-type": "application/scim+json"}
+    for path in ("/scim/v2/Users/.search", "/scim/v2/.search"):
+        response = scim.client.post(path, content=body, headers=headers)
+        assert_scim_error(response, 400, "invalidFilter", "not Unicode")
+
+
+def test_patching_one_part_of_the_name_alone_is_refused_not_dropped(scim: Scim) -> None:
+    uid = scim.create("ada@example.com", name={"givenName": "Ada", "familyName": "Lovelace"})["id"]
+    before = _audit_count(scim.cli)
+    surname = {"op": "Replace", "path": "name.familyName", "value": "King"}
+    assert_scim_error(scim.patch(f"/Users/{uid}", surname), 400, "invalidValue", "both")
+    assert scim.cli.json("get", "ada@example.com")["name"] == "Ada Lovelace"
+    assert _audit_count(scim.cli) == before
+    # Both parts, or displayName, are applied.
+    given = {"op": "Replace", "path": "name.givenName", "value": "Augusta"}
+    response = scim.patch(f"/Users/{uid}", given, surname)
+    assert response.status_code == 200, response.text
+    assert scim.cli.json("get", "ada@example.com")["name"] == "Augusta King"
+
+
+# --- what an error tells a client ----------------------------------------------------------
+
+
+def test_a_query_parameter_given_twice_is_refused_not_last_one_wins(api: Api, scim: Scim) -> None:
+    uid = api.user("ada@example.com")
+    response = api.client.delete(f"/users/{uid}?dry_run=true&dry_run=false", headers=api.admin)
+    assert_detail(response, 400, "'dry_run' is given twice")
+    assert api.cli.json("get", str(uid))["email"] == "ada@example.com"
+    response = scim.client.get("/scim/v2/Users?count=1&count=2", headers=scim.h)
+    assert_scim_error(response, 400, None, "'count' is given twice")
+
+
+def test_a_busy_database_answers_503_without_saying_where_it_is(tmp_path: Any) -> None:
+    import dataclasses
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from usersctl.api.app import create_app
+    from usersctl.config import load_settings
+
+    path = tmp_path / "secret-place" / "users.db"
+    path.parent.mkdir()
+    cli = Cli(url=f"sqlite:///{path}", runner=CliRunner())
+    cli.ok("db", "upgrade")
+    secret = cli.json("token", "create", "w", "--scope", "write")["token"]
+    write = {"Authorization": f"Bearer {secret}"}
+    scim_token = cli.json("token", "create", "idp", "--scope", "scim")["token"]
+    settings = dataclasses.replace(load_settings(database_url=cli.url), busy_timeout=0.3)
+    app = create_app(settings, scim=True)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing, for longer than 0.3 s
+    try:
+        with TestClient(app) as client:
+            body = {"name": "Ada", "email": "ada@example.com", "password": PASSWORD}
+            response = client.post("/users/", json=body, headers=write)
+            assert_detail(response, 503, "database busy")
+            scim_body = {"schemas": [USER_SCHEMA], "userName": "ada@example.com"}
+            scim_response = client.post(
+                "/scim/v2/Users", json=scim_body, headers={"Authorization": f"Bearer {scim_token}"}
+            )
+            assert_scim_error(scim_response, 503, None, "database busy")
+            for answer in (response, scim_response):
+                assert answer.headers["retry-after"] == "1"
+                assert "secret-place" not in answer.text, answer.text
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        app.state.server.database.dispose()
