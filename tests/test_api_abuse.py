@@ -221,15 +221,12 @@ def test_a_busy_database_answers_503_without_saying_where_it_is(tmp_path: Any) -
     import sqlite3
 
     from fastapi.testclient import TestClient
-    from typer.testing import CliRunner
 
     from usersctl.api.app import create_app
     from usersctl.config import load_settings
 
     path = tmp_path / "secret-place" / "users.db"
-    path.parent.mkdir()
-    cli = Cli(url=f"sqlite:///{path}", runner=CliRunner())
-    cli.ok("db", "upgrade")
+    cli = _sqlite_cli(path)
     secret = cli.json("token", "create", "w", "--scope", "write")["token"]
     write = {"Authorization": f"Bearer {secret}"}
     scim_token = cli.json("token", "create", "idp", "--scope", "scim")["token"]
@@ -254,3 +251,38 @@ def test_a_busy_database_answers_503_without_saying_where_it_is(tmp_path: Any) -
         holder.execute("ROLLBACK")
         holder.close()
         app.state.server.database.dispose()
+
+
+def test_a_user_id_in_a_path_is_digits_only(api: Api) -> None:
+    uid = api.user("ada@example.com")
+    assert api.client.get(f"/users/{uid}", headers=api.admin).status_code == 200
+    for path in (f"{uid}.0", f"+{uid}", f" {uid}", "١"):  # (an Arabic-Indic one, too)
+        response = api.client.get(f"/users/{path}", headers=api.admin)
+        assert_detail(response, 422, "invalid id: must be a whole number")
+
+
+def _sqlite_cli(path: Any) -> Cli:
+    from typer.testing import CliRunner
+
+    path.parent.mkdir()
+    cli = Cli(url=f"sqlite:///{path}", runner=CliRunner())
+    cli.ok("db", "upgrade")
+    return cli
+
+
+def test_healthz_is_503_while_the_sqlite_file_is_gone(tmp_path: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from usersctl.api.app import create_app
+    from usersctl.config import load_settings
+
+    path = tmp_path / "data" / "users.db"
+    cli = _sqlite_cli(path)
+    app = create_app(load_settings(database_url=cli.url))
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        path.rename(path.with_name("moved.db"))  # reads would still answer on open connections
+        assert client.get("/healthz").status_code == 503
+        path.with_name("moved.db").rename(path)
+        assert client.get("/healthz").status_code == 200
+    app.state.server.database.dispose()

@@ -533,8 +533,8 @@ def _at_0001(cli: Cli) -> None:
 @pytest.mark.parametrize(
     ("setup", "start", "steps"),
     [
-        (_at_0002, "0002", ["0003", "0004", "0005", "0006"]),
-        (_at_0001, "0001", ["0002", "0003", "0004", "0005", "0006"]),
+        (_at_0002, "0002", ["0003", "0004", "0005", "0006", "0007"]),
+        (_at_0001, "0001", ["0002", "0003", "0004", "0005", "0006", "0007"]),
     ],
     ids=["from-0002", "from-0001"],
 )
@@ -599,7 +599,7 @@ def test_db_downgrade_dry_run_prints_the_sql_and_changes_nothing(
     lines = dry.stdout.splitlines()
     assert lines[0].startswith("-- usersctl db downgrade --dry-run: ")
     assert f"from {HEAD} to 0002" in lines[0]
-    assert lines[1].startswith("-- revisions: 0006, 0005, 0004, 0003 ")
+    assert lines[1].startswith("-- revisions: 0007, 0006, 0005, 0004, 0003 ")
     assert "-- Running downgrade 0003 -> 0002" in dry.stdout
     assert "DROP TABLE audit_log" in dry.stdout
     assert WROTE in dry.stderr

@@ -243,3 +243,63 @@ def test_newer_database_is_refused_by_every_command(cli: Cli) -> None:
     engine.dispose()
     for args in (("list",), ("db", "upgrade"), ("db", "check")):
         assert_error(cli(*args), 8, "newer")
+
+
+def test_an_id_is_never_handed_out_again(fresh: Cli) -> None:
+    """Revision 0007: the last user's id does not come back after a delete, neither for users
+    deleted before the upgrade (the audit trail names them) nor after it (SQLite gave the
+    largest id + 1, so one person's id, SCIM id and audit history became another's)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import column, delete, insert, table
+
+    fresh.ok("db", "upgrade", "0006")
+    now = datetime.now(UTC).replace(tzinfo=None)
+    users = table(
+        "users", column("id"), column("name"), column("email"), column("created_at"),
+        column("updated_at"),
+    )  # fmt: skip
+    audit = table(
+        "audit_log", column("at"), column("actor"), column("action"), column("user_id"),
+        column("user_email"), column("changes"),
+    )  # fmt: skip
+    engine = create_engine(fresh.url)
+    with engine.begin() as connection:
+        for name in ("ada", "bob", "cy"):
+            connection.execute(
+                insert(users).values(
+                    name=name, email=f"{name}@example.com", created_at=now, updated_at=now
+                )
+            )
+        connection.execute(
+            insert(audit).values(
+                at=now, actor="root", action="delete", user_id=3, user_email="cy@example.com",
+                changes="{}",
+            )
+        )  # fmt: skip
+        connection.execute(delete(users).where(users.c.id > 1))  # bob (2) and cy (3) left
+    engine.dispose()
+
+    fresh.ok("db", "upgrade")
+    dan = fresh.create("Dan", "dan@example.com")
+    assert dan["id"] == 4  # past cy's 3, which only the audit trail still names
+    fresh.ok("delete", "dan@example.com", "--yes")
+    eve = fresh.create("Eve", "eve@example.com")
+    assert eve["id"] == 5
+    assert [entry["user_id"] for entry in fresh.json("audit", "--user", "eve@example.com")] == [5]
+    fresh.ok("db", "check")
+
+
+def test_stamping_0007_needs_its_autoincrement_on_sqlite(fresh: Cli, engine_name: str) -> None:
+    """0006 and 0007 have the same tables; on SQLite, 0007's users table is AUTOINCREMENT,
+    and a stamp must not claim it without (ids would be handed out again)."""
+    fresh.ok("db", "upgrade", "0006")
+    result = fresh("db", "stamp", "0007", "--yes")
+    if engine_name == "sqlite":
+        assert_error(result, 8, "fits revision 0006, not 0007")
+        fresh.ok("db", "upgrade")  # the rebuild, then 0006 fits as well (a downgrade keeps it)
+        fresh.ok("db", "stamp", "0006", "--yes")
+        fresh.ok("db", "stamp", "0007", "--yes")
+    else:
+        assert result.exit_code == 0, result.stderr
+    assert fresh.ok("db", "current", "-o", "plain").stdout.startswith("0007\t")

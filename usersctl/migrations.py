@@ -30,7 +30,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, event, func, inspect, select, table
+from sqlalchemy import Connection, column, event, func, inspect, select, table
 
 from usersctl.database import Database
 from usersctl.errors import DatabaseUnavailable, SchemaMismatch, UsageError
@@ -547,6 +547,19 @@ API_TABLES = frozenset({"api_tokens", "api_settings"})
 OWNERSHIP_REVISION = "0006"
 OWNERSHIP_COLUMNS = frozenset({"source", "external_id"})
 """The columns revision 0006 adds (alembic/versions/0006_user_source.py)."""
+IDS_REVISION = "0007"
+"""Ids never reused: on SQLite, users declared AUTOINCREMENT (0007_ids_never_reused.py)."""
+
+
+def _revisions_of_full_shape(connection: Connection) -> list[str | None]:
+    """0006 and 0007 have the same tables and columns; on SQLite, 0007's users table is
+    AUTOINCREMENT (which 0006 works with too: its downgrade keeps it)."""
+    if connection.dialect.name != "sqlite":
+        return [OWNERSHIP_REVISION, IDS_REVISION]
+    master = table("sqlite_master", column("name"), column("sql"))
+    sql = connection.execute(select(master.c.sql).where(master.c.name == "users")).scalar()
+    autoincrement = "AUTOINCREMENT" in str(sql or "").upper()
+    return [OWNERSHIP_REVISION, IDS_REVISION] if autoincrement else [OWNERSHIP_REVISION]
 
 
 def describe_tables(connection: Connection) -> tuple[str, list[str | None]]:
@@ -576,7 +589,7 @@ def describe_tables(connection: Connection) -> tuple[str, list[str | None]]:
             ownership = OWNERSHIP_COLUMNS & columns
             if ownership == OWNERSHIP_COLUMNS and api == API_TABLES:
                 shape += ", the API tables, the ownership columns"
-                fits = [OWNERSHIP_REVISION]
+                fits = _revisions_of_full_shape(connection)
             elif api == API_TABLES:
                 # (some of 0006's columns: a MariaDB upgrade killed part-way)
                 shape += ", the API tables" + (", some ownership columns" if ownership else "")

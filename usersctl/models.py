@@ -75,7 +75,8 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = MYSQL_TABLE_ARGS
+    # AUTOINCREMENT (revision 0007): SQLite never hands out a deleted user's id again.
+    __table_args__ = {**MYSQL_TABLE_ARGS, "sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_LENGTH))

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, column, inspect, select, table
 
 from usersctl.errors import SchemaMismatch
 
-KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
+KNOWN_REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
 AUDIT_REVISION = "0003"  # the first revision with the audit_log table
 HEAD = KNOWN_REVISIONS[-1]
 TUTORIAL_COLUMNS = {"id", "name", "email", "password"}

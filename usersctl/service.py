@@ -104,9 +104,14 @@ def check_schema(
 
 
 def is_current(database: Database) -> bool:
-    """Whether the database answers and is at head (the API's /healthz)."""
+    """Whether the database answers and is at head (the API's /healthz). A SQLite file
+    moved or deleted under a running server still answers reads on the connections open
+    to it, but writes fail: that is not healthy either."""
     from usersctl.revision import State, read_status
 
+    path = database.sqlite_path
+    if path is not None and not path.is_file():
+        return False
     try:
         with database.connect(write=False) as connection:
             return read_status(connection).state is State.CURRENT

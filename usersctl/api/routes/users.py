@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
 from usersctl.api.deps import (
@@ -41,6 +42,15 @@ from usersctl.records import user_record
 
 router = APIRouter(prefix="/users", tags=["users"])
 
+
+def _digits(value: Any) -> Any:
+    """`/users/1.0` and `/users/+1` are not user 1: an id in a path is digits only."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("not a whole number")
+    return value
+
+
+UserId = Annotated[int, BeforeValidator(_digits)]
 DryRun = Annotated[
     bool, Query(description="Return the audit entries this would write; change nothing.")
 ]
@@ -260,7 +270,7 @@ def change_own_password(
     responses={200: ONE, **ERRORS},
     summary="One user (the tutorial's GET /users/{id})",
 )
-async def get_user(user_id: int, server: ServerDep, caller: Reader) -> Response:
+async def get_user(user_id: UserId, server: ServerDep, caller: Reader) -> Response:
     from usersctl import crud
 
     def work(session: Session, _principal: Principal) -> Response:
@@ -276,7 +286,7 @@ async def get_user(user_id: int, server: ServerDep, caller: Reader) -> Response:
     summary="Delete a user and return it (the tutorial's DELETE /users/{id})",
 )
 def delete_user(
-    user_id: int, server: ServerDep, principal: Writer, dry_run: DryRun = False
+    user_id: UserId, server: ServerDep, principal: Writer, dry_run: DryRun = False
 ) -> Response:
     from usersctl import crud
 
@@ -311,7 +321,7 @@ def _update(
     summary="Replace a user's name, email, role and expiry (the tutorial's next step)",
 )
 def put_user(
-    user_id: int, body: UserPutIn, server: ServerDep, principal: Writer, dry_run: DryRun = False
+    user_id: UserId, body: UserPutIn, server: ServerDep, principal: Writer, dry_run: DryRun = False
 ) -> Response:
     given = body.model_dump()
     given["expires_at"] = _expiry(body.expires_at)
@@ -325,7 +335,7 @@ def put_user(
     summary="Change some of a user's fields",
 )
 def patch_user(
-    user_id: int,
+    user_id: UserId,
     body: UserPatchIn,
     server: ServerDep,
     principal: Writer,
@@ -346,7 +356,7 @@ def patch_user(
     summary="Set a user's password (policy applied)",
 )
 def set_password(
-    user_id: int, body: PasswordIn, server: ServerDep, principal: Writer, dry_run: DryRun = False
+    user_id: UserId, body: PasswordIn, server: ServerDep, principal: Writer, dry_run: DryRun = False
 ) -> Response:
     from usersctl import crud
     from usersctl.passwords import hash_password
@@ -391,7 +401,7 @@ def _action(server: Any, principal: Any, user_id: int, action: str, dry_run: boo
     summary="Disable login (its login tokens stop at once)",
 )
 def disable_user(
-    user_id: int, server: ServerDep, principal: Writer, dry_run: DryRun = False
+    user_id: UserId, server: ServerDep, principal: Writer, dry_run: DryRun = False
 ) -> Response:
     return _action(server, principal, user_id, "disable", dry_run)
 
@@ -400,7 +410,7 @@ def disable_user(
     "/{user_id}/enable", response_model=UserOut, responses={200: ONE, **ERRORS}, summary="Enable"
 )
 def enable_user(
-    user_id: int, server: ServerDep, principal: Writer, dry_run: DryRun = False
+    user_id: UserId, server: ServerDep, principal: Writer, dry_run: DryRun = False
 ) -> Response:
     return _action(server, principal, user_id, "enable", dry_run)
 
@@ -412,6 +422,6 @@ def enable_user(
     summary="Clear a lockout and the failure counter",
 )
 def unlock_user(
-    user_id: int, server: ServerDep, principal: Writer, dry_run: DryRun = False
+    user_id: UserId, server: ServerDep, principal: Writer, dry_run: DryRun = False
 ) -> Response:
     return _action(server, principal, user_id, "unlock", dry_run)
