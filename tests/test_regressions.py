@@ -263,15 +263,3 @@ def test_list_limit_0_does_not_say_there_are_no_users(cli: Cli, seed: Seeder) ->
     result = cli.ok("list", "--limit", "0")
     assert (result.stdout, result.stderr) == ("", "")
     assert cli.ok("list", "--search", "nobody").stderr == "No users.\n"
-
-
-def test_passwd_refuses_the_users_current_password(cli: Cli) -> None:
-    """Setting the password a user already has changes nothing, so it is refused (exit 5)
-    rather than audited as "password: changed" (and, with --must-change, a forced change
-    answered with the same password must not count)."""
-    cli.create("Ada", "ada@example.com")
-    before = cli.json("audit")
-    result = cli("passwd", "ada@example.com", "--password-stdin", input=SEED_PASSWORD + "\n")
-    assert_error(result, 5, "current password; choose another")
-    assert cli.json("audit") == before
-    cli.ok("passwd", "ada@example.com", "--password-stdin", input="a wholly new passphrase\n")

@@ -47,7 +47,7 @@ from usersctl.cli.password_input import (
 from usersctl.cli.render import FIELDS, TABLE_FIELDS, OutputFormat, Renderer, records
 from usersctl.cli.state import get_state, stdin_is_terminal
 from usersctl.cli.text import printable, say
-from usersctl.errors import InvalidData, UsageError, VerificationFailed
+from usersctl.errors import UsageError, VerificationFailed
 from usersctl.records import user_record
 
 if TYPE_CHECKING:
@@ -386,21 +386,19 @@ def passwd(
           usersctl passwd ada@example.com --password-stdin
     """
     from usersctl import crud
-    from usersctl.passwords import hash_password, verify
+    from usersctl.passwords import hash_password
 
     exclusive(ctx, "password_stdin", "random_password")
     state = get_state(ctx)
     with state.ready_database(write=True, dry_run=dry_run).session(write=False) as session:
         found = crud.get_user(session=session, ref=user)  # its name and email guide the policy
-        context, current = (found.name, found.email), found.password_hash
+        context = (found.name, found.email)
     password = new_password(
         password_stdin=password_stdin,
         random_password=random_password,
         user_inputs=context,
         min_length=state.settings.password_min_length,
     )
-    if current and verify(current, password.value)[0]:  # "changed" would be untrue
-        raise InvalidData(f"that is {printable(context[1])}'s current password; choose another")
     password_hash = "" if dry_run else hash_password(password.value)
     with state.change(dry_run=dry_run) as (session, trail):
         target = crud.get_user(session=session, ref=user, lock=True)
