@@ -286,3 +286,14 @@ def test_healthz_is_503_while_the_sqlite_file_is_gone(tmp_path: Any) -> None:
         path.with_name("moved.db").rename(path)
         assert client.get("/healthz").status_code == 200
     app.state.server.database.dispose()
+
+
+def test_an_error_never_hands_a_long_input_back(api: Api) -> None:
+    long = "<script>" + "x" * 3000
+    response = api.client.get("/users/", params={"sort": long}, headers=api.admin)
+    assert_detail(response, 400, "cannot sort by '<script>xxx")
+    body = {"name": "Ada", "email": "ada@example.com", "password": PASSWORD, long: 1}
+    unknown = api.client.post("/users/", json=body, headers=api.admin)
+    assert_detail(unknown, 422, "unknown field '<script>xxx")
+    for answer in (response, unknown):
+        assert len(answer.text) < 300, answer.text

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from usersctl import rules
 from usersctl.audit import (
     PASSWORD_CHANGED,
     PASSWORD_REHASHED,
@@ -227,7 +228,9 @@ def user_query(
     moment: datetime | None = None,
 ) -> Select[User]:
     if sort not in _SORT_COLUMNS:
-        raise UsageError(f"cannot sort by {sort!r}: choose one of {', '.join(SORT_FIELDS)}")
+        raise UsageError(
+            f"cannot sort by {rules.cut(sort)!r}: choose one of {', '.join(SORT_FIELDS)}"
+        )
     query = select(User)
     if lifecycle:
         query = query.where(*lifecycle.clauses(moment or utcnow()))

@@ -13,6 +13,15 @@ PASSWORD_MAX_LENGTH = 1024
 NAME_MAX_LENGTH = 200  # = models.NAME_LENGTH (a test keeps them equal)
 ID_MAX = 2**31 - 1
 
+QUOTED_MAX = 40  # characters of a refused name or key a message quotes (not the value)
+
+
+def cut(text: str) -> str:
+    """A name or key the user gave, as a message quotes it: at most QUOTED_MAX characters
+    (an error never hands a long input back)."""
+    return text if len(text) <= QUOTED_MAX else text[:QUOTED_MAX] + "..."
+
+
 NAME_EMPTY = "invalid name: must not be empty"
 NAME_TOO_LONG = f"invalid name: at most {NAME_MAX_LENGTH} characters are allowed"
 NAME_INVISIBLE = "invalid name: must not contain control or invisible characters (found U+{:04X})"

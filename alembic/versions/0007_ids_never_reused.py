@@ -61,22 +61,33 @@ def _users_at_0006() -> sa.Table:
         sa.Column("locked_until", UTCDateTime),
         sa.Column("source", sa.String(SOURCE_LENGTH)),
         sa.Column("external_id", sa.String(EXTERNAL_ID_LENGTH)),
-        sa.Index("ix_users_email", "email", unique=True),
-        sa.Index("ix_users_source", "source"),
     )
+
+
+INDEXES = (("ix_users_email", ["email"], True), ("ix_users_source", ["source"], False))
 
 
 def upgrade() -> None:
     if ops.reader().dialect.name != "sqlite":
         return
-    offline = context.is_offline_mode()
+    if context.is_offline_mode():
+        users_table, indexes = _users_at_0006(), list(INDEXES)
+    else:  # the table as it is (a column added by hand is kept)
+        users_table = sa.Table("users", sa.MetaData(), autoload_with=ops.reader())
+        indexes = [
+            (str(index.name), [c.name for c in index.columns], bool(index.unique))
+            for index in users_table.indexes
+        ]
+        users_table.indexes.clear()
     with op.batch_alter_table(
         "users",
         recreate="always",
-        copy_from=_users_at_0006() if offline else None,
+        copy_from=users_table,
         table_kwargs={"sqlite_autoincrement": True},
     ):
         pass
+    for name, columns, unique in sorted(indexes):  # by name: what a dry run shows is stable
+        op.create_index(name, "users", columns, unique=unique)
     # The counter: past the largest id the users table or the audit trail ever named.
     users = sa.table("users", sa.column("id", sa.Integer))
     audit = sa.table("audit_log", sa.column("user_id", sa.Integer))

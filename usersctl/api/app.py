@@ -29,10 +29,9 @@ Errors are `{"detail": "..."}`.
 """
 
 
-class AccessLog:
-    """Pure ASGI middleware (no per-request task as BaseHTTPMiddleware makes). An unexpected
-    error (a bug) answers 500 `{"detail": ...}` and logs one line naming its type: never a
-    traceback, whose messages may hold a statement's parameters (a hash, a password)."""
+class _HttpMiddleware:
+    """Pure ASGI middleware (no per-request task as BaseHTTPMiddleware makes) for HTTP
+    requests; anything else (lifespan) passes through."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -41,6 +40,18 @@ class AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.http(scope, receive, send)
+
+    async def http(self, scope: Any, receive: Any, send: Any) -> None:
+        raise NotImplementedError
+
+
+class AccessLog(_HttpMiddleware):
+    """An unexpected error (a bug) answers 500 `{"detail": ...}` and logs one line naming
+    its type: never a traceback, whose messages may hold a statement's parameters (a hash,
+    a password)."""
+
+    async def http(self, scope: Any, receive: Any, send: Any) -> None:
         started = time.perf_counter()
         status = [0]
 
@@ -90,18 +101,12 @@ MAX_BODY = 1 << 20
 TOO_LARGE = "request body too large: at most 1 MiB"
 
 
-class RequestLimits:
+class RequestLimits(_HttpMiddleware):
     """Refuses a body over MAX_BODY with 413: at once when Content-Length says so, else
     (a chunked body) as soon as the bytes read pass it. And a query parameter given twice
     with 400 (`?dry_run=true&dry_run=false` must not be "the last one wins")."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Any, receive: Any, send: Any) -> None:
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > MAX_BODY:
             await _refuse(scope, send, 413, TOO_LARGE)

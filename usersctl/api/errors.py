@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from usersctl.errors import DatabaseUnavailable, UsersctlError
 from usersctl.service import http_status
@@ -50,7 +51,7 @@ def _problem(error: Any) -> str:
     if kind in ("json_invalid", "model_attributes_type", "dict_type"):
         return rules.NOT_JSON
     name = ".".join(where[1:]) if where and where[0] in LOCATIONS else ".".join(where)
-    name = {"user_id": "id"}.get(name, name)
+    name = rules.cut({"user_id": "id"}.get(name, name))
     if kind == "missing":
         return rules.MISSING_FIELD.format(name)
     if kind == "extra_forbidden":
@@ -76,6 +77,31 @@ async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "; ".join(problems))
 
 
+# FastAPI's words (fastapi/routing.py) for a body json.loads gave up on with something other
+# than a syntax error: nested too deep (RecursionError), a number of more than 4,300 digits
+# (ValueError), bytes that are not UTF-8. A syntax error is a RequestValidationError.
+UNPARSABLE_BODY = "There was an error parsing the body"
+
+
+def unparsable_body(exc: HTTPException) -> bool:
+    """Whether `exc` is FastAPI's 400 for a request body it could not parse."""
+    return exc.status_code == 400 and exc.detail == UNPARSABLE_BODY and exc.__cause__ is not None
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """A malformed body is 422 in usersctl's words, as a truncated one is; every other
+    HTTPException (405, 413, ...) is answered as FastAPI would."""
+    from fastapi.exception_handlers import http_exception_handler
+
+    from usersctl import rules
+
+    assert isinstance(exc, HTTPException)
+    if unparsable_body(exc):
+        return error_response(422, rules.NOT_JSON)
+    return await http_exception_handler(request, exc)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(UsersctlError, _domain_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(HTTPException, _http_error)

@@ -164,6 +164,17 @@ def wanted(user: User[Any], current: UserRow | None = None) -> Wanted:
     )
 
 
+def unknown_path(path: Any) -> bool:
+    """Whether a PATCH path names no attribute of the core User schema (`nosuch`,
+    `name.nosuch`): 400 invalidPath (RFC 7644 3.5.2). What the schema has and usersctl does
+    not store (phoneNumbers, emails.type) is known, and so is an extension's attribute
+    (the enterprise extension's department): both are accepted and dropped."""
+    if path.model is not None or path.resolve() is not None:
+        return False
+    schema = path.schema
+    return schema is None or str(schema).lower() == CORE_USER.lower()
+
+
 # --- discovery -------------------------------------------------------------------------
 
 _KEPT = {

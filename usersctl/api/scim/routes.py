@@ -408,16 +408,31 @@ def replace_user(
 
 def _patched(row: Any, base: str, body: Any) -> Any:
     """What the PATCH operations (scim2-models' semantics) make of the stored user."""
-    from scim2_models import Context, PatchOp, User
+    from pydantic import ValidationError
+    from scim2_models import Context, PatchOp, SCIMException, User
 
-    from usersctl.api.scim.resources import to_scim, wanted
+    from usersctl import rules
+    from usersctl.api.scim.errors import from_validation
+    from usersctl.api.scim.resources import to_scim, unknown_path, wanted
 
     with POLICY:
         patch = PatchOp[User].model_validate(  # type: ignore[type-arg]
-            body, scim_ctx=Context.RESOURCE_PATCH_REQUEST, scim_policy=POLICY
+            _paths_out_of_values(body), scim_ctx=Context.RESOURCE_PATCH_REQUEST, scim_policy=POLICY
         )
+        for operation in patch.operations or []:
+            if operation.path is not None and unknown_path(operation.path):
+                where = repr(rules.cut(str(operation.path)))
+                problem = f"invalid path {where}: not an attribute of the User schema"
+                raise ScimProblem(400, problem, "invalidPath")
         resource = to_scim(row, base)
-        patch.patch(resource)
+        try:
+            patch.patch(resource)
+        except SCIMException as exc:
+            # A value of the wrong type (`"active": "maybe"`): scim2-models puts pydantic's
+            # multi-line text in the detail; say it in usersctl's words instead.
+            if isinstance(exc.__cause__, ValidationError):
+                raise from_validation(exc.__cause__) from None
+            raise
     # What every usersctl user has cannot be unassigned (RFC 7644 3.5.2.2 lets a service
     # provider refuse): an explicit error rather than a silent no-op.
     if resource.active is None:
@@ -430,6 +445,54 @@ def _patched(row: Any, base: str, body: Any) -> Any:
     ):
         raise ScimProblem(400, "every user has a name: replace it instead", "mutability")
     return wanted(resource, row)
+
+
+def _paths_out_of_values(body: Any) -> Any:
+    """The PATCH body with each key of a path-less operation's value that holds a value
+    filter (Entra sends `emails[type eq "work"].value` as such a key) made an operation of
+    its own, with that key as its path, in their order. scim2-models takes a key that is an
+    attribute path but drops one with a filter (a 200 that changes nothing), where the same
+    path in `path` is applied."""
+    if not isinstance(body, dict):
+        return body
+    key = next((k for k in body if isinstance(k, str) and k.lower() == "operations"), None)
+    operations = body.get(key) if key is not None else None
+    if not isinstance(operations, list):
+        return body
+    split: list[Any] = []
+    for operation in operations:
+        split.extend(_split(operation))
+    return {**body, key: split}
+
+
+def _split(operation: Any) -> list[Any]:
+    """One operation, or the operations it stands for (anything malformed left as it is,
+    for scim2-models to refuse)."""
+    if not isinstance(operation, dict):
+        return [operation]
+    names = {k.lower(): k for k in operation if isinstance(k, str)}
+    op = operation.get(names.get("op", "op"))
+    value = operation.get(names.get("value", "value"))
+    if operation.get(names.get("path", "path")) is not None or not isinstance(value, dict):
+        return [operation]
+    if not (isinstance(op, str) and op.lower() in ("add", "replace")):
+        return [operation]  # (a remove needs a path: scim2-models says so)
+    if not any(isinstance(k, str) and "[" in k for k in value):
+        return [operation]
+    rest = {k: v for k, v in operation.items() if k not in (names.get("path"), names.get("value"))}
+    split: list[Any] = []
+    plain: dict[str, Any] = {}
+    for name, item in value.items():
+        if isinstance(name, str) and "[" in name:
+            if plain:
+                split.append({**rest, "value": plain})
+                plain = {}
+            split.append({**rest, "path": name, "value": item})
+        else:
+            plain[name] = item
+    if plain:
+        split.append({**rest, "value": plain})
+    return split
 
 
 @router.patch("/Users/{user_id}", summary="Change a user (add, replace, remove)")
