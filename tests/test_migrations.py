@@ -303,3 +303,72 @@ def test_stamping_0007_needs_its_autoincrement_on_sqlite(fresh: Cli, engine_name
     else:
         assert result.exit_code == 0, result.stderr
     assert fresh.ok("db", "current", "-o", "plain").stdout.startswith("0007\t")
+
+
+def test_0007_keeps_what_an_application_built_on_the_users_table(tmp_path: Path) -> None:
+    """The SQLite rebuild of 0007 deletes no row that references a user (foreign keys with
+    ON DELETE CASCADE / SET NULL) and keeps a typeless column, expression, partial and
+    descending indexes, a trigger and a view exactly as the application made them."""
+    import sqlite3
+
+    path = tmp_path / "data" / "users.db"
+    path.parent.mkdir(mode=0o700)
+    cli = Cli(url=f"sqlite:///{path}", runner=CliRunner())
+    cli.ok("db", "upgrade", "0006")
+    application = [
+        "INSERT INTO users (name, email, created_at, updated_at) VALUES"
+        " ('Ada', 'ada@example.com', '2026-01-01', '2026-01-01'),"
+        " ('Bob', 'bob@example.com', '2026-01-01', '2026-01-01')",
+        "ALTER TABLE users ADD COLUMN note",
+        "UPDATE users SET note = 'kept' WHERE id = 1",
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY,"
+        " user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE)",
+        "CREATE TABLE tickets (id INTEGER PRIMARY KEY,"
+        " user_id INTEGER REFERENCES users(id) ON DELETE SET NULL)",
+        "INSERT INTO orders (user_id) SELECT id FROM users",
+        "INSERT INTO tickets (user_id) SELECT id FROM users",
+        "CREATE INDEX ix_users_lower_name ON users(lower(name))",
+        "CREATE UNIQUE INDEX ix_users_ext ON users(source, external_id)"
+        " WHERE external_id IS NOT NULL",
+        "CREATE INDEX ix_users_created_desc ON users(created_at DESC)",
+        "CREATE TRIGGER users_touch AFTER UPDATE OF name ON users"
+        " BEGIN UPDATE users SET note = 'renamed' WHERE id = new.id; END",
+        "CREATE VIEW active_users AS SELECT id, email FROM users WHERE is_active",
+    ]
+    connection = sqlite3.connect(path)
+    with connection:
+        for statement in application:
+            connection.execute(statement)
+    schema = "SELECT type, name, sql FROM sqlite_master WHERE type IN ('index', 'trigger', 'view')"
+    before = set(connection.execute(schema))
+    connection.close()
+
+    upgraded = cli("db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.stderr
+    assert "Warning" not in upgraded.stderr
+
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT user_id FROM orders ORDER BY id").fetchall() == [(1,), (2,)]
+    assert connection.execute("SELECT user_id FROM tickets ORDER BY id").fetchall() == [(1,), (2,)]
+    assert connection.execute("SELECT note FROM users ORDER BY id").fetchall() == [
+        ("kept",),
+        (None,),
+    ]
+    after = set(connection.execute(schema))
+    assert {
+        row for row in before if row[1] != "ix_users_email" and row[1] != "ix_users_source"
+    } <= after
+    assert connection.execute("SELECT count(*) FROM active_users").fetchone() == (2,)
+    assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert (
+        connection.execute("SELECT sql FROM sqlite_master WHERE name = 'users'")
+        .fetchone()[0]
+        .count("AUTOINCREMENT")
+        == 1
+    )
+    connection.close()
+    cli.ok("update", "bob@example.com", "--name", "Robert")  # the trigger still fires
+    assert cli.json("get", "bob@example.com")["name"] == "Robert"
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT note FROM users WHERE id = 2").fetchone() == ("renamed",)
+    connection.close()

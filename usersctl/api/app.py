@@ -111,9 +111,9 @@ class RequestLimits(_HttpMiddleware):
         if not length.isdigit() or int(length) > MAX_BODY:
             await _refuse(scope, send, 413, TOO_LARGE)
             return
-        twice = _repeated_parameter(scope.get("query_string", b""))
-        if twice is not None:
-            await _refuse(scope, send, 400, f"the query parameter {twice} is given twice")
+        problem = _query_problem(scope.get("query_string", b""))
+        if problem is not None:
+            await _refuse(scope, send, 400, problem)
             return
         read = 0
 
@@ -130,16 +130,28 @@ class RequestLimits(_HttpMiddleware):
         await self.app(scope, limited, send)
 
 
-def _repeated_parameter(query: bytes) -> str | None:
-    """The name of a query parameter given more than once (quoted, when it is a plain
-    name; a hostile one is not echoed back)."""
+MAX_PARAMETERS = 100  # query parameters a request may have (the most any route takes: ~10)
+
+
+def _query_problem(query: bytes) -> str | None:
+    """Why the query string is refused: a parameter given twice (named when it is a plain
+    name; a hostile one is not echoed back), or too many of them. One pass: this runs
+    before any credential is checked."""
     from urllib.parse import parse_qsl
 
-    names = [name for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)]
-    if len(names) == len(set(names)):
-        return None
-    twice = next(name for name in names if names.count(name) > 1)
-    return repr(twice) if twice.isidentifier() and len(twice) <= 40 else "(one of them)"
+    try:
+        pairs = parse_qsl(
+            query.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_PARAMETERS
+        )
+    except ValueError:
+        return f"too many query parameters: at most {MAX_PARAMETERS}"
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            shown = repr(name) if name.isidentifier() and len(name) <= 40 else "(one of them)"
+            return f"the query parameter {shown} is given twice"
+        seen.add(name)
+    return None
 
 
 async def _refuse(scope: Any, send: Any, status: int, detail: str) -> None:

@@ -52,9 +52,9 @@ def _stderr_width() -> int | None:
 
 
 def for_stderr(text: str) -> str:
-    """A message as stderr shows it: on a terminal, wrapped between words at its width (an
-    email, path or URL is never cut; continuation lines indented by two spaces); piped or
-    redirected, the one line scripts read."""
+    """A message as stderr shows it: on a terminal, wrapped at spaces at its width (a word,
+    such as an email, a URL or a path without spaces, is never cut; continuation lines are
+    indented by two spaces); piped or redirected, the one line scripts read."""
     width = _stderr_width()
     if width is None or len(text) <= width or width < 40:
         return text

@@ -173,13 +173,18 @@ def _no_admin_role(role: str | None) -> None:
         )
 
 
-def _changeable(row: Any) -> Any:
-    """The user, if SCIM may change or delete it: not an admin (admins are managed by hand)."""
-    if row.role == ADMIN_ROLE:
+def _admin_offboarding_only(row: Any, changes: bool, active: bool | None) -> None:
+    """An admin's account is managed by hand: SCIM may deactivate it (offboarding) or
+    delete it, but change nothing else, nor make it active again (its password, email or
+    name, in an identity provider's hands, would be a way into the REST API)."""
+    if row.role != ADMIN_ROLE:
+        return
+    if changes or (active and not row.is_active):
         raise ScimProblem(
-            403, f"user {row.id} has the admin role: admins are managed by hand, not over SCIM"
+            403,
+            f"user {row.id} has the admin role: SCIM may only deactivate or delete it; "
+            "change it by hand (usersctl update)",
         )
-    return row
 
 
 def _hash_new_password(server: Server, password: str | None, name: str, email: str) -> str:
@@ -365,15 +370,17 @@ def _store(server: Server, session: Any, trail: Any, row: Any, asked: Any, hashe
     from usersctl.lifecycle import check_role
     from usersctl.schemas import UserUpdate, parse
 
-    _changeable(row)
-    _no_admin_role(asked.role)
     given: dict[str, Any] = {}
     if asked.name is not None and asked.name != row.name:
         given["name"] = asked.name
     if crud.stored_form(asked.email) != row.email:
         given["email"] = asked.email
     if asked.role is not None and asked.role != row.role:
+        _no_admin_role(asked.role)
         given["role"] = asked.role
+    external_id = _external_id(asked.external_id)
+    changes = bool(given) or bool(hashed) or external_id != row.external_id
+    _admin_offboarding_only(row, changes, asked.active)
     if given:
         user_in = parse(UserUpdate, given)
         if user_in.role is not None:
@@ -381,9 +388,7 @@ def _store(server: Server, session: Any, trail: Any, row: Any, asked: Any, hashe
         crud.update_user(session=session, user=row, user_in=user_in, trail=trail)
     if asked.active is not None and asked.active != row.is_active:
         crud.set_active(session=session, users=[row], active=asked.active, trail=trail)
-    crud.set_external_id(
-        session=session, user=row, external_id=_external_id(asked.external_id), trail=trail
-    )
+    crud.set_external_id(session=session, user=row, external_id=external_id, trail=trail)
     if hashed:
         crud.set_password_hash(session=session, user=row, password_hash=hashed, trail=trail)
 
@@ -520,7 +525,7 @@ def delete_user(user_id: str, server: ServerDep, caller: Caller) -> Response:
     from usersctl import crud
 
     with _change(server, caller) as (session, trail):
-        row = _changeable(_load(session, user_id, lock=True))
+        row = _load(session, user_id, lock=True)  # (an admin too: offboarding)
         crud.delete_users(session=session, users=[row], trail=trail)
     return Response(status_code=204)
 
