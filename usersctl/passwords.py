@@ -73,9 +73,15 @@ def hash_many(
 
 def generate_password(length: int = 24) -> str:
     """A random password of `length` (at least 24) URL-safe characters: 144 bits of entropy
-    or more, so it passes the password policy by construction."""
+    or more, so it passes the password policy by construction. It starts with a letter or
+    digit: one starting with `-` would be quoted by CSV output (`'-...`, against formula
+    injection), so that what an admin copies is not the password, and reads as an option
+    to a shell command."""
     length = max(length, 24)
-    return secrets.token_urlsafe(length)[:length]
+    while True:
+        password = secrets.token_urlsafe(length)[:length]
+        if password[0].isalnum():
+            return password
 
 
 def is_argon2_hash(value: str) -> bool:
