@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
 
     from usersctl.config import Settings
+    from usersctl.crud import PasswordCheck
     from usersctl.database import Database
 
 
@@ -155,7 +156,6 @@ def login(
     from sqlalchemy.exc import SQLAlchemyError
 
     from usersctl import crud
-    from usersctl.audit import Trail
 
     moment = moment or now()
     with database.session(write=False) as session:
@@ -166,16 +166,7 @@ def login(
     verified = check.matches and check.may_log_in
     read_answer = LoginResult(verified, verified and check.must_change_password)
     try:
-        database.check_writable()
-        with database.quick_session() as session:
-            return crud.record_login(
-                session=session,
-                check=check,
-                threshold=settings.lockout_threshold,
-                lock_for=timedelta(minutes=settings.lockout_minutes),
-                moment=moment,
-                trail=Trail(actor=settings.actor),
-            )
+        return record_attempt(database=database, settings=settings, check=check, moment=moment)
     except (UsersctlError, SQLAlchemyError) as exc:
         return LoginResult(
             read_answer.verified,
@@ -184,6 +175,26 @@ def login(
             hash_kept=check.new_hash is not None,
             user_id=check.user_id if read_answer.verified else None,
             password_hash=check.stored_hash if read_answer.verified else None,
+        )
+
+
+def record_attempt(
+    *, database: Database, settings: Settings, check: PasswordCheck, moment: datetime
+) -> LoginResult:
+    """The write half of a login (crud.record_login) in a quick transaction: also how
+    `PUT /users/me/password` counts a wrong current password toward the lockout."""
+    from usersctl import crud
+    from usersctl.audit import Trail
+
+    database.check_writable()
+    with database.quick_session() as session:
+        return crud.record_login(
+            session=session,
+            check=check,
+            threshold=settings.lockout_threshold,
+            lock_for=timedelta(minutes=settings.lockout_minutes),
+            moment=moment,
+            trail=Trail(actor=settings.actor),
         )
 
 

@@ -63,23 +63,10 @@ class AccessLog(_HttpMiddleware):
         try:
             await self.app(scope, receive, sending)
         except Exception as exc:  # a bug: one line, no traceback, no message
-            log.error(
-                "unexpected error (a bug) in %s %s: %s",
-                scope["method"],
-                scope["path"],
-                type(exc).__name__,
-            )
+            log_bug(scope, exc)
             if status[0]:  # the answer had begun: all we can do is end the connection
                 return
-            status[0] = 500
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": UNEXPECTED})
+            await _refuse(scope, receive, sending, 500, UNEXPECTED)
         finally:
             caller = scope.get("state", {}).get("caller", "-")
             log.info(
@@ -92,7 +79,16 @@ class AccessLog(_HttpMiddleware):
             )
 
 
-UNEXPECTED = b'{"detail":"unexpected error (a bug): see the server log"}'
+UNEXPECTED = "unexpected error (a bug): see the server log"
+
+
+def log_bug(scope: Any, exc: BaseException) -> None:
+    """The one line a bug gets in the server log: where, and the error's type (never its
+    message, which may hold a statement's parameters, nor a traceback)."""
+    log.error(
+        "unexpected error (a bug) in %s %s: %s", scope["method"], scope["path"], type(exc).__name__
+    )
+
 
 # The largest request body read (a user, a password, a SCIM resource are a few KiB). The
 # body is read before the credential is checked (FastAPI parses it first): without a bound,
@@ -109,11 +105,11 @@ class RequestLimits(_HttpMiddleware):
     async def http(self, scope: Any, receive: Any, send: Any) -> None:
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > MAX_BODY:
-            await _refuse(scope, send, 413, TOO_LARGE)
+            await _refuse(scope, receive, send, 413, TOO_LARGE)
             return
         problem = _query_problem(scope.get("query_string", b""))
         if problem is not None:
-            await _refuse(scope, send, 400, problem)
+            await _refuse(scope, receive, send, 400, problem)
             return
         read = 0
 
@@ -154,26 +150,19 @@ def _query_problem(query: bytes) -> str | None:
     return None
 
 
-async def _refuse(scope: Any, send: Any, status: int, detail: str) -> None:
-    import json
+async def _refuse(scope: Any, receive: Any, send: Any, status: int, detail: str) -> None:
+    """Answer from a middleware, as the routes would: in the SCIM error schema under
+    /scim/, else `{"detail": ...}`; the connection closed (a body may be left unread)."""
+    headers = {"connection": "close"}
+    if scope["path"].startswith("/scim/"):
+        from usersctl.api.scim.errors import error_response as scim_error
 
-    scim = scope["path"].startswith("/scim/")
-    body: dict[str, Any] = {"detail": detail}
-    if scim:
-        body = {
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
-            "status": str(status),
-            **body,
-        }
-    kind = b"application/scim+json" if scim else b"application/json"
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", kind), (b"connection", b"close")],
-        }
-    )
-    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+        response = scim_error(status, detail, headers=headers)
+    else:
+        from usersctl.api.errors import error_response
+
+        response = error_response(status, detail, headers)
+    await response(scope, receive, send)
 
 
 def create_app(

@@ -29,6 +29,9 @@ from usersctl.config import Settings
 from usersctl.database import Database
 
 ALGORITHM = "HS256"
+# The role whose login token gets the REST API's read and write scopes (SCIM may not give
+# it: usersctl.api.scim.routes).
+ADMIN_ROLE = "admin"
 
 # argon2 takes 64 MiB and a core per hash: more at once than there are cores only queues
 # the work in memory (40 request threads would take 2.5 GiB). Every hash and verify of a
@@ -154,7 +157,7 @@ def _login_token(session: Session, credential: str, moment: datetime) -> Checked
     ):
         raise unauthorized("invalid credentials")
     scopes = {"password"} if user.must_change_password else {"self", "password"}
-    if user.role == "admin" and not user.must_change_password:
+    if user.role == ADMIN_ROLE and not user.must_change_password:
         scopes |= {"read", "write"}
     principal = Principal(
         kind="user", name=f"user:{user_id}", scopes=frozenset(scopes), user_id=user_id

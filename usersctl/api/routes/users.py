@@ -7,6 +7,7 @@ returns the audit entries the real request would write and changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -20,7 +21,6 @@ from usersctl.api.deps import (
     Principal,
     Reader,
     Self,
-    Server,
     ServerDep,
     Writer,
     read,
@@ -204,26 +204,6 @@ async def get_me(server: ServerDep, caller: Self) -> Response:
     return await read(server, caller, work)
 
 
-def _count_failure(server: Server, principal: Principal, check: Any) -> None:
-    """A wrong current password counts as a failed login, and locks the account at the
-    threshold as one does: a stolen login token must not buy unlimited guesses."""
-    from datetime import timedelta
-
-    from usersctl import crud
-    from usersctl.audit import Trail
-
-    settings = server.settings
-    with server.database.quick_session() as session:
-        crud.record_login(
-            session=session,
-            check=check,
-            threshold=settings.lockout_threshold,
-            lock_for=timedelta(minutes=settings.lockout_minutes),
-            moment=now(),
-            trail=Trail(actor=principal.name),
-        )
-
-
 @router.put(
     "/me/password",
     response_model=UserOut,
@@ -234,6 +214,7 @@ def change_own_password(
     body: OwnPasswordIn, server: ServerDep, principal: OwnPassword, dry_run: DryRun = False
 ) -> Response:
     from usersctl import crud
+    from usersctl.lifecycle import record_attempt
     from usersctl.passwords import hash_password
 
     ref = str(principal.user_id)
@@ -250,7 +231,10 @@ def change_own_password(
     if not check.matches:
         from usersctl.errors import VerificationFailed
 
-        _count_failure(server, principal, check)
+        # A wrong current password counts as a failed login, and locks the account at the
+        # threshold as one does: a stolen login token must buy no unlimited guesses.
+        settings = dataclasses.replace(server.settings, actor=principal.name)
+        record_attempt(database=server.database, settings=settings, check=check, moment=now())
         raise VerificationFailed("current password is wrong")
     _check_password(server, body.new_password, inputs)
     with HASHING:

@@ -156,7 +156,7 @@ def problem_for(
     if isinstance(exc, DatabaseUnavailable):
         return ScimProblem(http_status(exc), unplaced(exc.message, request)), RETRY
     if isinstance(exc, UsersctlError):
-        return _domain(exc), RETRY if isinstance(exc, DatabaseUnavailable) else None
+        return _domain(exc), None
     if isinstance(exc, HTTPException) and unparsable_body(exc):
         return ScimProblem(400, NOT_JSON, "invalidSyntax"), None
     if isinstance(exc, HTTPException):
@@ -174,13 +174,10 @@ def problem_for(
 def unexpected(exc: Exception, request: Request) -> JSONResponse:
     """A bug: the app's one log line (usersctl.api.app.AccessLog's, naming the error's type,
     never its message or a traceback) and its 500, in the SCIM error schema."""
-    import json
+    from usersctl.api.app import UNEXPECTED, log_bug
 
-    from usersctl.api.app import UNEXPECTED, log
-
-    path = request.scope["path"]
-    log.error("unexpected error (a bug) in %s %s: %s", request.method, path, type(exc).__name__)
-    return error_response(500, json.loads(UNEXPECTED)["detail"])
+    log_bug(request.scope, exc)
+    return error_response(500, UNEXPECTED)
 
 
 class ScimRoute(APIRoute):

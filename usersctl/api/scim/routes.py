@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from usersctl.api.deps import HASHING, PrincipalDep, Server, ServerDep, forbidden
+from usersctl.api.deps import ADMIN_ROLE, HASHING, PrincipalDep, Server, ServerDep, forbidden
 from usersctl.api.scim.errors import MEDIA_TYPE, ScimProblem, ScimRoute
 from usersctl.api.scim.resources import CORE_USER, DEFAULT_COUNT, MAX_RESULTS, POLICY
 from usersctl.errors import InvalidData
@@ -159,12 +159,8 @@ def _load(session: Any, user_id: str, *, lock: bool = False) -> Any:
     return found
 
 
-# The role whose login token has the REST API's read and write scopes (api/deps.py): a
-# scim token must not be able to mint one, nor take over an admin's account.
-ADMIN_ROLE = "admin"
-
-
 def _no_admin_role(role: str | None) -> None:
+    """A scim token must not be able to mint an admin (whose login opens the REST API)."""
     if role == ADMIN_ROLE:
         raise ScimProblem(
             403,
