@@ -282,3 +282,15 @@ def test_cli_start_up_does_not_import_the_server(args: tuple[str, ...], tmp_path
         if line.startswith("import time:")
     }
     assert not imported & {"fastapi", "uvicorn", "starlette", "jwt", "multipart", "httpx"}
+
+
+def test_serve_publishes_docs_only_with_the_docs_option(cli: Cli, serve: Any) -> None:
+    plain = serve()
+    assert plain.client.get("/openapi.json").status_code == 404
+    assert "docs at /docs" not in "".join(plain.log)
+    assert plain.stop() == 0
+    documented = serve("--docs", "--workers", "2")  # (the workers read it from the parent)
+    assert "docs at /docs" in "".join(documented.log)
+    for _ in range(4):  # whichever worker answers
+        assert documented.client.get("/openapi.json").json()["info"]["title"] == "usersctl"
+    assert documented.stop() == 0
