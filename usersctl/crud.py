@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Select,
     String,
     bindparam,
@@ -655,8 +656,8 @@ def _insert_rows(
     now: datetime,
     source: str | None,
 ) -> dict[str, int]:
-    """Insert plan.create in one executemany (the ORM's per-object bookkeeping would
-    double the cost); returns each new user's id by email."""
+    """Insert plan.create with one database.insert_many (the ORM's per-object bookkeeping
+    would double the cost); returns each new user's id by email."""
     ids: dict[str, int] = {}
     if restore:
         rows = [
@@ -710,13 +711,32 @@ def _insert_rows(
     # there are not in `emails`; anything else missed is looked up by email.)
     emails = {row.email for _, row in plan.create}
     table = users_table
-    query = select(table.c.email, table.c.id).where(table.c.id > last_id)
-    ids.update((email, uid) for email, uid in connection.execute(query) if email in emails)
+    if dialect.name == "sqlite":
+        ids.update(_numbered_in_order(connection, last_id, [row[1] for row in new_rows]))
+    if not ids:
+        query = select(table.c.email, table.c.id).where(table.c.id > last_id)
+        ids.update((email, uid) for email, uid in connection.execute(query) if email in emails)
     missing = [email for email in emails if email not in ids]
     if missing:
         found = existing_users(session=session, emails=missing)
         ids.update((email, user.id) for email, user in found.items())
     return ids
+
+
+def _numbered_in_order(connection: Connection, last_id: int, emails: list[str]) -> dict[str, int]:
+    """SQLite numbers the rows it inserts in order, each past the one before (the write
+    lock is held): the new users' ids by email without reading back a row each, or {} when
+    the table shows anything else (the caller then reads them)."""
+    table = users_table
+    span = select(func.min(table.c.id), func.max(table.c.id), func.count())
+    low, high, count = connection.execute(span.where(table.c.id > last_id)).one()
+    if count != len(emails) or not count or high - low + 1 != count:
+        return {}
+    ends = select(table.c.id, table.c.email).where(table.c.id.in_([low, high]))
+    found = dict(connection.execute(ends).tuples().all())
+    if found.get(low) != emails[0] or found.get(high) != emails[-1]:
+        return {}
+    return dict(zip(emails, range(low, high + 1), strict=True))
 
 
 _INSERT_COLUMNS = (  # in table order (see database.insert_many)

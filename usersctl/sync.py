@@ -16,6 +16,7 @@ owned users absent from the input are reported, disabled or deleted (`prune`), w
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import tempfile
@@ -127,7 +128,7 @@ class Seen:
     """Every email (and, for a restore, id) of the input so far, with its line: a private
     temporary SQLite database, paged to disk past a few MiB (never the users' database)."""
 
-    _CHUNK = 500
+    _CHUNK = 499  # rows, 998 parameters: under the 999 of SQLite before 3.32
 
     def __init__(self) -> None:
         # "": a private temporary file, deleted when closed.
@@ -151,7 +152,13 @@ class Seen:
         return found
 
     def add(self, table: str, pairs: Iterable[tuple[Any, int]]) -> None:
-        self.db.executemany(f"INSERT INTO {table} VALUES (?, ?)", pairs)  # noqa: S608
+        # Many rows a statement (as database.insert_many): faster than executemany.
+        rows = list(pairs)
+        for start in range(0, len(rows), self._CHUNK):
+            chunk = rows[start : start + self._CHUNK]
+            values = ", ".join(["(?, ?)"] * len(chunk))
+            flat = tuple(itertools.chain.from_iterable(chunk))
+            self.db.execute(f"INSERT INTO {table} VALUES {values}", flat)  # noqa: S608
 
     def close(self) -> None:
         self.db.close()
