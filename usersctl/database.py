@@ -8,6 +8,7 @@ writers queue on the lock instead of failing half-way with "database is locked".
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import stat
@@ -496,18 +497,27 @@ def insert_many(
     if not rows:
         return
     dialect = connection.dialect
-    compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))
+    statement, order = _compiled_insert(dialect, table, tuple(columns))
     params: Sequence[Any] = rows
-    if dialect.positional:
-        order = [list(columns).index(name) for name in compiled.positiontup or ()]
-        if order != list(range(len(columns))):  # (give columns in table order to skip this)
-            params = [tuple(row[i] for i in order) for row in rows]
-    else:
+    if not dialect.positional:
         params = [dict(zip(columns, row, strict=True)) for row in rows]
+    elif order != tuple(range(len(columns))):  # (give columns in table order to skip this)
+        params = [tuple(row[i] for i in order) for row in rows]
     if dialect.name == "sqlite":
-        _insert_values(connection, compiled.string, len(columns), params)
+        _insert_values(connection, statement, len(columns), params)
     else:
-        connection.exec_driver_sql(compiled.string, params)
+        connection.exec_driver_sql(statement, params)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_insert(
+    dialect: Dialect, table: Table, columns: tuple[str, ...]
+) -> tuple[str, tuple[int, ...]]:
+    """The INSERT's SQL, and for a positional driver the order its parameters take (as
+    indexes into `columns`). Compiled once: an import inserts twice a batch."""
+    compiled = insert(table).compile(dialect=dialect, column_keys=list(columns))
+    order = tuple(columns.index(name) for name in compiled.positiontup or ())
+    return compiled.string, order
 
 
 def _insert_values(
