@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -466,9 +466,9 @@ class ImportPlan:
     skip: list[tuple[int, UserImport, int]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Existing:
-    """What an import or sync compares a row with."""
+class Existing(NamedTuple):
+    """What an import or sync compares a row with (a tuple: one is made for every row a
+    sync reads)."""
 
     id: int
     name: str
@@ -484,17 +484,17 @@ def existing_users(
     *, session: Session, emails: Sequence[str], chunk: int = 500
 ) -> dict[str, Existing]:
     found: dict[str, Existing] = {}
+    table = users_table  # Core, not the ORM's row loading: a sync reads every user it lists
     columns = (
-        User.email, User.id, User.name, User.role, User.is_active, User.password_hash,
-        User.expires_at, User.source, User.external_id,
+        table.c.email, table.c.id, table.c.name, table.c.role, table.c.is_active,
+        table.c.password_hash, table.c.expires_at, table.c.source, table.c.external_id,
     )  # fmt: skip
+    connection = session.connection()
     for start in range(0, len(emails), chunk):
-        query = select(*columns).where(User.email.in_(emails[start : start + chunk]))
-        for row in session.execute(query):
-            found[row.email] = Existing(
-                row.id, row.name, row.role, bool(row.is_active), row.password_hash,
-                row.expires_at, row.source, row.external_id,
-            )  # fmt: skip
+        query = select(*columns).where(table.c.email.in_(emails[start : start + chunk]))
+        rows = connection.execute(query).tuples()
+        for email, uid, name, role, active, hashed, expires, owner, external in rows:
+            found[email] = Existing(uid, name, role, bool(active), hashed, expires, owner, external)
     return found
 
 
