@@ -492,7 +492,7 @@ def existing_users(
     connection = session.connection()
     for start in range(0, len(emails), chunk):
         query = select(*columns).where(table.c.email.in_(emails[start : start + chunk]))
-        rows = connection.execute(query).tuples()
+        rows = connection.execute(query).tuples().all()  # fetchall: not a row at a time
         for email, uid, name, role, active, hashed, expires, owner, external in rows:
             found[email] = Existing(uid, name, role, bool(active), hashed, expires, owner, external)
     return found
