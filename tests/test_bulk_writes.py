@@ -79,6 +79,35 @@ def test_sqlite_splits_rows_at_its_limit_of_parameters(
     assert [row[1] for row in found] == [f"u{i}@example.com" for i in range(8)]
 
 
+def test_sqlite_splits_rows_at_its_limit_of_statement_length(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    from usersctl.database import driver_value
+    from usersctl.models import UTCDateTime, users_table, utcnow
+
+    path = tmp_path / "users.db"
+    shutil.copyfile(sqlite_template, path)
+    database = Database(load_settings(database_url=f"sqlite:///{path}"))
+    statements: list[str] = []
+    event.listen(
+        database.engine,
+        "before_cursor_execute",
+        lambda *args: statements.append(args[2]) if args[2].startswith("INSERT") else None,
+    )
+    with database.session(write=True) as session:
+        connection = session.connection()
+        raw = connection.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        raw.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, 300)  # a few rows' VALUES
+        stamp = driver_value(connection.dialect, UTCDateTime(), utcnow())
+        insert_many(connection, users_table, COLUMNS, rows(20, stamp))
+    found = stored(database)
+    database.dispose()
+    assert len(statements) > 1
+    assert all(len(statement) <= 300 for statement in statements)
+    assert [row[1] for row in found] == [f"u{i}@example.com" for i in range(20)]
+
+
 def test_import_reads_the_new_ids_when_a_trigger_adds_users_of_its_own(
     tmp_path: Path, sqlite_template: Path
 ) -> None:
