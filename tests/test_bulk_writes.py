@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select
 from typer.testing import CliRunner
 
@@ -51,8 +52,16 @@ def test_insert_many_puts_each_value_in_its_column_in_order(db_url: str) -> None
     assert ids == sorted(ids) and len(set(ids)) == 7
 
 
-def test_sqlite_splits_rows_at_its_limit_of_parameters(
-    tmp_path: Path, sqlite_template: Path
+@pytest.mark.parametrize(
+    ("limit", "value"),
+    [
+        (sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 20),  # 3 rows of 6 parameters a statement
+        (sqlite3.SQLITE_LIMIT_SQL_LENGTH, 300),  # a few rows' VALUES a statement
+    ],
+    ids=["parameters", "length"],
+)
+def test_sqlite_splits_rows_at_its_limits_for_a_statement(
+    tmp_path: Path, sqlite_template: Path, limit: int, value: int
 ) -> None:
     from usersctl.database import driver_value
     from usersctl.models import UTCDateTime, users_table, utcnow
@@ -70,41 +79,17 @@ def test_sqlite_splits_rows_at_its_limit_of_parameters(
         connection = session.connection()
         raw = connection.connection.driver_connection
         assert isinstance(raw, sqlite3.Connection)
-        raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 20)  # 3 rows of 6 a statement
-        stamp = driver_value(connection.dialect, UTCDateTime(), utcnow())
-        insert_many(connection, users_table, COLUMNS, rows(8, stamp))
-    found = stored(database)
-    database.dispose()
-    assert [statement.count("(?") for statement in statements] == [3, 3, 2]
-    assert [row[1] for row in found] == [f"u{i}@example.com" for i in range(8)]
-
-
-def test_sqlite_splits_rows_at_its_limit_of_statement_length(
-    tmp_path: Path, sqlite_template: Path
-) -> None:
-    from usersctl.database import driver_value
-    from usersctl.models import UTCDateTime, users_table, utcnow
-
-    path = tmp_path / "users.db"
-    shutil.copyfile(sqlite_template, path)
-    database = Database(load_settings(database_url=f"sqlite:///{path}"))
-    statements: list[str] = []
-    event.listen(
-        database.engine,
-        "before_cursor_execute",
-        lambda *args: statements.append(args[2]) if args[2].startswith("INSERT") else None,
-    )
-    with database.session(write=True) as session:
-        connection = session.connection()
-        raw = connection.connection.driver_connection
-        assert isinstance(raw, sqlite3.Connection)
-        raw.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, 300)  # a few rows' VALUES
+        raw.setlimit(limit, value)
         stamp = driver_value(connection.dialect, UTCDateTime(), utcnow())
         insert_many(connection, users_table, COLUMNS, rows(20, stamp))
     found = stored(database)
     database.dispose()
     assert len(statements) > 1
-    assert all(len(statement) <= 300 for statement in statements)
+    if limit == sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER:
+        assert all(statement.count("?") <= value for statement in statements)
+        assert [statement.count("(?") for statement in statements] == [3] * 6 + [2]
+    else:
+        assert all(len(statement) <= value for statement in statements)
     assert [row[1] for row in found] == [f"u{i}@example.com" for i in range(20)]
 
 
