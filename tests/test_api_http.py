@@ -10,7 +10,7 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -285,6 +285,42 @@ def test_login_token_stops_at_once(api: Api) -> None:
     assert_detail(client.get("/users/me", headers=tokens["rotated"]), 401)
     assert client.get("/users/", headers=h).status_code == 200  # admin tokens unaffected
     assert client.get("/users/me", headers=api.login("rotated@example.com")).status_code == 200
+
+
+def test_a_change_to_the_account_ends_its_login_tokens(
+    api: Api, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disabled and enabled again within a token's lifetime, the account does not take the
+    token back; nor after any other change an admin makes. Logins and failed guesses are
+    not changes."""
+    from sqlalchemy import update
+
+    from usersctl import lifecycle
+    from usersctl.models import User, utcnow
+
+    client, h = api.client, api.admin
+    ids = {name: api.user(f"{name}@example.com") for name in ("again", "renamed", "kept")}
+    # Last changed 20 s ago, logged in 10 s ago: the changes below come seconds later.
+    database = Database(load_settings(database_url=db_url))
+    with database.session(write=True) as session:
+        session.execute(update(User).values(updated_at=utcnow() - timedelta(seconds=20)))
+    database.dispose()
+    real_now = lifecycle.now
+    monkeypatch.setattr(lifecycle, "now", lambda: real_now() - timedelta(seconds=10))
+    tokens = {name: api.login(f"{name}@example.com") for name in ids}
+    monkeypatch.setattr(lifecycle, "now", real_now)
+    for headers in tokens.values():
+        assert client.get("/users/me", headers=headers).status_code == 200
+    assert client.post(f"/users/{ids['again']}/disable", headers=h).status_code == 200
+    assert client.post(f"/users/{ids['again']}/enable", headers=h).status_code == 200
+    renamed = client.patch(f"/users/{ids['renamed']}", json={"name": "New Name"}, headers=h)
+    assert renamed.status_code == 200
+    client.post("/auth/token", data={"username": "kept@example.com", "password": "wrong!!"})
+    api.login("kept@example.com")
+    assert_detail(client.get("/users/me", headers=tokens["again"]), 401)
+    assert_detail(client.get("/users/me", headers=tokens["renamed"]), 401)
+    assert client.get("/users/me", headers=tokens["kept"]).status_code == 200
+    assert client.get("/users/me", headers=api.login("again@example.com")).status_code == 200
 
 
 def test_roles_self_service_and_must_change(api: Api) -> None:

@@ -144,7 +144,7 @@ def _login_token(session: Session, credential: str, moment: datetime) -> Checked
             algorithms=[ALGORITHM],  # pinned: never the token's own `alg` (none)
             options={"require": ["sub", "exp", "iat", "gen"]},
         )
-        user_id = int(claims["sub"])
+        user_id, issued = int(claims["sub"]), float(claims["iat"])
     except (jwt.PyJWTError, ValueError, TypeError):
         raise unauthorized("invalid credentials") from None
     user = session.get(User, user_id)
@@ -154,6 +154,9 @@ def _login_token(session: Session, credential: str, moment: datetime) -> Checked
         or (user.locked_until is not None and user.locked_until > moment)
         or (user.expires_at is not None and user.expires_at <= moment)
         or claims["gen"] != tokens.password_generation(key, user.password_hash)
+        # Changed since (disabled and enabled again, renamed, another role...): a login
+        # and a failed guess are not changes (updated_at stays); the same second is not.
+        or user.updated_at.timestamp() > issued
     ):
         raise unauthorized("invalid credentials")
     scopes = {"password"} if user.must_change_password else {"self", "password"}
