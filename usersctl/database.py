@@ -18,15 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Dialect,
-    Engine,
-    Table,
-    create_engine,
-    event,
-    insert,
-)
+from sqlalchemy import Connection, Dialect, Engine, Table, create_engine, event, insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
