@@ -299,11 +299,16 @@ def test_a_change_to_the_account_ends_its_login_tokens(
     from usersctl.models import User, utcnow
 
     client, h = api.client, api.admin
-    ids = {name: api.user(f"{name}@example.com") for name in ("again", "renamed", "kept")}
+    names = ("again", "renamed", "kept", "ahead")
+    ids = {name: api.user(f"{name}@example.com") for name in names}
     # Last changed 20 s ago, logged in 10 s ago: the changes below come seconds later.
+    # "ahead" was last changed in an hour, by the clock of whatever wrote it (a restored
+    # backup, another host's clock): a time still to come ends no session.
     database = Database(load_settings(database_url=db_url))
     with database.session(write=True) as session:
         session.execute(update(User).values(updated_at=utcnow() - timedelta(seconds=20)))
+        later = utcnow() + timedelta(hours=1)
+        session.execute(update(User).where(User.id == ids["ahead"]).values(updated_at=later))
     database.dispose()
     real_now = lifecycle.now
     monkeypatch.setattr(lifecycle, "now", lambda: real_now() - timedelta(seconds=10))
@@ -320,6 +325,7 @@ def test_a_change_to_the_account_ends_its_login_tokens(
     assert_detail(client.get("/users/me", headers=tokens["again"]), 401)
     assert_detail(client.get("/users/me", headers=tokens["renamed"]), 401)
     assert client.get("/users/me", headers=tokens["kept"]).status_code == 200
+    assert client.get("/users/me", headers=tokens["ahead"]).status_code == 200
     assert client.get("/users/me", headers=api.login("again@example.com")).status_code == 200
 
 

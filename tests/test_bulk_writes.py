@@ -93,6 +93,33 @@ def test_sqlite_splits_rows_at_its_limits_for_a_statement(
     assert [row[1] for row in found] == [f"u{i}@example.com" for i in range(20)]
 
 
+def test_new_ids_come_from_sqlites_numbering_or_from_nowhere(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """The fast path is taken when the new rows are one run in order, and gives up (the
+    caller reads the ids back) on anything else."""
+    from usersctl.crud import _numbered_in_order
+    from usersctl.database import driver_value
+    from usersctl.models import UTCDateTime, users_table, utcnow
+
+    path = tmp_path / "users.db"
+    shutil.copyfile(sqlite_template, path)
+    database = Database(load_settings(database_url=f"sqlite:///{path}"))
+    with database.session(write=True) as session:
+        connection = session.connection()
+        stamp = driver_value(connection.dialect, UTCDateTime(), utcnow())
+        insert_many(connection, users_table, COLUMNS, rows(2, stamp))
+        connection.execute(users_table.delete().where(users_table.c.email == "u1@example.com"))
+        insert_many(connection, users_table, COLUMNS, rows(5, stamp)[2:])  # ids 3, 4, 5
+        emails = [f"u{i}@example.com" for i in range(2, 5)]
+        numbered = dict(zip(emails, [3, 4, 5], strict=True))
+        assert _numbered_in_order(connection, 1, emails) == numbered
+        assert _numbered_in_order(connection, 1, emails[::-1]) == {}
+        assert _numbered_in_order(connection, 1, emails[:2]) == {}
+        assert _numbered_in_order(connection, 5, []) == {}
+    database.dispose()
+
+
 def test_import_reads_the_new_ids_when_a_trigger_adds_users_of_its_own(
     tmp_path: Path, sqlite_template: Path
 ) -> None:

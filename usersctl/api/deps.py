@@ -155,8 +155,9 @@ def _login_token(session: Session, credential: str, moment: datetime) -> Checked
         or (user.expires_at is not None and user.expires_at <= moment)
         or claims["gen"] != tokens.password_generation(key, user.password_hash)
         # Changed since (disabled and enabled again, renamed, another role...): a login
-        # and a failed guess are not changes (updated_at stays); the same second is not.
-        or user.updated_at.timestamp() > issued
+        # and a failed guess are not changes (updated_at stays); the same second is not;
+        # nor a time still to come (a restored row, another host's clock running ahead).
+        or issued < user.updated_at.timestamp() <= moment.timestamp()
     ):
         raise unauthorized("invalid credentials")
     scopes = {"password"} if user.must_change_password else {"self", "password"}
