@@ -712,7 +712,7 @@ def _insert_rows(
     emails = {row.email for _, row in plan.create}
     table = users_table
     if dialect.name == "sqlite":
-        ids.update(_numbered_in_order(connection, last_id, [row[1] for row in new_rows]))
+        ids.update(_numbered_in_order(connection, last_id, [r.email for _, r in plan.create]))
     if not ids:
         query = select(table.c.email, table.c.id).where(table.c.id > last_id)
         ids.update((email, uid) for email, uid in connection.execute(query) if email in emails)

@@ -65,7 +65,7 @@ def from_validation(exc: ValidationError) -> ScimProblem:
     errors = Error.from_validation_errors(problems)
     first = errors[0] if errors else Error(status=400, scim_type="invalidValue", detail="invalid")
     details = dict.fromkeys(
-        error.detail or "" if problem["type"].startswith("scim_") else attribute_problem(problem)
+        (error.detail or "") if problem["type"].startswith("scim_") else attribute_problem(problem)
         for problem, error in zip(problems[:5], errors[:5], strict=True)
     )
     return ScimProblem(
