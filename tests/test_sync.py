@@ -397,6 +397,13 @@ def test_encodings(cli: Cli, tmp_path: Path) -> None:
     )
     assert_error(cli("import", str(late)), 5, "line 3002:", "byte 0x81")
     assert_error(cli("import", str(late), "--encoding", "klingon"), 2, "--encoding")
+    # A codec that refuses the input as a whole (UTF-16 must start with a byte-order mark):
+    # a bad input, not a bug.
+    no_mark = write(tmp_path, "no-mark.csv", body, encoding="utf-16-le")
+    result = cli("import", str(no_mark), "--encoding", "utf16")
+    assert_error(result, 5, "not valid utf16", "BOM", "--encoding")
+    assert cli.json("import", str(write(tmp_path, "marked.csv", body, encoding="utf-16")),
+                    "--encoding", "utf16", "--on-conflict", "skip")["skipped"] == 2  # fmt: skip
     assert cli.ok("list", "--count").stdout.strip() == "3"
 
 

@@ -384,6 +384,9 @@ def read_records(
         hint = "; give the file's --encoding (e.g. cp1252)" if encoding in ("utf-8", "utf8") else ""
         prefix = f"line {where}: " if where is not None else ""
         raise InvalidData(f"{prefix}not valid {encoding} ({byte}){hint}") from None
+    except UnicodeError as exc:  # a codec's own refusal: UTF-16 without a byte-order mark
+        encoding = getattr(stream, "encoding", "the encoding")
+        raise InvalidData(f"not valid {encoding}: {exc}; give the file's --encoding") from None
 
 
 class CountingReader(io.BufferedIOBase):
