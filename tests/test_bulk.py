@@ -69,7 +69,7 @@ def test_hr_csv_onboarding(cli: Cli, tmp_path: Path) -> None:
 def test_json_formats_from_stdin_need_format(cli: Cli, fmt: str) -> None:
     rows = [{"name": "Ada", "email": "ada@example.com", "password": "correct-horse-1"}]
     body = json.dumps(rows) if fmt == "json" else "\n".join(json.dumps(r) for r in rows)
-    assert_error(cli("import", "-", input=body), 2, "--format is required")
+    assert_error(cli("import", "-", input=body), 2, "--format csv, json or jsonl is required")
     assert summary(cli, "-", "--format", fmt, input=body)["created"] == 1
 
 
@@ -78,7 +78,8 @@ def test_format_comes_from_the_extension(cli: Cli, tmp_path: Path) -> None:
         {"name": "Ada", "email": "ada@example.com", "password": "long-enough-and-strong-1"}
     )
     assert summary(cli, str(write(tmp_path, "u.ndjson", line + "\n")))["created"] == 1
-    assert_error(cli("import", str(write(tmp_path, "u.txt", line))), 2, "--format")
+    unknown = write(tmp_path, "u.txt", line)
+    assert_error(cli("import", str(unknown)), 2, "give --format csv, json or jsonl")
     assert_error(cli("import", str(tmp_path / "missing.csv")), 2, "cannot read")
 
 

@@ -38,10 +38,12 @@ def guess_format(source: str, given: str | None) -> str:
     if given is not None:
         return given
     if source == "-":
-        raise UsageError("--format is required when reading standard input")
+        raise UsageError("--format csv, json or jsonl is required when reading standard input")
     guessed = _EXTENSIONS.get(Path(source).suffix.lower())
     if guessed is None:
-        raise UsageError(f"cannot tell the format of {source!r} from its name: give --format")
+        raise UsageError(
+            f"cannot tell the format of {source!r} from its name: give --format csv, json or jsonl"
+        )
     return guessed
 
 
