@@ -168,6 +168,7 @@ def test_prune_none_only_reports_and_bad_limits_are_usage_errors(cli: Cli, tmp_p
     source = str(tmp_path / "two.csv")
     for bad in ("-1", "ten", "101%", "%"):
         assert_error(cli("sync", source, "--source", "hr", "--max-prune", bad), 2, "--max-prune")
+    assert_error(cli("sync", source, "--source", "hr", "--max-prune", "120%"), 2, "0% to 100%")
     assert_error(cli("sync", source, "--source", "HR!"), 2, "--source")
     assert_error(cli("sync", source, "--source", "scim"), 2, "reserved")
 

@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 
+from usersctl import rules
 from usersctl.audit import PASSWORD_SET, Trail, diff, last_to_change, snapshot
 from usersctl.bulk import Problems
 from usersctl.crud import Existing, ImportPlan, apply_import, existing_users, import_changes
@@ -74,8 +75,8 @@ class Limit:
             return cls(text=value, count=count)
         except (ValueError, ZeroDivisionError):
             raise UsageError(
-                f"invalid --max-prune {text!r}: give a number of users (10) or a "
-                "percentage of the users the source owns (10%)"
+                f"invalid --max-prune {rules.cut(text)!r}: give a number of users (10) or a "
+                "percentage of the users the source owns, 0% to 100% (10%)"
             ) from None
 
     def allowed(self, owned: int) -> int:
