@@ -89,7 +89,9 @@ def test_upgrade_from_0003_keeps_users_and_sets_password_changed_at(
 def test_round_trip_with_data(fresh: Cli) -> None:
     fresh.ok("db", "upgrade")
     fresh.create("Ada", "ada@example.com")
-    fresh.create("Bob", "bob@example.com", "--must-change")
+    fresh.create("Bob", "bob@example.com")
+    # An expired lock is no lock: nothing is lost when its columns go.
+    query(fresh.url, "UPDATE users SET locked_until = '2020-01-01 00:00:00', failed_logins = 3")
     hashes = query(fresh.url, "SELECT email, password_hash FROM users ORDER BY id")
 
     fresh.ok("db", "downgrade", "0003", "--yes")
@@ -112,13 +114,21 @@ def test_round_trip_with_data(fresh: Cli) -> None:
          "1 user(s) have no password"),
         (("create", "--name", "Tmp", "--email", "tmp@example.com", "--expires", "2030-01-01",
           "--password-stdin"), "1 user(s) have an expiry date"),
+        (("create", "--name", "New", "--email", "new@example.com", "--must-change",
+          "--password-stdin"), "1 user(s) must change their password"),
+        (("create", "--name", "Eve", "--email", "eve@example.com", "--password-stdin"),
+         "1 user(s) are locked out"),
     ],
 )  # fmt: skip
-def test_downgrade_refuses_to_lose_passwordless_or_expiring_accounts(
+def test_downgrade_refuses_to_weaken_or_lose_an_account(
     fresh: Cli, setup: tuple[str, ...], fragment: str
 ) -> None:
+    """What 0003 cannot represent: no password, an expiry date, a lock still running (it
+    would end), a forced change (the user could keep the password an admin set)."""
     fresh.ok("db", "upgrade")
     fresh.ok(*setup, input="correct horse battery\n")
+    if "locked" in fragment:
+        query(fresh.url, "UPDATE users SET locked_until = '2999-01-01 00:00:00', failed_logins = 10")
     before = fresh.json("list")
     result = fresh("db", "downgrade", "0003", "--yes")
     assert_error(result, 5, "cannot downgrade below 0004, nothing changed", fragment)

@@ -8,8 +8,10 @@ MariaDB commits each ALTER as it runs, so every step first checks whether it is 
 done (usersctl.migration_ops): a run interrupted half-way is finished by running it again.
 
 The downgrade drops the new columns. It refuses while a user has no password (revision 0003
-requires one) or has an expiry date (the account would silently stop expiring). Login
-times, failure counters, locks and must-change flags are dropped.
+requires one), has an expiry date (the account would silently stop expiring), is locked
+out (the lock would silently end) or must change their password (they could keep the one
+an admin set): 0003 cannot represent any of these. Login times, password-change times and
+failure counters are dropped.
 
 Revision ID: 0004
 Revises: 0003
@@ -17,6 +19,7 @@ Create Date: 2026-12-01
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -80,6 +83,8 @@ def downgrade() -> None:
         "users",
         sa.column("password_hash", sa.String),
         sa.column("expires_at", UTCDateTime()),
+        sa.column("locked_until", UTCDateTime()),
+        sa.column("must_change_password", sa.Boolean()),
     )
     reader = ops.reader()
     if "expires_at" in existing:
@@ -88,18 +93,29 @@ def downgrade() -> None:
             count.where(sa.or_(users.c.password_hash.is_(None), users.c.password_hash == ""))
         ).scalar_one()
         expiring = reader.execute(count.where(users.c.expires_at.is_not(None))).scalar_one()
+        locked = reader.execute(
+            count.where(users.c.locked_until > datetime.now(UTC))
+        ).scalar_one()
+        must_change = reader.execute(
+            count.where(users.c.must_change_password == sa.true())
+        ).scalar_one()
         problems = []
         if no_password:
             problems.append(f"{no_password} user(s) have no password")
         if expiring:
             problems.append(f"{expiring} user(s) have an expiry date")
+        if locked:
+            problems.append(f"{locked} user(s) are locked out")
+        if must_change:
+            problems.append(f"{must_change} user(s) must change their password")
         if problems:
             raise InvalidData(
                 "cannot downgrade below 0004, nothing changed: "
-                + " and ".join(problems)
-                + ", which revision 0003 cannot represent (an account would need a password "
-                "or would silently stop expiring). Give them a password (usersctl passwd) "
-                "or clear the expiry (usersctl update USER --expires never) first."
+                + ", ".join(problems)
+                + ", which revision 0003 cannot represent (an account would need a password, "
+                "or would silently stop expiring, be unlocked or keep the password an admin "
+                "set). Give them a password (usersctl passwd), clear the expiry (usersctl "
+                "update USER --expires never) or unlock them (usersctl unlock) first."
             )
     with op.batch_alter_table("users") as batch:
         batch.alter_column("password_hash", existing_type=sa.String(255), nullable=False)
