@@ -299,11 +299,17 @@ def test_healthz_is_503_while_the_sqlite_file_is_gone(tmp_path: Any) -> None:
 
     path = tmp_path / "data" / "users.db"
     cli = _sqlite_cli(path)
+    token = cli.json("token", "create", "w", "--scope", "write")["token"]
     app = create_app(load_settings(database_url=cli.url))
     with TestClient(app) as client:
         assert client.get("/healthz").status_code == 200
         path.rename(path.with_name("moved.db"))  # reads would still answer on open connections
         assert client.get("/healthz").status_code == 503
+        body = {"name": "Ada", "email": "ada@example.com", "password": PASSWORD}
+        headers = {"Authorization": f"Bearer {token}"}
+        response = client.post("/users/", json=body, headers=headers)
+        assert_detail(response, 503, "the database file is missing; create it with")
+        assert str(tmp_path) not in response.text
         path.with_name("moved.db").rename(path)
         assert client.get("/healthz").status_code == 200
     app.state.server.database.dispose()

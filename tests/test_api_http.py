@@ -26,6 +26,7 @@ from usersctl.api.app import create_app  # noqa: E402
 from usersctl.config import load_settings  # noqa: E402
 from usersctl.database import Database  # noqa: E402
 from usersctl.errors import UsersctlError  # noqa: E402
+from usersctl.revision import HEAD  # noqa: E402
 
 PASSWORD = "an orrery of brass"
 NEW_PASSWORD = "a difference engine of oak"
@@ -145,8 +146,9 @@ def test_status_table(api: Api) -> None:
     assert_detail(client.post("/users/", json=bad, headers=h), 422, "email")
     weak = {"name": "B", "email": "b@example.com", "password": "password"}
     response = client.post("/users/", json=weak, headers=h)
-    assert_detail(response, 422, "password")
+    assert_detail(response, 422, "password too short", "try a passphrase of several")
     assert 'password"' not in response.json()["detail"]  # the value is never echoed
+    assert "--" not in response.json()["detail"]  # no CLI option (--random-password)
     missing = client.post("/users/", json={"name": "B"}, headers=h)
     assert_detail(missing, 422, "missing field 'email'; missing field 'password'")
     extra = {**body, "email": "c@example.com", "admin": True}
@@ -201,6 +203,42 @@ def test_healthz_503_when_schema_behind(empty_db_url: str, engine_name: str) -> 
     with TestClient(app) as client:
         response = client.get("/healthz")
         assert response.status_code == 503 and "detail" in response.json()
+
+
+def _set_revision(url: str, revision: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("revision", "says"),
+    [("0099", "newer than this usersctl knows"), ("0006", "run `usersctl db upgrade`")],
+)
+def test_a_schema_changed_under_the_server_stops_every_request(
+    api: Api, db_url: str, revision: str, says: str
+) -> None:
+    """A newer usersctl's `db upgrade` (or a downgrade) while the server runs: every request
+    is 503 at once, as a command would exit 8, not writes under the old schema's rules;
+    back at head, the server serves again without a restart."""
+    uid = api.user("ada@example.com")
+    before = api.cli.json("list")
+    _set_revision(db_url, revision)
+    client, h = api.client, api.admin
+    body = {"name": "Bob", "email": "bob@example.com", "password": PASSWORD}
+    assert_detail(client.post("/users/", json=body, headers=h), 503, says)
+    assert_detail(client.patch(f"/users/{uid}", json={"name": "X"}, headers=h), 503, says)
+    assert_detail(client.get("/users/", headers=h), 503, says)
+    assert_detail(client.get(f"/users/{uid}", headers=h), 503, says)
+    login = {"username": "ada@example.com", "password": PASSWORD}
+    assert_detail(client.post("/auth/token", data=login), 503, says)
+    assert client.get("/healthz").status_code == 503
+    _set_revision(db_url, HEAD)
+    assert api.cli.json("list") == before  # nothing was written, no login recorded
+    assert client.post("/users/", json=body, headers=h).status_code == 201
 
 
 def test_healthz_needs_no_credential(api: Api) -> None:
@@ -494,6 +532,19 @@ def test_token_commands_are_audited_and_checked(api: Api) -> None:
     assert_cli_error(cli("token", "create", "x", "--expires", "soon"), 2, "--expires")
     assert_cli_error(cli("token", "revoke", "nobody"), 3, "token not found: nobody")
     assert cli.ok("token", "list", "-o", "json").stdout.count('"name"') == 2
+
+
+def test_token_scopes_read_the_same_in_create_and_list(cli: Cli) -> None:
+    """CSV and tab-separated plain: "read write", one field; JSON: a list."""
+    made = cli.ok("token", "create", "both", "-o", "csv").stdout.splitlines()
+    assert made[0] == "name,token,scopes,expires_at"
+    assert made[1].split(",")[2] == "read write"
+    plain = cli.ok("token", "create", "one", "--scope", "read", "-o", "plain").stdout
+    assert plain.split("\t")[2] == "read"
+    assert cli.json("token", "create", "json")["scopes"] == ["read", "write"]
+    listed = cli.ok("token", "list", "-o", "csv").stdout.splitlines()
+    scopes = dict(line.split(",")[:2] for line in listed[1:])
+    assert scopes == {"both": "read write", "one": "read", "json": "read write"}
 
 
 def test_an_unexpected_error_is_one_log_line_and_a_500(

@@ -128,7 +128,8 @@ def test_downgrade_refuses_to_weaken_or_lose_an_account(
     fresh.ok("db", "upgrade")
     fresh.ok(*setup, input="correct horse battery\n")
     if "locked" in fragment:
-        query(fresh.url, "UPDATE users SET locked_until = '2999-01-01 00:00:00', failed_logins = 10")
+        lock = "UPDATE users SET locked_until = '2999-01-01 00:00:00', failed_logins = 10"
+        query(fresh.url, lock)
     before = fresh.json("list")
     result = fresh("db", "downgrade", "0003", "--yes")
     assert_error(result, 5, "cannot downgrade below 0004, nothing changed", fragment)

@@ -324,9 +324,10 @@ def test_errors(scim: Scim) -> None:
     # invalidValue: usersctl's own rules, in its own words
     assert_scim_error(scim.post("/Users", {"schemas": [USER_SCHEMA], "userName": "not-an-email"}),
                       400, "invalidValue", "invalid email")  # fmt: skip
-    assert_scim_error(scim.post("/Users", {"schemas": [USER_SCHEMA], "userName": "x@example.com",
-                                           "password": "short"}),
-                      400, "invalidValue", "password too short")  # fmt: skip
+    short = scim.post("/Users", {"schemas": [USER_SCHEMA], "userName": "x@example.com",
+                                 "password": "short"})  # fmt: skip
+    assert_scim_error(short, 400, "invalidValue", "password too short", "try a passphrase")
+    assert "--random-password" not in short.text  # (the CLI's option)
     assert_scim_error(scim.post("/Users", {"schemas": [USER_SCHEMA], "userName": "x@example.com",
                                            "roles": [{"value": "Not A Role"}]}),
                       400, "invalidValue", "invalid role")  # fmt: skip

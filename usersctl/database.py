@@ -544,9 +544,14 @@ def driver_value(dialect: Dialect, column_type: TypeEngine[Any], value: Any) -> 
 class Database:
     """The engine plus error translation: every driver failure becomes a UsersctlError."""
 
-    def __init__(self, settings: Settings, *, pool_size: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, pool_size: int | None = None, require_head: bool = False
+    ) -> None:
+        """`require_head`: every transaction first checks that the schema is still at head
+        (a server's; a command checks once, at its start)."""
         self.settings = settings
         self.engine = make_engine(settings, pool_size=pool_size)
+        self.require_head = require_head
         # Made once: execution_options() builds a new engine proxy on every call, and a
         # server opens a read session on every request.
         self._read_engine = self.engine.execution_options(**{_READ_ONLY: True})
@@ -642,6 +647,7 @@ class Database:
         """A connection in one transaction (a read one takes no SQLite write lock)."""
         with self.translate_errors(), self._bind(write=write).connect() as connection:
             with connection.begin():
+                self._check_head(connection)
                 yield connection
 
     @contextmanager
@@ -652,6 +658,7 @@ class Database:
         with self.translate_errors(), Session(bind, expire_on_commit=False) as session:
             transaction = session.begin()
             try:
+                self._check_head(session.connection())
                 yield session
             except BaseException:
                 transaction.rollback()
@@ -684,9 +691,16 @@ class Database:
                         session.connection().exec_driver_sql(
                             f"SET LOCAL lock_timeout = '{QUICK_LOCK_WAIT_MS}ms'"
                         )
+                    self._check_head(session.connection())
                     yield session
             finally:
                 connection.invalidate()  # its shortened timeouts never serve another command
+
+    def _check_head(self, connection: Connection) -> None:
+        if self.require_head:
+            from usersctl.revision import require_head
+
+            require_head(connection)
 
     def empty_stand_in(self, *, schema: bool = True) -> Database:
         """An in-memory database at head with no users, for dry runs against a database

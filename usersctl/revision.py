@@ -76,6 +76,23 @@ def mismatch_message(status: Status) -> str:
     )
 
 
+_REVISION = select(table(VERSION_TABLE, column("version_num")).c.version_num)
+
+
+def require_head(connection: Connection) -> None:
+    """For a long-running server, in every transaction: the database is still at this
+    usersctl's head. A `db upgrade` by a newer usersctl, or a downgrade, while it runs is
+    then exit 8 (HTTP 503) at once, as for a command, instead of writes made under an old
+    schema's rules. One primary-key read; the full look only when it differs."""
+    if connection.execute(_REVISION).scalar() == HEAD:
+        return
+    status = read_status(connection)
+    if status.state is not State.CURRENT:
+        if status.state is State.EMPTY:
+            raise SchemaMismatch("database has no schema: run `usersctl db upgrade`")
+        raise SchemaMismatch(mismatch_message(status))
+
+
 def require_current(status: Status) -> None:
     if status.state not in (State.CURRENT, State.EMPTY):
         raise SchemaMismatch(mismatch_message(status))

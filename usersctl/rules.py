@@ -30,7 +30,8 @@ EMAIL_INVALID = "invalid email: {}"
 ROLE_INVALID = (
     "invalid role: must be 1-32 lowercase letters, digits, '_' or '-', starting with a letter"
 )
-PASSWORD_ACCEPTED = "try a passphrase of several unrelated words, or --random-password"
+PASSWORD_ACCEPTED_HTTP = "try a passphrase of several unrelated words"
+PASSWORD_ACCEPTED = PASSWORD_ACCEPTED_HTTP + ", or --random-password"  # (the CLI's option)
 PASSWORD_TOO_SHORT = (
     "password too short: {length} characters, at least {minimum} are required ("
     + PASSWORD_ACCEPTED

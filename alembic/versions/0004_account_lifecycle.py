@@ -93,9 +93,7 @@ def downgrade() -> None:
             count.where(sa.or_(users.c.password_hash.is_(None), users.c.password_hash == ""))
         ).scalar_one()
         expiring = reader.execute(count.where(users.c.expires_at.is_not(None))).scalar_one()
-        locked = reader.execute(
-            count.where(users.c.locked_until > datetime.now(UTC))
-        ).scalar_one()
+        locked = reader.execute(count.where(users.c.locked_until > datetime.now(UTC))).scalar_one()
         must_change = reader.execute(
             count.where(users.c.must_change_password == sa.true())
         ).scalar_one()

@@ -192,7 +192,7 @@ def create_app(
     )
     app.state.server = Server(
         settings=settings,
-        database=Database(settings, pool_size=SERVER_POOL),
+        database=Database(settings, pool_size=SERVER_POOL, require_head=True),
         token_minutes=token_minutes,
         read_threads=read_threads,
     )

@@ -26,7 +26,15 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, UsersctlError)
     if isinstance(exc, DatabaseUnavailable):
         return error_response(http_status(exc), unplaced(exc.message, request), RETRY)
-    return error_response(http_status(exc), exc.message)
+    return error_response(http_status(exc), http_wording(exc.message))
+
+
+def http_wording(message: str) -> str:
+    """A domain error's words for an HTTP client: without the hints that name the CLI's
+    options (the password policy's --random-password)."""
+    from usersctl import rules
+
+    return message.replace(rules.PASSWORD_ACCEPTED, rules.PASSWORD_ACCEPTED_HTTP)
 
 
 def unplaced(message: str, request: Request) -> str:
@@ -36,6 +44,7 @@ def unplaced(message: str, request: Request) -> str:
     url = database.engine.url
     places = {database.display_url, str(url.database or ""), str(database.sqlite_path or "")}
     for place in sorted((p for p in places if p), key=len, reverse=True):
+        message = message.replace(f"no database at {place}", "the database file is missing")
         message = message.replace(f"database {place}", "the database")
         message = message.replace(place, "the database")
     return message

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -87,12 +87,22 @@ def create(
             else:
                 shown = {"name": name, "token": secret, "scopes": record["scopes"],
                          "expires_at": record["expires_at"]}  # fmt: skip
-                Renderer(output).one(shown, fields=("name", "token", "scopes", "expires_at"))
+                Renderer(output).one(
+                    _scopes_as_text(shown, output), fields=("name", "token", "scopes", "expires_at")
+                )
     if output is OutputFormat.table:
         say(
             f"Token {printable(name)} ({' '.join(record['scopes'])}, expires "
             f"{record['expires_at'] or 'never'}): shown only this once."
         )
+
+
+def _scopes_as_text(record: dict[str, Any], output: OutputFormat) -> dict[str, Any]:
+    """Scopes as one field, space separated ("read write"), where the format is text: a
+    table, CSV, tab-separated plain. JSON keeps the list."""
+    if output in (OutputFormat.table, OutputFormat.csv, OutputFormat.plain):
+        return {**record, "scopes": " ".join(record["scopes"])}
+    return record
 
 
 @command(token_app, "list")
@@ -108,8 +118,7 @@ def list_(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
     database = get_state(ctx).ready_database()
     with database.session(write=False) as session:
         records = [tokens.token_record(row) for row in tokens.list_tokens(session=session)]
-    if output in (OutputFormat.table, OutputFormat.csv, OutputFormat.plain):
-        records = [{**r, "scopes": " ".join(r["scopes"])} for r in records]
+    records = [_scopes_as_text(r, output) for r in records]
     shown = Renderer(output).many(records, fields=LIST_FIELDS)
     if shown == 0 and output is OutputFormat.table:
         say("No tokens.")

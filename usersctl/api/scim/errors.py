@@ -121,13 +121,16 @@ def from_scim_exception(exc: Exception) -> ScimProblem:
 
 
 def _domain(exc: UsersctlError) -> ScimProblem:
+    from usersctl.api.errors import http_wording
+
+    message = http_wording(exc.message)
     if isinstance(exc, Conflict):
-        return ScimProblem(409, exc.message, "uniqueness")
+        return ScimProblem(409, message, "uniqueness")
     if isinstance(exc, InvalidData | UsageError):
-        return ScimProblem(400, exc.message, "invalidValue")
+        return ScimProblem(400, message, "invalidValue")
     if isinstance(exc, NotFound):
-        return ScimProblem(404, exc.message)
-    return ScimProblem(http_status(exc), exc.message)
+        return ScimProblem(404, message)
+    return ScimProblem(http_status(exc), message)
 
 
 NOT_JSON = "the body must be a SCIM JSON object"
