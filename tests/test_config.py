@@ -163,6 +163,8 @@ BROKEN_CONFIGS: list[tuple[str, str, tuple[str, ...]]] = [
         ("invalid busy_timeout 'soon': must be a number",),
     ),
     ("timeout-negative", "busy_timeout = -1\n", ("invalid busy_timeout -1: must be between",)),
+    ("timeout-boolean", "busy_timeout = true\n", ("invalid busy_timeout True: must be a number",)),
+    ("url-empty", 'database_url = ""\n', ("database_url is empty: give a database URL",)),
 ]
 
 
@@ -202,6 +204,32 @@ def test_config_variable_naming_a_folder(tmp_path: Path) -> None:
 def test_missing_default_config_file_is_fine() -> None:
     assert not default_config().exists()
     assert invoke("list").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--database-url", ""], {}, "--database-url is empty"),
+        (["--database-url", " "], {}, "--database-url is empty"),
+        ([], {"USERSCTL_DATABASE_URL": ""}, "USERSCTL_DATABASE_URL is empty"),
+        ([], {"USERSCTL_DATABASE_URL": "  "}, "USERSCTL_DATABASE_URL is empty"),
+    ],
+)
+def test_an_empty_database_url_is_refused(args: list[str], env: dict[str, str], named: str) -> None:
+    """`--database-url "$DB"` with DB unset must not create and use the default database."""
+    result = invoke(*args, "list", env=env)
+    assert_error(result, 2, named, "leave it out to use the default database")
+    assert not default_database().exists()
+
+
+def test_a_bad_variable_is_named_not_the_flag() -> None:
+    """Click hands an environment variable's value over as the flag's: the error still
+    names the variable that was set."""
+    result = invoke("list", env={"USERSCTL_ACTOR": "a\tb"})
+    assert_error(result, 2, "USERSCTL_ACTOR")
+    assert "--actor" not in result.stderr
+    flagged = invoke("--actor", "a\tb", "list")
+    assert_error(flagged, 2, "--actor")
 
 
 @pytest.mark.parametrize("value", ["abc", "", "-1", "3601", "nan", "inf", "10s"])

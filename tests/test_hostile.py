@@ -570,6 +570,25 @@ def test_invalid_utf8_in_arguments_is_invalid_data(new_db: Any) -> None:
         stderr = completed.stderr.decode("utf-8", "replace")
         assert completed.returncode == 5, (args, stderr)
         assert stderr.startswith("error: invalid") and "\n" not in stderr.strip(), stderr
+        assert "invisible" not in stderr and "must be valid Unicode" in stderr, stderr
+    # Lookups and filters (a leavers list in Latin-1, `delete $(cat leavers.txt)`): no user
+    # has such an address (3); a filter that no stored value can match is invalid (5).
+    for args, code in (
+        ([b"get", b"jos\xe9@example.com"], 3),
+        ([b"delete", b"jos\xe9@example.com", b"--yes"], 3),
+        ([b"disable", b"jos\xe9@example.com", b"--dry-run"], 3),
+        ([b"list", b"--search", b"\xff"], 5),
+        ([b"audit", b"--user", b"jos\xe9@example.com"], 5),
+        ([b"audit", b"--actor", b"\xff"], 5),
+    ):
+        environment = {**os.environ, "USERSCTL_DATABASE_URL": db.url}
+        completed = subprocess.run(
+            [os.fsencode(USERSCTL), *args], env=environment, capture_output=True, timeout=120
+        )
+        stderr = completed.stderr.decode("utf-8", "replace")
+        assert completed.returncode == code, (args, stderr)
+        assert stderr.startswith("error: ") and "\n" not in stderr.strip(), stderr
+        assert "bug" not in stderr, stderr
     assert db.dump() == before
 
 

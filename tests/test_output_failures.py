@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -84,11 +85,20 @@ def one_error_line(result: subprocess.CompletedProcess[str], code: int, *fragmen
     return lines[0]
 
 
-@pytest.fixture(params=["full", "closed"])
+@pytest.fixture(params=["full", "closed", "pipe"])
 def broken_stdout(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """stdout on a full disk (/dev/full), or closed (`>&-`)."""
+    """stdout on a full disk (/dev/full), closed (`>&-`), or a pipe whose reader went away
+    (`| true`)."""
     if request.param == "closed":
         yield {"close_stdout": True}
+        return
+    if request.param == "pipe":
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            yield {"stdout": write_end}
+        finally:
+            os.close(write_end)
         return
     with open("/dev/full", "w") as full:
         yield {"stdout": full}
@@ -157,6 +167,10 @@ def test_a_read_whose_output_is_lost_fails_clearly(
 ) -> None:
     run(database, *CREATE, "--password-stdin", stdin=SEED_PASSWORD + "\n")
     failed = run(database, *args, **broken_stdout)
+    if isinstance(broken_stdout.get("stdout"), int):  # a read into a broken pipe
+        # ends quietly like other Unix tools (`usersctl list | head -1`): SIGPIPE.
+        assert (failed.returncode, failed.stderr) == (-signal.SIGPIPE, ""), failed.stderr
+        return
     line = one_error_line(failed, OUTPUT_FAILED, "could not write the output")
     assert "committed" not in line
 
@@ -213,3 +227,32 @@ def test_the_exit_code_is_documented() -> None:
         [str(USERSCTL), "--help"], capture_output=True, text=True, timeout=60
     ).stdout
     assert " 10  output failed" in help_text
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        ([*CREATE, "--password-stdin"], 5, "no password on standard input"),
+        (["verify-password", "ada@example.com", "--password-stdin"], 5, "no password on"),
+        (["sync", "-", "-f", "jsonl", "--source", "hr"], 5, "standard input is empty"),
+    ],
+)
+def test_a_closed_stdin_reads_as_empty(
+    database: Path, args: list[str], code: int, fragment: str
+) -> None:
+    """`usersctl ... <&-` (a daemon that closed fd 0) answers as with </dev/null, not "a
+    bug"; nothing changes."""
+    env = {**os.environ, "USERSCTL_DATABASE_URL": f"sqlite:///{database}"}
+    command = ["sh", "-c", '"$0" "$@" <&-', str(USERSCTL), *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    one_error_line(result, code, fragment)
+    assert emails(database) == []
+
+
+def test_import_from_a_closed_stdin_imports_nothing(database: Path) -> None:
+    env = {**os.environ, "USERSCTL_DATABASE_URL": f"sqlite:///{database}"}
+    args = ["import", "-", "-f", "jsonl", "-o", "json"]
+    command = ["sh", "-c", '"$0" "$@" <&-', str(USERSCTL), *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["created"] == 0

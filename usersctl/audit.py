@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Select, false, func, or_, select
 from sqlalchemy.orm import Session
 
+from usersctl import rules
 from usersctl.database import driver_value, insert_many
 from usersctl.models import AuditEntry, User, UTCDateTime, audit_table, utcnow
 
@@ -181,6 +182,9 @@ def _filtered(
     since: datetime | None,
     until: datetime | None,
 ) -> Select[AuditEntry]:
+    for name, value in (("user", user), ("actor", actor)):
+        if value is not None:
+            rules.require_unicode(name, value)
     query = select(AuditEntry)
     if user is not None:
         query = query.where(_user_clause(user))

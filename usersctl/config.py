@@ -96,6 +96,8 @@ def _as_timeout(value: object, name: str, where: str = "") -> float:
     """The busy timeout from `name` (the variable, or the file's key, `where` naming the
     file). The value is quoted back: a timeout is no secret."""
     try:
+        if isinstance(value, bool):  # TOML's true is no number of seconds (float(True) is)
+            raise TypeError
         timeout = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise UsageError(f"{where}invalid {name} {value!r}: must be a number of seconds") from None
@@ -168,6 +170,17 @@ def _as_roles(values: dict[str, Any], where: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(roles))
 
 
+def _require_url(where: str, value: str | None) -> None:
+    """A database URL given empty is a mistake (an unset shell variable, `--database-url
+    "$DB"`), never a wish for the default database, which would be silently created and
+    used instead of the intended one."""
+    if value is not None and not value.strip():
+        raise UsageError(
+            f"{where} is empty: give a database URL (e.g. sqlite:////srv/users.db), or "
+            "leave it out to use the default database"
+        )
+
+
 def load_settings(
     *, database_url: str | None = None, debug: bool = False, actor: str | None = None
 ) -> Settings:
@@ -177,9 +190,13 @@ def load_settings(
     path = config_path()
     file_values = _read_config_file(path, required="USERSCTL_CONFIG" in env)
 
+    _require_url("--database-url", database_url)
+    _require_url("USERSCTL_DATABASE_URL", env.get("USERSCTL_DATABASE_URL"))
+    if "database_url" in file_values:
+        if not isinstance(file_values["database_url"], str):
+            raise UsageError(f"config file {path}: database_url must be a string")
+        _require_url(f"config file {path}: database_url", file_values["database_url"])
     url = database_url or env.get("USERSCTL_DATABASE_URL") or file_values.get("database_url")
-    if url is not None and not isinstance(url, str):
-        raise UsageError(f"config file {path}: database_url must be a string")
     url_is_default = not url
     if not url:
         url = "sqlite:///" + str(default_database_path())

@@ -106,6 +106,8 @@ def find_user(session: Session, ref: str, *, lock: bool = False) -> User | None:
     locked until the transaction ends (PostgreSQL/MariaDB; SQLite's writer lock covers it),
     so a concurrent delete cannot slip between reading and changing it."""
     ref = ref.strip()
+    if rules.lone_surrogate(ref) is not None:
+        return None  # not text (an argument in another encoding): no stored email is it
     value: int | str
     if ref.isdecimal() and ref.isascii():
         value = int(ref)
@@ -244,6 +246,7 @@ def user_query(
             f"search text is at most {EMAIL_LENGTH} characters: no name or email is longer"
         )
     if search:
+        rules.require_unicode("search", search)
         needle = search.lower()
         query = query.where(
             or_(

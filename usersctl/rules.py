@@ -69,6 +69,7 @@ STORED_NUL = "invalid {}: must not contain NUL (U+0000), which no database engin
 # A lone surrogate (U+D800-U+DFFF, e.g. JSON's "\ud800") is not text: no database stores it
 # and argon2 cannot hash it.
 NOT_UNICODE = "invalid {}: must be valid Unicode text (found a lone surrogate, U+{:04X})"
+NOT_UNICODE_HINT = "; is the input UTF-8?"
 MOMENT_RANGE = "invalid {}: out of range once converted to UTC (years 1 to 9999)"
 NOT_TEXT = "invalid {}: must be text"
 UNKNOWN_COLUMN = "unknown column {!r}"
@@ -88,6 +89,17 @@ def email_reason(message: str) -> str:
     if message[:1].isupper() and not message[1:2].isupper():
         message = message[0].lower() + message[1:]
     return EMAIL_INVALID.format(message)
+
+
+def require_unicode(field: str, value: str) -> None:
+    """InvalidData (exit 5) for text no database can hold or match: a lone surrogate, which
+    is what Python makes of an argument's bytes that are not UTF-8 (a Latin-1 file's name
+    given as an argument, a C locale)."""
+    surrogate = lone_surrogate(value)
+    if surrogate is not None:
+        from usersctl.errors import InvalidData
+
+        raise InvalidData(NOT_UNICODE.format(field, surrogate) + NOT_UNICODE_HINT)
 
 
 def lone_surrogate(value: str) -> int | None:

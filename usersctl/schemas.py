@@ -65,7 +65,10 @@ def clean_name(value: str) -> str:
     for char in value:
         if char in _JOINERS:
             continue
-        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+        category = unicodedata.category(char)
+        if category == "Cs":  # a lone surrogate: bytes that were not UTF-8
+            raise ValueError(rules.NOT_UNICODE.format("name", ord(char)))
+        if category in _FORBIDDEN_CATEGORIES:
             raise ValueError(rules.NAME_INVISIBLE.format(ord(char)))
         if not (char.isspace() or char in _FILLERS):
             visible = True
@@ -129,6 +132,9 @@ def normalize_email(value: str) -> str:
     simple = _simple_email(value)
     if simple is not None:
         return simple
+    surrogate = rules.lone_surrogate(value)
+    if surrogate is not None:  # bytes that were not UTF-8 (an argument, a file)
+        raise ValueError(rules.NOT_UNICODE.format("email", surrogate))
     _special_use_domains()  # email-validator configured before its first use
     from email_validator import EmailNotValidError, validate_email
 

@@ -41,6 +41,7 @@ _EXIT_CODES = (
     (9, "refused by a safety limit; nothing changed"),
     (10, "output failed (stdout closed, disk full); says if the change committed"),
     (130, "interrupted (Ctrl-C); nothing changed"),
+    (143, "terminated (SIGTERM; 129 for SIGHUP); nothing changed"),
 )
 EXIT_CODES = "Exit codes:\n" + "".join(f"  {code:>3}  {text}\n" for code, text in _EXIT_CODES)
 
@@ -131,6 +132,16 @@ class UsersctlGroup(TyperGroup):
         except OutputFailed as exc:
             discard_stdout()
             _fail(exc.message, exc.exit_code, exc, debug=debug)
+        except SystemExit as exc:
+            # Click ends a command whose stdout pipe broke (EPIPE) with a bare exit 1. It
+            # is an output failure (exit 10, saying whether the change was committed): a
+            # write command ignores SIGPIPE to get here (output.report_broken_pipes).
+            broken = exc.__context__
+            if exc.code != 1 or not isinstance(broken, OSError) or not is_output_error(broken):
+                raise
+            discard_stdout()
+            failure = output_failed(broken)
+            _fail(failure.message, failure.exit_code, broken, debug=debug)
         except UsersctlError as exc:
             _fail(exc.message, exc.exit_code, exc, debug=debug, details=exc.details)
         except click_exceptions.BadParameter as exc:
@@ -237,12 +248,29 @@ def _param_name(exc: click_exceptions.BadParameter, args: Sequence[str]) -> str:
 
 
 def _interrupted() -> NoReturn:
-    """Ctrl-C: exit 130, saying honestly whether anything was already committed."""
+    """Ctrl-C: exit 130, saying honestly whether anything was already committed. SIGTERM
+    or SIGHUP (`timeout`, systemd, a closed session) end the same way, as 128 + the
+    signal's number (143, 129)."""
     state = _current_state
     note = state.interrupt_note if state is not None else None
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")  # off the prompt or the ^C the terminal echoed
-    _fail(f"interrupted; {note}" if note else INTERRUPTED, 130)
+    if _terminated_by is None:
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")  # off the prompt or the ^C the terminal echoed
+        _fail(f"interrupted; {note}" if note else INTERRUPTED, 130)
+    name = signal.Signals(_terminated_by).name
+    _fail(f"terminated by {name}; {note or 'nothing changed'}", 128 + _terminated_by)
+
+
+_terminated_by: int | None = None  # the signal (SIGTERM, SIGHUP) that ended this command
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM and SIGHUP end a command as Ctrl-C does: the transaction is rolled back, a
+    half-written export file removed, before the process exits."""
+    global _terminated_by
+    if _terminated_by is None:
+        _terminated_by = signum
+        raise KeyboardInterrupt
 
 
 _current_state: AppState | None = None  # this invocation's, for the interrupt message
@@ -281,6 +309,11 @@ def _version(value: bool) -> None:
     if value:
         typer.echo(f"usersctl {__version__}")
         raise typer.Exit()
+
+
+def _from_environment(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return getattr(source, "name", None) == "ENVIRONMENT"
 
 
 @app.callback()
@@ -325,6 +358,13 @@ def root(
     # Settings are resolved on first use, so `usersctl create --help` works even with a
     # broken config file; every command that touches the database reports it (exit 2).
     global _current_state
+    # A value Click took from USERSCTL_DATABASE_URL or USERSCTL_ACTOR is left for
+    # load_settings to read itself, so that an error names the variable, not the flag.
+    # (By name: Typer 0.29 carries its own copy of Click and its ParameterSource.)
+    if _from_environment(ctx, "database_url"):
+        database_url = None
+    if _from_environment(ctx, "actor"):
+        actor = None
     ctx.obj = _current_state = AppState(database_url=database_url, debug=debug, actor=actor)
 
 
@@ -332,5 +372,7 @@ def main() -> None:
     """Console-script entry point."""
     # `usersctl list | head -1`: end quietly like other Unix tools when the reader goes away.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    for terminating in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(terminating, _terminate)  # (`serve`: uvicorn installs its own)
     guard_standard_streams()
     app()

@@ -13,8 +13,10 @@ from __future__ import annotations
 import errno
 import io
 import os
+import signal
 import stat
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -37,6 +39,15 @@ OUTPUT_ERRNOS = frozenset(
 )
 
 _committed: ContextVar[bool] = ContextVar("usersctl_committed", default=False)
+
+
+def report_broken_pipes() -> None:
+    """For a command that changes data: from now on a reader that went away (`usersctl
+    enable ... | true`) is an output failure, exit 10 saying whether the change was
+    committed, not a silent death by SIGPIPE (which main() keeps for reads, so that
+    `usersctl list | head -1` ends quietly)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
 def note_committed() -> None:
@@ -138,7 +149,8 @@ class ClosedStream(io.TextIOBase):
 
 def guard_standard_streams() -> None:
     """Started with a standard descriptor closed: hold it with /dev/null so no file usersctl
-    opens (the database!) becomes fd 1 or 2, and make writes to a closed stdout fail."""
+    opens (the database!) becomes fd 1 or 2, make writes to a closed stdout fail, and
+    reads from a closed stdin find it empty."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
@@ -146,3 +158,5 @@ def guard_standard_streams() -> None:
             os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
     if sys.stdout is None:
         sys.stdout = ClosedStream()
+    if sys.stdin is None:  # closed: read as empty, as from </dev/null
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - for the whole process

@@ -88,8 +88,10 @@ class AppState:
     def change(self, *, dry_run: bool = False) -> Iterator[tuple[Session, Trail]]:
         """The write transaction of a command that changes users, and its audit trail
         (usersctl.service.change, shared with the API)."""
+        from usersctl.cli.output import report_broken_pipes
         from usersctl.service import change
 
+        report_broken_pipes()
         database = self.ready_database(write=True, dry_run=dry_run)
         with change(database, self.trail(dry_run=dry_run)) as (session, trail):
             yield session, trail

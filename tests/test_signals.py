@@ -1,0 +1,133 @@
+"""SIGTERM and SIGHUP (what `timeout`, systemd and a closed session send) end a command as
+Ctrl-C does: the transaction rolled back, a half-written export file removed, one line
+saying so, exit 128 + the signal's number. Real processes of usersctl's `main()`, which
+signal themselves at an exact point (no timing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SEED_PASSWORD
+
+# Runs usersctl's entry point after arranging to send itself SIGTEST_SIGNAL at SIGTEST_AT:
+# "export-row" (the third row of an export is about to be written) or "after-insert" (the
+# users are inserted, their transaction not yet committed).
+WRAPPER = r"""
+import os, signal, sys
+
+signum = getattr(signal, os.environ["SIGTEST_SIGNAL"])
+at = os.environ["SIGTEST_AT"]
+if at == "export-row":
+    from usersctl import crud
+
+    original = crud.export_rows
+
+    def rows(**kwargs):
+        for number, row in enumerate(original(**kwargs)):
+            if number == 2:
+                os.kill(os.getpid(), signum)
+            yield row
+
+    crud.export_rows = rows
+elif at == "after-insert":
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "after_cursor_execute")
+    def after_insert(connection, cursor, statement, *rest):
+        if statement.lstrip().upper().startswith("INSERT INTO USERS"):
+            os.kill(os.getpid(), signum)
+
+sys.argv[0] = "usersctl"
+from usersctl.cli import main
+main()
+"""
+
+# (Ctrl-C's SIGINT alongside: the others end the same way, under their own name and code.)
+SIGNALS = [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)]
+
+
+@pytest.fixture
+def database(tmp_path: Path, sqlite_template: Path) -> Path:
+    path = tmp_path / "users.db"
+    path.write_bytes(sqlite_template.read_bytes())
+    path.chmod(0o600)
+    return path
+
+
+def run(
+    database: Path, *args: str, at: str = "", signal_name: str = "SIGTERM", stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "USERSCTL_DATABASE_URL": f"sqlite:///{database}",
+        "SIGTEST_AT": at,
+        "SIGTEST_SIGNAL": signal_name,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", WRAPPER, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def emails(database: Path) -> list[str]:
+    connection = sqlite3.connect(database)
+    try:
+        return [row[0] for row in connection.execute("SELECT email FROM users ORDER BY id")]
+    finally:
+        connection.close()
+
+
+def assert_terminated(result: subprocess.CompletedProcess[str], name: str, code: int) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    said = "interrupted" if name == "SIGINT" else f"terminated by {name}"
+    assert result.stderr == f"error: {said}; nothing changed\n", result.stderr
+
+
+@pytest.mark.parametrize(("name", "code"), SIGNALS)
+def test_a_terminated_import_writes_nothing(
+    database: Path, tmp_path: Path, seed_hash: str, name: str, code: int
+) -> None:
+    rows = tmp_path / "users.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"name": f"U{n}", "email": f"u{n}@example.com", "password_hash": seed_hash})
+            + "\n"
+            for n in range(5)
+        )
+    )
+    result = run(database, "import", str(rows), at="after-insert", signal_name=name)
+    assert_terminated(result, name, code)
+    assert emails(database) == []
+    assert run(database, "import", str(rows)).returncode == 0  # no lock or journal left over
+    assert len(emails(database)) == 5
+
+
+@pytest.mark.parametrize(("name", "code"), SIGNALS)
+def test_a_terminated_export_leaves_no_file(
+    database: Path, tmp_path: Path, name: str, code: int
+) -> None:
+    for n in range(5):
+        made = run(database, "create", "--name", f"U{n}", "--email", f"u{n}@example.com",
+                   "--password-stdin", stdin=SEED_PASSWORD + "\n")  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    target = folder / "users.jsonl"
+    result = run(
+        database, "export", "--include-hashes", "--output-file", str(target), at="export-row",
+        signal_name=name,
+    )  # fmt: skip
+    assert_terminated(result, name, code)
+    assert list(folder.iterdir()) == []  # no file, and no hidden temporary file of hashes
