@@ -460,6 +460,27 @@ def test_full_disk_fails_cleanly_and_changes_nothing(
 
 
 @pytest.mark.slow
+def test_a_full_temporary_folder_is_named(
+    tiny_tmpfs: Path, head_db: Path, tmp_path: Path, seed_hash: str
+) -> None:
+    """SQLite keeps scratch files in TMPDIR: when that is full and the database's own disk
+    is not, the message must send the admin to the right disk."""
+    rows = tmp_path / "users.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"name": f"U{n}", "email": f"u{n}@example.com", "password_hash": seed_hash})
+            + "\n"
+            for n in range(3000)
+        )
+    )
+    fill(tiny_tmpfs, 0)
+    before = files(head_db)
+    result = wait(start(["import", str(rows)], url_of(head_db), env={"TMPDIR": str(tiny_tmpfs)}))
+    assert_one_line_error(result, 7, "disk is full", f"the temporary folder {tiny_tmpfs} where")
+    assert_untouched(head_db, before)
+
+
+@pytest.mark.slow
 def test_file_size_limit_fails_cleanly_and_changes_nothing(head_db: Path, seed_hash: str) -> None:
     seed_rows(head_db, 60, seed_hash)
     limit = max(head_db.stat().st_size, 32 * 1024)  # the -shm needs 32 KiB; the WAL cannot

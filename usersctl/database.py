@@ -450,6 +450,16 @@ def _raise_if_schema_error(exc: DBAPIError) -> None:
     ) from None
 
 
+def _sqlite_temp_folder() -> str:
+    """Where SQLite writes its temporary files (statement journals, sorts) on Unix: the
+    first of these that is a writable folder (os_unix.c, unixTempFileDir)."""
+    for folder in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp",
+                   "/usr/tmp", "/tmp"):  # fmt: skip
+        if folder and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    return "."
+
+
 def describe_db_error(exc: DBAPIError, engine: Engine, busy_timeout: float) -> str:
     """Turn a driver error into one line an admin can act on (never with a password)."""
     url = engine.url
@@ -469,7 +479,13 @@ def describe_db_error(exc: DBAPIError, engine: Engine, busy_timeout: float) -> s
             return f"database {where} is read-only (check file and folder permissions)"
         if "unable to open" in text:
             return f"cannot open database {where} (check the path and its permissions)"
-        if "disk is full" in text or "disk i/o" in text:
+        if "disk is full" in text:
+            return (
+                f"cannot write database {where}: {raw} (the disk it is on, or the "
+                f"temporary folder {_sqlite_temp_folder()} where SQLite keeps its scratch "
+                "files; TMPDIR chooses another)"
+            )
+        if "disk i/o" in text:
             return f"cannot write database {where}: {raw}"
     first_line = raw.strip().splitlines()[0] if raw.strip() else type(exc.orig).__name__
     for secret in url_secrets(url):
