@@ -50,6 +50,7 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from usersctl.cli import app
+from usersctl.revision import HEAD
 
 USERSCTL = Path(sys.executable).parent / "usersctl"
 COMPANIONS = ("", "-wal", "-shm", "-journal")
@@ -320,6 +321,27 @@ def test_read_only_database_refuses_writes_and_is_untouched(
         assert_one_line_error(result, 7, "read-only", str(head_db))
     assert_untouched(head_db, before)
     assert sorted(p.name for p in head_db.parent.iterdir()) == listing_before
+
+
+@pytest.mark.slow
+def test_upgrading_a_read_only_database_at_head_has_nothing_to_do(
+    head_db: Path, read_only: Callable[[str], None]
+) -> None:
+    """A cron step "make sure the schema is current" on a read-only replica: exit 0, as
+    for a writable file at head; a real upgrade still needs to write (exit 7)."""
+    read_only("file")
+    # (A read of a WAL database in a writable folder leaves its -wal/-shm: as `list` does.)
+    assert wait(start(["list"], url_of(head_db), preexec=unprivileged())).code == 0
+    before = files(head_db)
+    [current, older] = run_all(
+        [["db", "upgrade"], ["db", "upgrade", "0006"]], url_of(head_db), preexec=unprivileged()
+    )
+    assert (current.code, current.stderr) == (0, f"Already at revision {HEAD}; nothing to do.\n")
+    assert_one_line_error(older, 7, "read-only", str(head_db))
+    assert_untouched(head_db, before)
+    sql(head_db, "UPDATE alembic_version SET version_num = '0006'")  # (this test runs as root)
+    behind = wait(start(["db", "upgrade"], url_of(head_db), preexec=unprivileged()))
+    assert_one_line_error(behind, 7, "read-only", str(head_db))
 
 
 @pytest.mark.slow

@@ -270,6 +270,11 @@ def test_dry_run_plan_lines_and_json(cli: Cli, tmp_path: Path) -> None:
                   "--prune", "delete", "--dry-run")  # fmt: skip
     assert refused.exit_code == 9
     assert refused.stdout.count("\n- ") == 9  # the plan the real run would refuse
+    before = state(cli)
+    for form in ("csv", "plain"):  # no one row shape; the real run's -o plain is its counts
+        no_rows = cli("sync", source, "--source", "hr", "--dry-run", "-o", form)
+        assert_error(no_rows, 2, f"a sync plan has no {form} form: use -o json, jsonl or table")
+    assert state(cli) == before
 
 
 def test_no_source_releases_and_lets_the_downgrade_run(

@@ -162,6 +162,13 @@ def _scrub_pending(db: Database) -> bool:
         return bool(connection.exec_driver_sql("PRAGMA user_version").scalar() == _SCRUB_PENDING)
 
 
+def _already_at(db: Database, target: str) -> bool:
+    """The database is at `target` and owes no scrub (read without a write lock)."""
+    with db.connect(write=False) as connection:
+        at_target = read_status(connection).revision == target
+    return at_target and not _scrub_pending(db)
+
+
 def _finish_scrub(db: Database, result: MigrationResult) -> None:
     """Scrub; when that fails, say what is true: the upgrade is done, the scrub is not."""
     try:
@@ -434,6 +441,15 @@ def upgrade(
         db.create_file(dry_run=dry_run)
         if dry_run:
             return upgrade(db.empty_stand_in(schema=False), revision, progress, dry_run=True)
+    if not dry_run:
+        try:
+            db.check_writable()
+        except DatabaseUnavailable:
+            # A read-only file (a replica, a read-only mount) already at the target: there
+            # is nothing to write, so nothing to refuse ("make sure the schema is current").
+            if target is None or not _already_at(db, target):
+                raise
+            return MigrationResult(target, target, engine=db.engine.url.get_backend_name())
 
     def operation(config: Config, status: Status) -> MigrationResult:
         adopted = status.state is State.TUTORIAL

@@ -67,7 +67,7 @@ def _show_plan(
     entries: Iterable[dict[str, Any]], summary: dict[str, Any], output: Any, prune: str
 ) -> None:
     """The plan on stdout: lines then the counts, or the same as data."""
-    if output in (OutputFormat.table, OutputFormat.plain):
+    if output == OutputFormat.table:
         for entry in entries:
             typer.echo(plan_line(entry, prune))
         typer.echo(", ".join(f"{name.replace('_', ' ')} {summary[name]}" for name in SUMMARY))
@@ -159,8 +159,9 @@ def sync(
         update_passwords=update_passwords,
         dry_run=dry_run,
     )
-    if dry_run and output == OutputFormat.csv:
-        raise UsageError("a sync plan has no CSV form: use -o json, jsonl or table")
+    if dry_run and output in (OutputFormat.csv, OutputFormat.plain):
+        # (Its lines and counts have no one row shape: the real run's -o plain is counts.)
+        raise UsageError(f"a sync plan has no {output.value} form: use -o json, jsonl or table")
     counts = ReadCounts()
     plan = PlanWriter() if dry_run else None
 
