@@ -609,3 +609,29 @@ def test_a_failing_read_begin_is_translated_like_any_driver_error() -> None:
         with pytest.raises(DatabaseUnavailable), database.session(write=False) as inner:
             inner.execute(text("SELECT 1"))
     database.dispose()
+
+
+# ---------------- 7: a stored value another program wrote
+
+
+@pytest.mark.parametrize("stored", ["garbage", "2024-13-45 00:00:00", ""])
+def test_a_time_that_is_no_time_is_exit_7_naming_it(
+    tmp_path: Path, sqlite_template: Path, stored: str
+) -> None:
+    """SQLite keeps times as text, which another program may fill with anything. Every
+    command that reads the row says which value it cannot read (exit 7), never "a bug".
+    (PostgreSQL and MariaDB type their columns: there such a value cannot be stored.)"""
+    path = tmp_path / "users.db"
+    shutil.copyfile(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    invoke(url, "create", "--name", "Ada", "--email", "ada@example.com", "--password-stdin",
+           input=SEED_PASSWORD + "\n")  # fmt: skip
+    sql(url, "UPDATE users SET updated_at = :stored", {"stored": stored})
+    for args in (["list", "-o", "json"], ["get", "ada@example.com"], ["list", "-o", "csv"]):
+        result = invoke(url, *args)
+        assert_error(result, 7, f"the database holds a time usersctl cannot read ({stored!r})")
+        assert "bug" not in result.stderr
+    if stored == "garbage":  # (export copies a well-shaped stored text as it is)
+        assert_error(invoke(url, "export"), 7, "cannot read ('garbage')")
+    sql(url, "UPDATE users SET updated_at = created_at")
+    assert invoke(url, "get", "ada@example.com").exit_code == 0

@@ -38,6 +38,15 @@ class DatabaseUnavailable(UsersctlError):
     exit_code = 7
 
 
+def unreadable_time(value: object) -> DatabaseUnavailable:
+    """A stored time that is no time (SQLite keeps times as text another program may have
+    written): exit 7 naming the value, never "a bug"."""
+    return DatabaseUnavailable(
+        f"the database holds a time usersctl cannot read ({repr(value)[:60]}), written by "
+        "another program: correct or clear that value"
+    )
+
+
 class SchemaMismatch(UsersctlError):
     exit_code = 8
 

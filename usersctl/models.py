@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -54,6 +56,23 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given to a UTC column")
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name in _NAIVE_DIALECTS else value
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        """SQLite stores a time as text: one another program wrote that is no time
+        ('garbage', '2024-13-45') is exit 7 naming the value, not "a bug"."""
+        processor = super().result_processor(dialect, coltype)
+        if processor is None:
+            return None
+
+        def process(value: Any) -> Any:
+            try:
+                return processor(value)
+            except ValueError:
+                from usersctl.errors import unreadable_time
+
+                raise unreadable_time(value) from None
+
+        return process
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:

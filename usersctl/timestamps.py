@@ -15,7 +15,12 @@ def iso_from_sqlite_text(value: str) -> str:
     naive UTC as usersctl writes it), without building a datetime: export's hot path."""
     if len(value) >= 19 and value[10] in " T" and value[4] == "-" and value[13] == ":":
         return f"{value[:10]}T{value[11:19]}Z"
-    parsed = datetime.fromisoformat(value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        from usersctl.errors import unreadable_time
+
+        raise unreadable_time(value) from None
     return iso_utc(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 
 
