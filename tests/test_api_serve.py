@@ -43,7 +43,7 @@ def free_port() -> int:
 class Served:
     """One `usersctl serve` process; its stderr is collected for the log assertions."""
 
-    def __init__(self, url: str, *args: str) -> None:
+    def __init__(self, url: str, *args: str, ignore_hangup: bool = False) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k != "USERSCTL_DATABASE_URL"}
@@ -54,6 +54,10 @@ class Served:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            # `nohup usersctl serve`: started with hangups ignored.
+            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+            if ignore_hangup
+            else None,
         )
         self.log: list[str] = []
         assert self.process.stderr is not None
@@ -87,8 +91,8 @@ class Served:
 def serve(db_url: str) -> Iterator[Any]:
     started: list[Served] = []
 
-    def start(*args: str, url: str = db_url) -> Served:
-        server = Served(url, *args)
+    def start(*args: str, url: str = db_url, ignore_hangup: bool = False) -> Served:
+        server = Served(url, *args, ignore_hangup=ignore_hangup)
         started.append(server)
         return server
 
@@ -118,6 +122,21 @@ def test_tutorial_four_calls_then_sigterm(cli: Cli, serve: Any) -> None:
     assert client.delete(f"/users/{user['id']}", headers=h).json() == user
     assert client.get(f"/users/{user['id']}", headers=h).status_code == 404
     assert server.stop() == 0
+
+
+def test_a_hangup_ends_the_server_unless_ignored(cli: Cli, serve: Any) -> None:
+    """SIGHUP ends `usersctl serve` as it ends any program, without a traceback; under
+    `nohup` (hangups ignored) the server goes on."""
+    kept = serve(ignore_hangup=True)
+    kept.process.send_signal(signal.SIGHUP)
+    assert kept.client.get("/healthz").status_code == 200
+    assert kept.process.poll() is None
+    ended = serve()
+    ended.process.send_signal(signal.SIGHUP)
+    assert ended.process.wait(timeout=60) == -signal.SIGHUP
+    ended._reader.join(timeout=10)
+    assert "Traceback" not in "".join(ended.log), "".join(ended.log)
+    assert kept.stop() == 0
 
 
 def test_sigterm_finishes_the_request_in_flight(cli: Cli, serve: Any) -> None:

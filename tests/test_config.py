@@ -222,6 +222,16 @@ def test_an_empty_database_url_is_refused(args: list[str], env: dict[str, str], 
     assert not default_database().exists()
 
 
+def test_an_empty_variable_does_not_override_the_flag(tmp_path: Path) -> None:
+    """Only the source that wins is checked: the flag, over an exported but empty variable
+    (or an empty config key)."""
+    write_config(default_config(), 'database_url = ""\n')
+    url = f"sqlite:///{tmp_path / 'users.db'}"
+    result = invoke("--database-url", url, "db", "upgrade", env={"USERSCTL_DATABASE_URL": ""})
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "users.db").exists() and not default_database().exists()
+
+
 def test_a_bad_variable_is_named_not_the_flag() -> None:
     """Click hands an environment variable's value over as the flag's: the error still
     names the variable that was set."""

@@ -7,6 +7,7 @@ unavailable) builds its own broken SQLite files and PostgreSQL URLs.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import random
 import re
@@ -614,13 +615,13 @@ def test_a_failing_read_begin_is_translated_like_any_driver_error() -> None:
 # ---------------- 7: a stored value another program wrote
 
 
-@pytest.mark.parametrize("stored", ["garbage", "2024-13-45 00:00:00", ""])
+@pytest.mark.parametrize("stored", ["garbage", "2024-13-45 00:00:00", "", 1700000000, b"\x00"])
 def test_a_time_that_is_no_time_is_exit_7_naming_it(
-    tmp_path: Path, sqlite_template: Path, stored: str
+    tmp_path: Path, sqlite_template: Path, stored: object
 ) -> None:
-    """SQLite keeps times as text, which another program may fill with anything. Every
-    command that reads the row says which value it cannot read (exit 7), never "a bug".
-    (PostgreSQL and MariaDB type their columns: there such a value cannot be stored.)"""
+    """SQLite keeps times as text, which another program may fill with anything (a Unix
+    time, a BLOB). Every command that reads the row says which value it cannot read (exit
+    7), never "a bug"."""
     path = tmp_path / "users.db"
     shutil.copyfile(sqlite_template, path)
     url = f"sqlite:///{path}"
@@ -631,7 +632,65 @@ def test_a_time_that_is_no_time_is_exit_7_naming_it(
         result = invoke(url, *args)
         assert_error(result, 7, f"the database holds a time usersctl cannot read ({stored!r})")
         assert "bug" not in result.stderr
-    if stored == "garbage":  # (export copies a well-shaped stored text as it is)
-        assert_error(invoke(url, "export"), 7, "cannot read ('garbage')")
+    if stored != "2024-13-45 00:00:00":  # (export copies text of usersctl's shape as it is;
+        # a restore of it refuses the row)
+        assert_error(invoke(url, "export"), 7, f"cannot read ({stored!r})")
     sql(url, "UPDATE users SET updated_at = created_at")
     assert invoke(url, "get", "ada@example.com").exit_code == 0
+
+
+def test_a_stored_time_with_an_offset_is_exported_as_get_shows_it(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """Text another program wrote with an offset is converted to UTC, not cut."""
+    path = tmp_path / "users.db"
+    shutil.copyfile(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    invoke(url, "create", "--name", "Ada", "--email", "ada@example.com", "--password-stdin",
+           input=SEED_PASSWORD + "\n")  # fmt: skip
+    sql(url, "UPDATE users SET updated_at = '2024-01-01 00:00:00+05:00'")
+    shown = json.loads(invoke(url, "get", "ada@example.com", "-o", "json").stdout)
+    exported = json.loads(invoke(url, "export").stdout.splitlines()[0])
+    assert shown["updated_at"] == exported["updated_at"] == "2023-12-31T19:00:00Z"
+
+
+@pytest.mark.parametrize("engine_name", ["mariadb"])
+def test_a_mariadb_zero_date_is_exit_7(cli: Cli) -> None:
+    """MariaDB's default sql_mode lets another program store 0000-00-00 00:00:00."""
+    cli.create("Ada", "ada@example.com")
+    engine = create_engine(cli.url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("SET SESSION sql_mode = ''"))
+            connection.execute(text("UPDATE users SET updated_at = '0000-00-00 00:00:00'"))
+    finally:
+        engine.dispose()
+    for args in (["get", "ada@example.com"], ["list"], ["export"]):
+        assert_error(cli(*args), 7, "cannot read ('0000-00-00 00:00:00')")
+
+
+def test_an_unreadable_time_over_http_is_500_without_retry(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    """Retrying cannot help: not the 503 and Retry-After of a busy database."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from usersctl.api.app import create_app
+    from usersctl.config import load_settings
+
+    path = tmp_path / "users.db"
+    shutil.copyfile(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    invoke(url, "create", "--name", "Ada", "--email", "ada@example.com", "--password-stdin",
+           input=SEED_PASSWORD + "\n")  # fmt: skip
+    token = json.loads(invoke(url, "token", "create", "r", "--scope", "read", "-o", "json")
+                       .stdout)["token"]  # fmt: skip
+    sql(url, "UPDATE users SET updated_at = 'garbage'")
+    app = create_app(load_settings(database_url=url))
+    with TestClient(app) as client:
+        response = client.get("/users/", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 500, response.text
+        assert "retry-after" not in response.headers
+        assert "cannot read ('garbage')" in response.json()["detail"]
+    app.state.server.database.dispose()

@@ -256,3 +256,25 @@ def test_import_from_a_closed_stdin_imports_nothing(database: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["created"] == 0
+
+
+def test_a_change_into_a_broken_pipe_for_both_streams_is_still_exit_10(database: Path) -> None:
+    """`usersctl create ... 2>&1 | true`: the error line cannot be written either; the exit
+    code still says what happened (and the change is made: it was committed)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "USERSCTL_DATABASE_URL": f"sqlite:///{database}"}
+    try:
+        result = subprocess.run(
+            [str(USERSCTL), *CREATE, "--password-stdin", "-o", "json"],
+            input=SEED_PASSWORD + "\n",
+            stdout=write_end,
+            stderr=write_end,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == OUTPUT_FAILED
+    assert emails(database) == ["ada@example.com"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -131,3 +132,25 @@ def test_a_terminated_export_leaves_no_file(
     )  # fmt: skip
     assert_terminated(result, name, code)
     assert list(folder.iterdir()) == []  # no file, and no hidden temporary file of hashes
+
+
+def test_nohup_keeps_a_command_going_when_the_session_closes(
+    database: Path, tmp_path: Path, seed_hash: str
+) -> None:
+    """`nohup usersctl import ...`: started with SIGHUP ignored, the hangup changes nothing."""
+    rows = tmp_path / "users.jsonl"
+    rows.write_text(
+        json.dumps({"name": "U", "email": "u@example.com", "password_hash": seed_hash}) + "\n"
+    )
+    env = {**os.environ, "USERSCTL_DATABASE_URL": f"sqlite:///{database}",
+           "SIGTEST_AT": "after-insert", "SIGTEST_SIGNAL": "SIGHUP"}  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", WRAPPER, "import", str(rows)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    assert result.returncode == 0, result.stderr
+    assert emails(database) == ["u@example.com"]

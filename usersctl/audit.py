@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from usersctl import rules
 from usersctl.database import driver_value, insert_many
+from usersctl.errors import InvalidData
 from usersctl.models import AuditEntry, User, UTCDateTime, audit_table, utcnow
 
 ACTIONS = (
@@ -183,8 +184,9 @@ def _filtered(
     until: datetime | None,
 ) -> Select[AuditEntry]:
     for name, value in (("user", user), ("actor", actor)):
-        if value is not None:
-            rules.require_unicode(name, value)
+        problem = None if value is None else rules.unicode_problem(name, value)
+        if problem is not None:
+            raise InvalidData(problem)
     query = select(AuditEntry)
     if user is not None:
         query = query.where(_user_clause(user))

@@ -170,15 +170,16 @@ def _as_roles(values: dict[str, Any], where: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(roles))
 
 
-def _require_url(where: str, value: str | None) -> None:
+def _require_url(where: str, value: str) -> str:
     """A database URL given empty is a mistake (an unset shell variable, `--database-url
     "$DB"`), never a wish for the default database, which would be silently created and
     used instead of the intended one."""
-    if value is not None and not value.strip():
+    if not value.strip():
         raise UsageError(
             f"{where} is empty: give a database URL (e.g. sqlite:////srv/users.db), or "
             "leave it out to use the default database"
         )
+    return value
 
 
 def load_settings(
@@ -190,13 +191,18 @@ def load_settings(
     path = config_path()
     file_values = _read_config_file(path, required="USERSCTL_CONFIG" in env)
 
-    _require_url("--database-url", database_url)
-    _require_url("USERSCTL_DATABASE_URL", env.get("USERSCTL_DATABASE_URL"))
-    if "database_url" in file_values:
+    # The first source given wins, and is the one checked: an empty value there is a
+    # mistake, which must not fall through to another source or to the default.
+    if database_url is not None:
+        url: str | None = _require_url("--database-url", database_url)
+    elif "USERSCTL_DATABASE_URL" in env:
+        url = _require_url("USERSCTL_DATABASE_URL", env["USERSCTL_DATABASE_URL"])
+    elif "database_url" in file_values:
         if not isinstance(file_values["database_url"], str):
             raise UsageError(f"config file {path}: database_url must be a string")
-        _require_url(f"config file {path}: database_url", file_values["database_url"])
-    url = database_url or env.get("USERSCTL_DATABASE_URL") or file_values.get("database_url")
+        url = _require_url(f"config file {path}: database_url", file_values["database_url"])
+    else:
+        url = None
     url_is_default = not url
     if not url:
         url = "sqlite:///" + str(default_database_path())

@@ -47,7 +47,7 @@ from usersctl.audit import (
     snapshot,
 )
 from usersctl.database import driver_value, insert_many
-from usersctl.errors import Conflict, NotFound, UsageError
+from usersctl.errors import Conflict, InvalidData, NotFound, UsageError
 from usersctl.models import EMAIL_LENGTH, User, UTCDateTime, users_table, utcnow
 from usersctl.timestamps import iso_from_sqlite_text, iso_utc
 
@@ -246,7 +246,9 @@ def user_query(
             f"search text is at most {EMAIL_LENGTH} characters: no name or email is longer"
         )
     if search:
-        rules.require_unicode("search", search)
+        problem = rules.unicode_problem("search", search)
+        if problem is not None:
+            raise InvalidData(problem)
         needle = search.lower()
         query = query.where(
             or_(

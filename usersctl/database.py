@@ -483,7 +483,7 @@ def describe_db_error(exc: DBAPIError, engine: Engine, busy_timeout: float) -> s
             return (
                 f"cannot write database {where}: {raw} (the disk it is on, or the "
                 f"temporary folder {_sqlite_temp_folder()} where SQLite keeps its scratch "
-                "files; TMPDIR chooses another)"
+                "files; SQLITE_TMPDIR or TMPDIR chooses another)"
             )
         if "disk i/o" in text:
             return f"cannot write database {where}: {raw}"

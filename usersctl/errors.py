@@ -7,6 +7,7 @@ class UsersctlError(Exception):
     """Base of every error usersctl reports to the user in one line."""
 
     exit_code = 1
+    http_status: int | None = None  # where it is not the exit code's (service.HTTP_STATUS)
 
     def __init__(self, message: str, details: tuple[str, ...] = ()) -> None:
         super().__init__(message)
@@ -38,10 +39,19 @@ class DatabaseUnavailable(UsersctlError):
     exit_code = 7
 
 
-def unreadable_time(value: object) -> DatabaseUnavailable:
-    """A stored time that is no time (SQLite keeps times as text another program may have
-    written): exit 7 naming the value, never "a bug"."""
-    return DatabaseUnavailable(
+class UnreadableValue(UsersctlError):
+    """A stored value usersctl cannot read, written by another program: the database as it
+    is cannot be used for that row (exit 7). Over HTTP a 500, not the 503 that says "try
+    again": retrying cannot help."""
+
+    exit_code = 7
+    http_status = 500
+
+
+def unreadable_time(value: object) -> UnreadableValue:
+    """A stored time that is no time (SQLite keeps times as text, MariaDB may keep a zero
+    date): exit 7 naming the value, never "a bug"."""
+    return UnreadableValue(
         f"the database holds a time usersctl cannot read ({repr(value)[:60]}), written by "
         "another program: correct or clear that value"
     )

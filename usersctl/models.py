@@ -67,7 +67,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         def process(value: Any) -> Any:
             try:
                 return processor(value)
-            except ValueError:
+            except (ValueError, TypeError):  # text that is no time; a number, a BLOB
                 from usersctl.errors import unreadable_time
 
                 raise unreadable_time(value) from None
@@ -77,6 +77,10 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        if not isinstance(value, datetime):  # MariaDB's zero date comes back as text
+            from usersctl.errors import unreadable_time
+
+            raise unreadable_time(value)
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)

@@ -91,15 +91,12 @@ def email_reason(message: str) -> str:
     return EMAIL_INVALID.format(message)
 
 
-def require_unicode(field: str, value: str) -> None:
-    """InvalidData (exit 5) for text no database can hold or match: a lone surrogate, which
-    is what Python makes of an argument's bytes that are not UTF-8 (a Latin-1 file's name
-    given as an argument, a C locale)."""
+def unicode_problem(field: str, value: str) -> str | None:
+    """Why `value` is no text a database can hold or match, or None: a lone surrogate, which
+    is what Python makes of an argument's bytes that are not UTF-8 (a line of a Latin-1
+    file given as an argument, a C locale)."""
     surrogate = lone_surrogate(value)
-    if surrogate is not None:
-        from usersctl.errors import InvalidData
-
-        raise InvalidData(NOT_UNICODE.format(field, surrogate) + NOT_UNICODE_HINT)
+    return None if surrogate is None else NOT_UNICODE.format(field, surrogate) + NOT_UNICODE_HINT
 
 
 def lone_surrogate(value: str) -> int | None:

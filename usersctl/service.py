@@ -35,8 +35,8 @@ HTTP_STATUS = {
 
 
 def http_status(exc: UsersctlError) -> int:
-    """The HTTP status for a domain error, from its exit code."""
-    return HTTP_STATUS.get(exc.exit_code, 500)
+    """The HTTP status for a domain error, from its exit code (or its own)."""
+    return exc.http_status or HTTP_STATUS.get(exc.exit_code, 500)
 
 
 def check_schema(

@@ -13,11 +13,19 @@ def iso_utc(value: datetime) -> str:
 def iso_from_sqlite_text(value: str) -> str:
     """The same format straight from SQLite's stored text ('YYYY-MM-DD HH:MM:SS[.ffffff]',
     naive UTC as usersctl writes it), without building a datetime: export's hot path."""
-    if len(value) >= 19 and value[10] in " T" and value[4] == "-" and value[13] == ":":
+    # Only the two lengths usersctl writes take the fast path: one with an offset
+    # ('...+05:00') another program wrote is converted, not cut.
+    if (
+        isinstance(value, str)
+        and (len(value) == 19 or (len(value) == 26 and value[19] == "."))
+        and value[10] in " T"
+        and value[4] == "-"
+        and value[13] == ":"
+    ):
         return f"{value[:10]}T{value[11:19]}Z"
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+    except (ValueError, TypeError):
         from usersctl.errors import unreadable_time
 
         raise unreadable_time(value) from None

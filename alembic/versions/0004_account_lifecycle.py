@@ -112,8 +112,11 @@ def downgrade() -> None:
                 + ", ".join(problems)
                 + ", which revision 0003 cannot represent (an account would need a password, "
                 "or would silently stop expiring, be unlocked or keep the password an admin "
-                "set). Give them a password (usersctl passwd), clear the expiry (usersctl "
-                "update USER --expires never) or unlock them (usersctl unlock) first."
+                "set). First give passwordless users a password (usersctl passwd), clear "
+                "expiry dates (usersctl update USER --expires never), unlock (usersctl "
+                "unlock), and let users who must change their password do so (or delete "
+                "those accounts). `usersctl list --locked` and `usersctl list --columns "
+                "email,must_change_password` show who."
             )
     with op.batch_alter_table("users") as batch:
         batch.alter_column("password_hash", existing_type=sa.String(255), nullable=False)

@@ -78,9 +78,12 @@ def _fail(
 ) -> NoReturn:
     if exc is not None and debug:
         traceback.print_exception(exc, file=sys.stderr)
-    for line in details:
-        say(printable(line))
-    say(f"error: {printable(message)}")
+    try:
+        for line in details:
+            say(printable(line))
+        say(f"error: {printable(message)}")
+    except OSError:
+        pass  # stderr is gone too (the terminal closed, `2>&1 | true`): the code still tells
     sys.exit(code)
 
 
@@ -373,6 +376,9 @@ def main() -> None:
     # `usersctl list | head -1`: end quietly like other Unix tools when the reader goes away.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     for terminating in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(terminating, _terminate)  # (`serve`: uvicorn installs its own)
+        # Only where the default (death) was in place: `nohup usersctl import ...` must
+        # go on when the session closes. (`serve` puts its own handlers in.)
+        if signal.getsignal(terminating) is signal.SIG_DFL:
+            signal.signal(terminating, _terminate)
     guard_standard_streams()
     app()

@@ -192,6 +192,11 @@ def serve(
     # survive a client that closes its connection mid-response.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, _exit_cleanly)
+    # A hangup does to a server what it did before usersctl handled it for commands: it
+    # ends it, unless ignored (`nohup usersctl serve`). (uvicorn's --workers parent
+    # handles it itself, restarting the workers.)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     uvicorn.run(
         "usersctl.api.app:create_app_from_env",
         factory=True,
