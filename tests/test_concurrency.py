@@ -74,10 +74,14 @@ class Run:
 
 
 class Spawner:
-    def __init__(self, folder: Path, url: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, url: str | None, env: dict[str, str] | None = None) -> None:
+        """`url` None: the default database (the variable unset)."""
         self.folder = folder
         self.folder.mkdir(exist_ok=True)
-        self.env = {**os.environ, "USERSCTL_DATABASE_URL": url, **(env or {})}
+        self.env = {k: v for k, v in os.environ.items() if k != "USERSCTL_DATABASE_URL"}
+        if url is not None:
+            self.env["USERSCTL_DATABASE_URL"] = url
+        self.env.update(env or {})
         self.runs: list[Run] = []
 
     def __call__(self, *args: str, stdin: str | None = None, **tags: Any) -> Run:
@@ -359,7 +363,7 @@ def test_writers_give_up_only_after_the_whole_busy_timeout(
 def test_processes_starting_on_a_missing_database_create_it_once(tmp_path: Path) -> None:
     # The default location: the one missing database a data command creates on first use.
     path = Path(os.environ["XDG_DATA_HOME"]) / "usersctl" / "users.db"
-    spawn = Spawner(tmp_path / "runs", "")  # (an empty URL: the default; busy timeout 10 s)
+    spawn = Spawner(tmp_path / "runs", None)  # (the default database; busy timeout 10 s)
     count = 5
     for i in range(count):
         spawn(*create(f"First {i}", f"first{i}@example.com"), stdin=f"first-password-{i}\n")

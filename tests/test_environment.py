@@ -718,7 +718,7 @@ def test_database_url_password_is_masked_everywhere(
     sequence = [
         ["db", "upgrade"],
         ["db", "current"],
-        ["create", "--name", "Ada", "--email", "ada@example.com", "--random-password"],
+        ["create", "--name", "Ada", "--email", "ada@example.com", "--password-stdin"],
         ["db", "downgrade", "base", "--yes", "--discard-audit-trail"],
         ["--debug", "list"],  # initialises the empty database again, and says where
         ["--debug", "db", "downgrade", "nope", "--yes"],
@@ -726,7 +726,8 @@ def test_database_url_password_is_masked_everywhere(
     runner = CliRunner()
     shown = ""
     for args in sequence:
-        result = runner.invoke(app, [*prefix, *args], env=env)
+        stdin = "correct horse battery staple\n" if "--password-stdin" in args else None
+        result = runner.invoke(app, [*prefix, *args], env=env, input=stdin)
         assert result.exit_code in (0, 2), (args, result.exit_code, result.stderr)
         assert secret not in result.stdout + result.stderr, (args, result.stderr)
         shown += result.stderr
