@@ -266,6 +266,24 @@ def test_export_then_restore_is_exact(
     assert verifies(target, "ada@example.com", SEED_PASSWORD)
 
 
+def test_a_year_before_1000_is_written_with_four_digits_and_restores(
+    cli: Cli, seed: Seeder, tmp_path: Path, empty_db_url: str
+) -> None:
+    """`--expires 0202-06-01` (a typo for 2026) is a time like any other: written as
+    0202-..., never 202-..., which no parser takes back (strftime's %Y on Linux)."""
+    seed([{"name": "Ada", "email": "ada@example.com"}])
+    cli.ok("update", "ada@example.com", "--expires", "0202-06-01")
+    assert cli.json("get", "ada@example.com")["expires_at"] == "0202-06-01T00:00:00Z"
+    changes = cli.json("audit", "--action", "update")[0]["changes"]
+    assert changes["expires_at"]["after"] == "0202-06-01T00:00:00Z"
+    dump = tmp_path / "dump.jsonl"
+    cli.ok("export", "--include-hashes", "--output-file", str(dump))
+    assert '"expires_at": "0202-06-01T00:00:00Z"' in dump.read_text()
+    target = Cli(url=empty_db_url, runner=cli.runner)
+    assert summary(target, str(dump), "--restore")["created"] == 1
+    assert snapshot(target) == snapshot(cli)
+
+
 def test_restore_needs_an_empty_table(cli: Cli, seed: Seeder, tmp_path: Path) -> None:
     seed([{"name": "Ada", "email": "ada@example.com"}])
     dump = tmp_path / "d.jsonl"

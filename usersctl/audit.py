@@ -21,6 +21,7 @@ from usersctl import rules
 from usersctl.database import driver_value, insert_many
 from usersctl.errors import InvalidData
 from usersctl.models import AuditEntry, User, UTCDateTime, audit_table, utcnow
+from usersctl.timestamps import iso_utc
 
 ACTIONS = (
     "create",
@@ -61,7 +62,7 @@ def snapshot(user: User) -> dict[str, Any]:
         "active": user.is_active,
     }
     expires_at = getattr(user, "expires_at", None)
-    values["expires_at"] = expires_at.strftime("%Y-%m-%dT%H:%M:%SZ") if expires_at else None
+    values["expires_at"] = iso_utc(expires_at) if expires_at else None
     values["source"] = getattr(user, "source", None)
     values["external_id"] = getattr(user, "external_id", None)
     return values

@@ -509,7 +509,7 @@ def _moment(value: datetime | None) -> datetime | None:
 
 
 def _audit_time(value: datetime | None) -> str | None:
-    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if value is None else iso_utc(value)
 
 
 def import_changes(

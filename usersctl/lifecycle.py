@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from usersctl.errors import InvalidData, UsageError, UsersctlError
+from usersctl.timestamps import iso_utc
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
@@ -102,7 +103,7 @@ class Filters:
     def describe(self) -> str:
         parts = []
         if self.inactive_since is not None:
-            parts.append(f"inactive since {self.inactive_since.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+            parts.append(f"inactive since {iso_utc(self.inactive_since)}")
         if self.expired:
             parts.append("expired")
         if self.locked:
@@ -207,6 +208,4 @@ def _reason(exc: BaseException) -> str:
 
 
 def as_record_time(value: Any) -> str | None:
-    from usersctl.timestamps import iso_utc
-
     return None if value is None else iso_utc(value)

@@ -34,6 +34,7 @@ from usersctl.bulk import Problems
 from usersctl.crud import Existing, ImportPlan, apply_import, existing_users, import_changes
 from usersctl.errors import Conflict, InvalidData, SafetyLimit, UsageError
 from usersctl.models import User, utcnow
+from usersctl.timestamps import iso_utc
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -188,7 +189,7 @@ class PlanWriter:
 def _created_fields(row: UserImport) -> dict[str, Any]:
     fields: dict[str, Any] = {"name": row.name, "role": row.role, "active": row.active}
     if row.expires_at is not None:
-        fields["expires_at"] = row.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        fields["expires_at"] = iso_utc(row.expires_at)
     if row.gives_password:
         fields["password"] = PASSWORD_SET
     return fields

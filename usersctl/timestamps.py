@@ -7,7 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 
 def iso_utc(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """(Not strftime: its %Y writes the year 202 as "202" on Linux, which no parser takes
+    back; a naive time is UTC, as stored.)"""
+    moment = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z"
+    )
 
 
 def iso_from_sqlite_text(value: str) -> str:
