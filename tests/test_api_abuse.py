@@ -324,3 +324,14 @@ def test_an_error_never_hands_a_long_input_back(api: Api) -> None:
     assert_detail(unknown, 422, "unknown field '<script>xxx")
     for answer in (response, unknown):
         assert len(answer.text) < 300, answer.text
+
+
+def test_a_nul_in_a_login_or_a_query_is_no_bug(api: Api) -> None:
+    """PostgreSQL's text cannot hold NUL: a login name or a filter carrying one finds
+    no one (401), a filter carrying one is invalid (422) on every engine, never a 500."""
+    api.user("ada@example.com")
+    login = {"username": "ada@example.com\x00", "password": PASSWORD}
+    assert_detail(api.client.post("/auth/token", data=login), 401, "incorrect email or password")
+    for params in ({"search": "a\x00"}, {"role": "user\x00"}):
+        response = api.client.get("/users/", params=params, headers=api.admin)
+        assert_detail(response, 422, "must not contain NUL characters")

@@ -694,3 +694,23 @@ def test_an_unreadable_time_over_http_is_500_without_retry(
         assert "retry-after" not in response.headers
         assert "cannot read ('garbage')" in response.json()["detail"]
     app.state.server.database.dispose()
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql"])
+def test_a_nul_postgresql_refuses_is_invalid_data(db_url: str) -> None:
+    """Whatever path a NUL takes to PostgreSQL (whose text cannot hold one), it is exit 5
+    (HTTP 422), not "a bug"."""
+    from sqlalchemy import select
+
+    from usersctl.config import load_settings
+    from usersctl.database import Database
+    from usersctl.errors import InvalidData
+    from usersctl.models import AuditEntry
+
+    database = Database(load_settings(database_url=db_url))
+    try:
+        with pytest.raises(InvalidData, match="must not contain NUL"):
+            with database.session(write=False) as session:
+                session.execute(select(AuditEntry).where(AuditEntry.actor == "a\x00"))
+    finally:
+        database.dispose()

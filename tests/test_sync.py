@@ -132,6 +132,14 @@ def test_owned_user_edited_by_hand_is_synced_back(cli: Cli, tmp_path: Path) -> N
     assert cli.json("get", "grace@example.com")["active"] is True
 
 
+def test_a_small_share_never_reads_as_none_or_all() -> None:
+    from usersctl.sync import _percent
+
+    assert [_percent(250, 100_000), _percent(2, 10), _percent(999, 1000), _percent(5, 5)] == [
+        "0.25%", "20%", "99%", "100%"
+    ]  # fmt: skip
+
+
 def test_prune_guard_at_the_boundary(cli: Cli, tmp_path: Path) -> None:
     sync(cli, str(write(tmp_path, "all.csv", hr_rows(10))), "--source", "hr")
     one_gone = write(tmp_path, "nine.csv", hr_rows(10, skip=(3,)))
@@ -139,7 +147,7 @@ def test_prune_guard_at_the_boundary(cli: Cli, tmp_path: Path) -> None:
 
     before = state(cli)
     refused = cli("sync", str(two_gone), "--source", "hr", "--prune", "delete")
-    assert_error(refused, 9, "refused", "2 of the 10", "--max-prune 10%")
+    assert_error(refused, 9, "refused", "2 of the 10 users hr owns (20%)", "--max-prune 10%")
     assert state(cli) == before  # nothing written, not even the audit trail
 
     result = sync(cli, str(one_gone), "--source", "hr", "--prune", "delete")  # exactly 10%
@@ -521,3 +529,67 @@ def test_users_a_sync_disabled_come_back_when_the_file_lists_them_again(
         "sync",
         {"active": {"before": False, "after": True}},
     )
+
+
+# --- one import or sync at a time on the server engines ------------------------------
+
+
+def _waiting_for_a_lock(connection: Any, engine_name: str) -> bool:
+    from sqlalchemy import text
+
+    if engine_name == "postgresql":
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE '%alembic_version%'"
+        )
+    else:
+        query = "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'"
+    return bool(connection.execute(text(query)).scalar())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_name", ["postgresql", "mariadb"])
+def test_a_sync_waits_for_another_import_or_sync(
+    cli: Cli, db_url: str, tmp_path: Path, engine_name: str
+) -> None:
+    """Two syncs at once both planned from the same old state (a prune counted twice past
+    --max-prune, stale audit entries). Each now holds the bulk lock (the schema's version
+    row) for its whole transaction: a second one waits, then plans from what the first
+    committed. SQLite's BEGIN IMMEDIATE already queues writers."""
+    import subprocess
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    sync(cli, str(write(tmp_path, "all.csv", hr_rows(10))), "--source", "hr")
+    source = write(tmp_path, "next.csv", hr_rows(10, skip=(3,)))
+    engine = create_engine(db_url)
+    watcher = create_engine(db_url)
+    try:
+        with engine.connect() as holder, watcher.connect() as watch:
+            held = holder.begin()  # another import or sync, in the middle of its run
+            holder.execute(text("SELECT version_num FROM alembic_version FOR UPDATE"))
+            env = {**os.environ, "USERSCTL_DATABASE_URL": db_url}
+            args = ["sync", str(source), "--source", "hr", "--prune", "disable", "-o", "json"]
+            waiting = subprocess.Popen(
+                [str(Path(sys.executable).parent / "usersctl"), *args],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            deadline = time.monotonic() + 60
+            while not _waiting_for_a_lock(watch, engine_name):
+                assert waiting.poll() is None, waiting.communicate()  # it did not wait
+                assert time.monotonic() < deadline, "the sync never waited for the lock"
+                time.sleep(0.1)
+                watch.rollback()  # a fresh look each time (MariaDB's snapshot)
+            # What the first run committed: p3 already disabled by hand.
+            holder.execute(text("UPDATE users SET is_active = :no WHERE email = :e"),
+                           {"no": False, "e": "p3@example.com"})  # fmt: skip
+            held.commit()
+            stdout, stderr = waiting.communicate(timeout=120)
+    finally:
+        engine.dispose()
+        watcher.dispose()
+    assert waiting.returncode == 0, stderr
+    summary = json.loads(stdout)
+    # Planned after the commit: p3 was already disabled, so nothing is left to prune.
+    assert (summary["absent"], summary["disabled"]) == (1, 0), summary

@@ -37,8 +37,16 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.types import TypeEngine
 
+from usersctl import rules
 from usersctl.config import Settings
-from usersctl.errors import Conflict, DatabaseUnavailable, NotFound, SchemaMismatch, UsageError
+from usersctl.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    InvalidData,
+    NotFound,
+    SchemaMismatch,
+    UsageError,
+)
 
 _DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 _READ_ONLY = "usersctl_read_only"
@@ -596,6 +604,10 @@ class Database:
             ) from None
         except (ProgrammingError, DataError, NotSupportedError, InternalError) as exc:
             _raise_if_schema_error(exc)
+            if isinstance(exc, DataError) and "NUL (0x00)" in str(exc.orig):
+                # PostgreSQL's text holds no NUL: a value asked for (a search, a login name
+                # from a form) that no row can hold. (SQLite and MariaDB just find nothing.)
+                raise InvalidData(rules.NUL_IN_TEXT) from None
             raise  # a bug in usersctl, not the database's state: exit 1 with --debug detail
         except DBAPIError as exc:  # OperationalError, DatabaseError, InterfaceError
             _raise_if_schema_error(exc)

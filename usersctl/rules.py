@@ -70,6 +70,7 @@ STORED_NUL = "invalid {}: must not contain NUL (U+0000), which no database engin
 # and argon2 cannot hash it.
 NOT_UNICODE = "invalid {}: must be valid Unicode text (found a lone surrogate, U+{:04X})"
 NOT_UNICODE_HINT = "; is the input UTF-8?"
+NUL_IN_TEXT = "invalid text: must not contain NUL characters (U+0000)"
 MOMENT_RANGE = "invalid {}: out of range once converted to UTC (years 1 to 9999)"
 NOT_TEXT = "invalid {}: must be text"
 UNKNOWN_COLUMN = "unknown column {!r}"

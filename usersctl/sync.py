@@ -31,7 +31,14 @@ from sqlalchemy import delete, func, select, update
 from usersctl import rules
 from usersctl.audit import PASSWORD_SET, Trail, diff, last_to_change, snapshot
 from usersctl.bulk import Problems
-from usersctl.crud import Existing, ImportPlan, apply_import, existing_users, import_changes
+from usersctl.crud import (
+    Existing,
+    ImportPlan,
+    apply_import,
+    existing_users,
+    import_changes,
+    take_bulk_lock,
+)
 from usersctl.errors import Conflict, InvalidData, SafetyLimit, UsageError
 from usersctl.models import User, utcnow
 from usersctl.timestamps import iso_utc
@@ -220,6 +227,7 @@ class Run:
         self.outcome = Outcome()
         self.seen = Seen()
         self.drawing = False  # a restore: a row without an id was seen (ids drawn from here)
+        take_bulk_lock(session)
         # Into an empty table (a first load) no row can meet an existing user: only one
         # created by an earlier row, which is a duplicate (Seen). No lookups then.
         self.empty = session.scalar(select(User.id).limit(1)) is None
@@ -472,7 +480,7 @@ class Run:
         allowed = job.max_prune.allowed(outcome.owned)
         if len(targets) > allowed:
             verb = "disable" if job.prune == "disable" else "delete"
-            share = f" ({len(targets) * 100 / outcome.owned:.0f}%)" if outcome.owned else ""
+            share = f" ({_percent(len(targets), outcome.owned)})" if outcome.owned else ""
             raise PruneRefused(
                 outcome,
                 f"refused: the sync would {verb} {len(targets)} of the {outcome.owned} users "
@@ -520,3 +528,13 @@ def check_source(name: str) -> str:
     if name in RESERVED_SOURCES:
         raise UsageError(f"--source {name} is reserved: its users are managed through SCIM")
     return name
+
+
+def _percent(part: int, whole: int) -> str:
+    """A share in words that never reads as none, or as all, when it is not: 250 of
+    100,000 is 0.25%, not 0%."""
+    share = part * 100 / whole
+    if share >= 1 or share == 0:
+        whole_share = f"{share:.0f}%"
+        return "99%" if whole_share == "100%" and part < whole else whole_share
+    return f"{share:.2g}%"
