@@ -221,15 +221,16 @@ def _set_revision(url: str, revision: str) -> None:
 def test_a_schema_changed_under_the_server_stops_every_request(
     api: Api, db_url: str, revision: str, says: str
 ) -> None:
-    """A newer usersctl's `db upgrade` (or a downgrade) while the server runs: every request
-    is 503 at once, as a command would exit 8, not writes under the old schema's rules;
-    back at head, the server serves again without a restart."""
+    """A newer usersctl's `db upgrade` (or a downgrade) while the server runs: every write
+    is 503 at once, as a command would exit 8, not a write under the old schema's rules;
+    reads too once one request has seen it (and within a second in any case); back at
+    head, the server serves again without a restart."""
     uid = api.user("ada@example.com")
     before = api.cli.json("list")
     _set_revision(db_url, revision)
     client, h = api.client, api.admin
     body = {"name": "Bob", "email": "bob@example.com", "password": PASSWORD}
-    assert_detail(client.post("/users/", json=body, headers=h), 503, says)
+    assert_detail(client.post("/users/", json=body, headers=h), 503, says)  # a write
     assert_detail(client.patch(f"/users/{uid}", json={"name": "X"}, headers=h), 503, says)
     assert_detail(client.get("/users/", headers=h), 503, says)
     assert_detail(client.get(f"/users/{uid}", headers=h), 503, says)
@@ -239,6 +240,22 @@ def test_a_schema_changed_under_the_server_stops_every_request(
     _set_revision(db_url, HEAD)
     assert api.cli.json("list") == before  # nothing was written, no login recorded
     assert client.post("/users/", json=body, headers=h).status_code == 201
+
+
+def test_reads_see_a_changed_schema_within_a_second(
+    api: Api, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read trusts a check that found head less than HEAD_RECHECK_SECONDS ago (the hot
+    path's cost), and checks again after it."""
+    import usersctl.database
+
+    uid = api.user("ada@example.com")
+    assert api.client.get(f"/users/{uid}", headers=api.admin).status_code == 200
+    _set_revision(db_url, "0099")
+    monkeypatch.setattr(usersctl.database, "HEAD_RECHECK_SECONDS", 0.0)  # the second passed
+    assert_detail(api.client.get(f"/users/{uid}", headers=api.admin), 503, "newer than")
+    _set_revision(db_url, HEAD)
+    assert api.client.get(f"/users/{uid}", headers=api.admin).status_code == 200
 
 
 def test_healthz_needs_no_credential(api: Api) -> None:

@@ -12,6 +12,7 @@ import functools
 import itertools
 import os
 import stat
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ from usersctl.errors import (
 
 _DRIVER_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
 _READ_ONLY = "usersctl_read_only"
+HEAD_RECHECK_SECONDS = 1.0  # a server's reads trust a schema check this recent
 _MIN_FREE_BYTES = 64 * 1024
 # Connections a server process opens past its pool (closed after use). With its pool of 16
 # (usersctl.api.app.SERVER_POOL), 24 a worker at most: 4 workers fit PostgreSQL's default
@@ -576,6 +578,7 @@ class Database:
         self.settings = settings
         self.engine = make_engine(settings, pool_size=pool_size)
         self.require_head = require_head
+        self._head_seen = -HEAD_RECHECK_SECONDS  # when a check last found head
         # Made once: execution_options() builds a new engine proxy on every call, and a
         # server opens a read session on every request.
         self._read_engine = self.engine.execution_options(**{_READ_ONLY: True})
@@ -675,7 +678,7 @@ class Database:
         """A connection in one transaction (a read one takes no SQLite write lock)."""
         with self.translate_errors(), self._bind(write=write).connect() as connection:
             with connection.begin():
-                self._check_head(connection)
+                self._check_head(connection, write=write)
                 yield connection
 
     @contextmanager
@@ -686,7 +689,7 @@ class Database:
         with self.translate_errors(), Session(bind, expire_on_commit=False) as session:
             transaction = session.begin()
             try:
-                self._check_head(session.connection())
+                self._check_head(session.connection(), write=write)
                 yield session
             except BaseException:
                 transaction.rollback()
@@ -719,16 +722,28 @@ class Database:
                         session.connection().exec_driver_sql(
                             f"SET LOCAL lock_timeout = '{QUICK_LOCK_WAIT_MS}ms'"
                         )
-                    self._check_head(session.connection())
+                    self._check_head(session.connection(), write=True)
                     yield session
             finally:
                 connection.invalidate()  # its shortened timeouts never serve another command
 
-    def _check_head(self, connection: Connection) -> None:
-        if self.require_head:
-            from usersctl.revision import require_head
+    def _check_head(self, connection: Connection, *, write: bool) -> None:
+        """Every write transaction checks; a read trusts a check that found head less than
+        a second ago (GET /users/{id} is a server's hottest path), and none once one did
+        not."""
+        if not self.require_head:
+            return
+        moment = time.monotonic()
+        if not write and moment - self._head_seen < HEAD_RECHECK_SECONDS:
+            return
+        from usersctl.revision import require_head
 
+        try:
             require_head(connection)
+        except BaseException:
+            self._head_seen = -HEAD_RECHECK_SECONDS  # every request checks until it is back
+            raise
+        self._head_seen = moment
 
     def empty_stand_in(self, *, schema: bool = True) -> Database:
         """An in-memory database at head with no users, for dry runs against a database
