@@ -140,11 +140,34 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def database(tmp_path: Path, sqlite_template: Path) -> Path:
+    """A SQLite file at head of this test's own (0600), for real processes to run on."""
+    path = tmp_path / "users.db"
+    path.write_bytes(sqlite_template.read_bytes())
+    path.chmod(0o600)
+    return path
+
+
 @pytest.fixture(scope="session")
 def seed_hash() -> str:
     from usersctl.passwords import hash_password
 
     return hash_password(SEED_PASSWORD)
+
+
+def prehashed_rows(path: Path, count: int, password_hash: str) -> Path:
+    """A JSONL import file of `count` users (u0@example.com, ...) sharing one hash."""
+    path.write_text(
+        "".join(
+            json.dumps(
+                {"name": f"U{n}", "email": f"u{n}@example.com", "password_hash": password_hash}
+            )
+            + "\n"
+            for n in range(count)
+        )
+    )
+    return path
 
 
 class DatabaseServer:

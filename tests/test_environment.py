@@ -49,6 +49,7 @@ from argon2 import PasswordHasher
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
+from conftest import prehashed_rows
 from usersctl.cli import app
 from usersctl.revision import HEAD
 
@@ -487,14 +488,7 @@ def test_a_full_temporary_folder_is_named(
 ) -> None:
     """SQLite keeps scratch files in TMPDIR: when that is full and the database's own disk
     is not, the message must send the admin to the right disk."""
-    rows = tmp_path / "users.jsonl"
-    rows.write_text(
-        "".join(
-            json.dumps({"name": f"U{n}", "email": f"u{n}@example.com", "password_hash": seed_hash})
-            + "\n"
-            for n in range(3000)
-        )
-    )
+    rows = prehashed_rows(tmp_path / "users.jsonl", 3000, seed_hash)
     fill(tiny_tmpfs, 0)
     before = files(head_db)
     result = wait(start(["import", str(rows)], url_of(head_db), env={"TMPDIR": str(tiny_tmpfs)}))

@@ -33,14 +33,6 @@ from conftest import SEED_PASSWORD
 OUTPUT_FAILED = 10
 
 
-@pytest.fixture
-def database(tmp_path: Path, sqlite_template: Path) -> Path:
-    path = tmp_path / "users.db"
-    path.write_bytes(sqlite_template.read_bytes())
-    path.chmod(0o600)
-    return path
-
-
 def run(
     database: Path,
     *args: str,

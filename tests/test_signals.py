@@ -5,17 +5,16 @@ signal themselves at an exact point (no timing)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_output_failures import emails
 
-from conftest import SEED_PASSWORD
+from conftest import SEED_PASSWORD, prehashed_rows
 
 # Runs usersctl's entry point after arranging to send itself SIGTEST_SIGNAL at SIGTEST_AT:
 # "export-row" (the third row of an export is about to be written) or "after-insert" (the
@@ -55,14 +54,6 @@ main()
 SIGNALS = [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)]
 
 
-@pytest.fixture
-def database(tmp_path: Path, sqlite_template: Path) -> Path:
-    path = tmp_path / "users.db"
-    path.write_bytes(sqlite_template.read_bytes())
-    path.chmod(0o600)
-    return path
-
-
 def run(
     database: Path, *args: str, at: str = "", signal_name: str = "SIGTERM", stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
@@ -82,14 +73,6 @@ def run(
     )
 
 
-def emails(database: Path) -> list[str]:
-    connection = sqlite3.connect(database)
-    try:
-        return [row[0] for row in connection.execute("SELECT email FROM users ORDER BY id")]
-    finally:
-        connection.close()
-
-
 def assert_terminated(result: subprocess.CompletedProcess[str], name: str, code: int) -> None:
     assert result.returncode == code, (result.returncode, result.stderr)
     said = "interrupted" if name == "SIGINT" else f"terminated by {name}"
@@ -100,14 +83,7 @@ def assert_terminated(result: subprocess.CompletedProcess[str], name: str, code:
 def test_a_terminated_import_writes_nothing(
     database: Path, tmp_path: Path, seed_hash: str, name: str, code: int
 ) -> None:
-    rows = tmp_path / "users.jsonl"
-    rows.write_text(
-        "".join(
-            json.dumps({"name": f"U{n}", "email": f"u{n}@example.com", "password_hash": seed_hash})
-            + "\n"
-            for n in range(5)
-        )
-    )
+    rows = prehashed_rows(tmp_path / "users.jsonl", 5, seed_hash)
     result = run(database, "import", str(rows), at="after-insert", signal_name=name)
     assert_terminated(result, name, code)
     assert emails(database) == []
@@ -138,10 +114,7 @@ def test_nohup_keeps_a_command_going_when_the_session_closes(
     database: Path, tmp_path: Path, seed_hash: str
 ) -> None:
     """`nohup usersctl import ...`: started with SIGHUP ignored, the hangup changes nothing."""
-    rows = tmp_path / "users.jsonl"
-    rows.write_text(
-        json.dumps({"name": "U", "email": "u@example.com", "password_hash": seed_hash}) + "\n"
-    )
+    rows = prehashed_rows(tmp_path / "users.jsonl", 1, seed_hash)
     env = {**os.environ, "USERSCTL_DATABASE_URL": f"sqlite:///{database}",
            "SIGTEST_AT": "after-insert", "SIGTEST_SIGNAL": "SIGHUP"}  # fmt: skip
     result = subprocess.run(
@@ -153,4 +126,4 @@ def test_nohup_keeps_a_command_going_when_the_session_closes(
         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
     )
     assert result.returncode == 0, result.stderr
-    assert emails(database) == ["u@example.com"]
+    assert emails(database) == ["u0@example.com"]
