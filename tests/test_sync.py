@@ -593,3 +593,50 @@ def test_a_sync_waits_for_another_import_or_sync(
     summary = json.loads(stdout)
     # Planned after the commit: p3 was already disabled, so nothing is left to prune.
     assert (summary["absent"], summary["disabled"]) == (1, 0), summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_name", ["postgresql"])
+def test_an_import_waits_for_a_migration_on_postgresql(
+    cli: Cli, db_url: str, tmp_path: Path, seed_hash: str
+) -> None:
+    """A `db upgrade` (by a newer usersctl) holds the migrations' advisory lock: an import
+    waits for it before it locks anything, so the two never wait for each other's locks."""
+    import subprocess
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    from conftest import prehashed_rows
+    from usersctl.revision import MIGRATION_LOCK_KEY
+
+    rows = prehashed_rows(tmp_path / "users.jsonl", 3, seed_hash)
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as holder, engine.connect() as watch:
+            held = holder.begin()
+            holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            env = {**os.environ, "USERSCTL_DATABASE_URL": db_url}
+            waiting = subprocess.Popen(
+                [str(Path(sys.executable).parent / "usersctl"), "import", str(rows)],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            query = text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
+                "AND query LIKE '%pg_advisory_xact_lock_shared%'"
+            )
+            deadline = time.monotonic() + 60
+            while not watch.execute(query).scalar():
+                assert waiting.poll() is None, waiting.communicate()  # it did not wait
+                activity = watch.execute(
+                    text("SELECT state, wait_event_type, wait_event, query FROM pg_stat_activity")
+                ).all()
+                assert time.monotonic() < deadline, ("the import never waited", activity)
+                time.sleep(0.1)
+                watch.rollback()
+            held.commit()
+            _stdout, stderr = waiting.communicate(timeout=120)
+    finally:
+        engine.dispose()
+    assert waiting.returncode == 0, stderr
+    assert len(cli.json("list")) == 3

@@ -51,6 +51,7 @@ from usersctl.audit import (
 from usersctl.database import driver_value, insert_many
 from usersctl.errors import Conflict, InvalidData, NotFound, UsageError
 from usersctl.models import EMAIL_LENGTH, User, UTCDateTime, users_table, utcnow
+from usersctl.revision import MIGRATION_LOCK_KEY
 from usersctl.timestamps import iso_from_sqlite_text, iso_utc
 
 if TYPE_CHECKING:
@@ -500,6 +501,10 @@ def take_bulk_lock(session: Session) -> None:
     locked until the commit: a second import or sync waits for the first, as does a `db
     upgrade`. SQLite's BEGIN IMMEDIATE already makes writers queue."""
     dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        # First the migrations' lock, shared: a `db upgrade` (by a newer usersctl) and an
+        # import then wait for each other in one order, never each for the other's lock.
+        session.execute(select(func.pg_advisory_xact_lock_shared(MIGRATION_LOCK_KEY)))
     if dialect != "sqlite":
         session.execute(_BULK_LOCK)
     if dialect == "postgresql":

@@ -38,6 +38,7 @@ from usersctl.models import Base
 from usersctl.revision import (
     AUDIT_REVISION,
     KNOWN_REVISIONS,
+    MIGRATION_LOCK_KEY,
     VERSION_TABLE,
     State,
     Status,
@@ -227,7 +228,6 @@ def _install_kill_switch(connection: Connection) -> None:
 
 # MariaDB's named locks are server-wide: one per database (names are at most 64 bytes).
 _LOCK_NAME = func.concat("usersctl_migrations_", func.md5(func.database()))
-_LOCK_KEY = 0x75736572  # "user": PostgreSQL advisory lock key for migrations
 
 
 @contextmanager
@@ -272,7 +272,7 @@ def _locked_transaction(connection: Connection, timeout: float) -> Iterator[None
         return
     with connection.begin():
         if name == "postgresql":  # released when the transaction ends
-            connection.execute(select(func.pg_advisory_xact_lock(_LOCK_KEY)))
+            connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
         yield
 
 

@@ -19,6 +19,7 @@ AUDIT_REVISION = "0003"  # the first revision with the audit_log table
 HEAD = KNOWN_REVISIONS[-1]
 TUTORIAL_COLUMNS = {"id", "name", "email", "password"}
 VERSION_TABLE = "alembic_version"
+MIGRATION_LOCK_KEY = 0x75736572  # "user": PostgreSQL advisory lock key for migrations
 
 
 class State(Enum):
