@@ -25,7 +25,6 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    column,
     false,
     func,
     insert,
@@ -34,7 +33,6 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy import table as table_clause
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -51,7 +49,7 @@ from usersctl.audit import (
 from usersctl.database import driver_value, insert_many
 from usersctl.errors import Conflict, InvalidData, NotFound, UsageError
 from usersctl.models import EMAIL_LENGTH, User, UTCDateTime, users_table, utcnow
-from usersctl.revision import MIGRATION_LOCK_KEY
+from usersctl.revision import MIGRATION_LOCK_KEY, REVISION_QUERY
 from usersctl.timestamps import iso_from_sqlite_text, iso_utc
 
 if TYPE_CHECKING:
@@ -490,7 +488,7 @@ class Existing(NamedTuple):
     external_id: str | None = None
 
 
-_BULK_LOCK = select(table_clause("alembic_version", column("version_num"))).with_for_update()
+_BULK_LOCK = REVISION_QUERY.with_for_update()
 
 
 def take_bulk_lock(session: Session) -> None:
@@ -501,12 +499,13 @@ def take_bulk_lock(session: Session) -> None:
     locked until the commit: a second import or sync waits for the first, as does a `db
     upgrade`. SQLite's BEGIN IMMEDIATE already makes writers queue."""
     dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        return
     if dialect == "postgresql":
         # First the migrations' lock, shared: a `db upgrade` (by a newer usersctl) and an
         # import then wait for each other in one order, never each for the other's lock.
         session.execute(select(func.pg_advisory_xact_lock_shared(MIGRATION_LOCK_KEY)))
-    if dialect != "sqlite":
-        session.execute(_BULK_LOCK)
+    session.execute(_BULK_LOCK)
     if dialect == "postgresql":
         # The planner's statistics predate this transaction's own rows: into a table that
         # held a few users it kept scanning the whole growing table for each batch's

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from usersctl.errors import InvalidData, UsageError, UsersctlError
 from usersctl.timestamps import iso_utc
@@ -205,7 +205,3 @@ def _reason(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def as_record_time(value: Any) -> str | None:
-    return None if value is None else iso_utc(value)

@@ -21,6 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from usersctl.errors import unreadable_time
+
 NAME_LENGTH = 200
 EMAIL_LENGTH = 320
 ROLE_LENGTH = 32
@@ -68,8 +70,6 @@ class UTCDateTime(TypeDecorator[datetime]):
             try:
                 return processor(value)
             except (ValueError, TypeError):  # text that is no time; a number, a BLOB
-                from usersctl.errors import unreadable_time
-
                 raise unreadable_time(value) from None
 
         return process
@@ -78,8 +78,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if not isinstance(value, datetime):  # MariaDB's zero date comes back as text
-            from usersctl.errors import unreadable_time
-
             raise unreadable_time(value)
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)

@@ -20,6 +20,7 @@ HEAD = KNOWN_REVISIONS[-1]
 TUTORIAL_COLUMNS = {"id", "name", "email", "password"}
 VERSION_TABLE = "alembic_version"
 MIGRATION_LOCK_KEY = 0x75736572  # "user": PostgreSQL advisory lock key for migrations
+REVISION_QUERY = select(table(VERSION_TABLE, column("version_num")).c.version_num)
 
 
 class State(Enum):
@@ -41,8 +42,7 @@ def read_status(connection: Connection) -> Status:
     tables = set(inspect(connection).get_table_names())
     revision: str | None = None
     if VERSION_TABLE in tables:
-        versions = table(VERSION_TABLE, column("version_num"))
-        revision = connection.execute(select(versions.c.version_num)).scalar()
+        revision = connection.execute(REVISION_QUERY).scalar()
     user_tables = tables - {VERSION_TABLE}
     if revision in KNOWN_REVISIONS:
         return Status(State.CURRENT if revision == HEAD else State.BEHIND, revision)
@@ -77,15 +77,12 @@ def mismatch_message(status: Status) -> str:
     )
 
 
-_REVISION = select(table(VERSION_TABLE, column("version_num")).c.version_num)
-
-
 def require_head(connection: Connection) -> None:
     """For a long-running server, in every transaction: the database is still at this
     usersctl's head. A `db upgrade` by a newer usersctl, or a downgrade, while it runs is
     then exit 8 (HTTP 503) at once, as for a command, instead of writes made under an old
     schema's rules. One primary-key read; the full look only when it differs."""
-    if connection.execute(_REVISION).scalar() == HEAD:
+    if connection.execute(REVISION_QUERY).scalar() == HEAD:
         return
     status = read_status(connection)
     if status.state is not State.CURRENT:

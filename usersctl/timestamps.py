@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from usersctl.errors import unreadable_time
+
 
 def iso_utc(value: datetime) -> str:
     """(Not strftime: its %Y writes the year 202 as "202" on Linux, which no parser takes
@@ -32,8 +34,6 @@ def iso_from_sqlite_text(value: str) -> str:
     try:
         parsed = datetime.fromisoformat(value)
     except (ValueError, TypeError):
-        from usersctl.errors import unreadable_time
-
         raise unreadable_time(value) from None
     return iso_utc(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 

@@ -97,26 +97,22 @@ def downgrade() -> None:
         must_change = reader.execute(
             count.where(users.c.must_change_password == sa.true())
         ).scalar_one()
-        problems = []
-        if no_password:
-            problems.append(f"{no_password} user(s) have no password")
-        if expiring:
-            problems.append(f"{expiring} user(s) have an expiry date")
-        if locked:
-            problems.append(f"{locked} user(s) are locked out")
-        if must_change:
-            problems.append(f"{must_change} user(s) must change their password")
-        if problems:
+        # What 0003 cannot represent, and what the admin can do about it first.
+        problems = [
+            (no_password, "have no password (give them one: usersctl passwd)"),
+            (expiring, "have an expiry date (usersctl update USER --expires never)"),
+            (locked, "are locked out (usersctl unlock --locked)"),
+            (
+                must_change,
+                "must change their password, or would keep one an admin set (let them "
+                "change it first; usersctl list --columns email,must_change_password)",
+            ),
+        ]
+        found = [f"{number} user(s) {what}" for number, what in problems if number]
+        if found:
             raise InvalidData(
-                "cannot downgrade below 0004, nothing changed: "
-                + ", ".join(problems)
-                + ", which revision 0003 cannot represent (an account would need a password, "
-                "or would silently stop expiring, be unlocked or keep the password an admin "
-                "set). First give passwordless users a password (usersctl passwd), clear "
-                "expiry dates (usersctl update USER --expires never), unlock (usersctl "
-                "unlock), and let users who must change their password do so (or delete "
-                "those accounts). `usersctl list --locked` and `usersctl list --columns "
-                "email,must_change_password` show who."
+                "cannot downgrade below 0004, nothing changed: revision 0003 cannot "
+                "represent these accounts: " + "; ".join(found)
             )
     with op.batch_alter_table("users") as batch:
         batch.alter_column("password_hash", existing_type=sa.String(255), nullable=False)
