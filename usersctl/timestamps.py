@@ -20,21 +20,22 @@ def iso_utc(value: datetime) -> str:
 
 def iso_from_sqlite_text(value: str) -> str:
     """The same format straight from SQLite's stored text ('YYYY-MM-DD HH:MM:SS[.ffffff]',
-    naive UTC as usersctl writes it), without building a datetime: export's hot path."""
-    # Only the two lengths usersctl writes take the fast path: one with an offset
-    # ('...+05:00') another program wrote is converted, not cut.
-    if (
-        isinstance(value, str)
-        and (len(value) == 19 or (len(value) == 26 and value[19] == "."))
-        and value[10] in " T"
-        and value[4] == "-"
-        and value[13] == ":"
-    ):
-        return f"{value[:10]}T{value[11:19]}Z"
+    naive UTC as usersctl writes it): export's hot path. Every value is parsed, so text
+    another program wrote that only looks like a time (month 13) is refused as get refuses
+    it; the output is then cut from the text instead of formatted from the datetime."""
     try:
         parsed = datetime.fromisoformat(value)
     except (ValueError, TypeError):
         raise unreadable_time(value) from None
+    # Only the two shapes usersctl writes are cut: one with an offset ('...+05:00') or in
+    # ISO's basic format ('20240101T000000') is converted.
+    if (
+        parsed.tzinfo is None
+        and (len(value) == 19 or (len(value) == 26 and value[19] == "."))
+        and value[4] == "-"
+        and value[13] == ":"
+    ):
+        return f"{value[:10]}T{value[11:19]}Z"
     return iso_utc(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 
 
