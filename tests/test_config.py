@@ -163,7 +163,7 @@ BROKEN_CONFIGS: list[tuple[str, str, tuple[str, ...]]] = [
         ("invalid busy_timeout 'soon': must be a number",),
     ),
     ("timeout-negative", "busy_timeout = -1\n", ("invalid busy_timeout -1: must be between",)),
-    ("timeout-boolean", "busy_timeout = true\n", ("invalid busy_timeout True: must be a number",)),
+    ("timeout-boolean", "busy_timeout = true\n", ("invalid busy_timeout true: must be a number",)),
     ("url-empty", 'database_url = ""\n', ("database_url is empty: give a database URL",)),
 ]
 

@@ -95,14 +95,15 @@ def _read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
 def _as_timeout(value: object, name: str, where: str = "") -> float:
     """The busy timeout from `name` (the variable, or the file's key, `where` naming the
     file). The value is quoted back: a timeout is no secret."""
+    shown = str(value).lower() if isinstance(value, bool) else repr(value)  # as TOML spells it
     try:
         if isinstance(value, bool):  # TOML's true is no number of seconds (float(True) is)
             raise TypeError
         timeout = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise UsageError(f"{where}invalid {name} {value!r}: must be a number of seconds") from None
+        raise UsageError(f"{where}invalid {name} {shown}: must be a number of seconds") from None
     if not 0 <= timeout <= 3600:
-        raise UsageError(f"{where}invalid {name} {value!r}: must be between 0 and 3600 seconds")
+        raise UsageError(f"{where}invalid {name} {shown}: must be between 0 and 3600 seconds")
     return timeout
 
 
