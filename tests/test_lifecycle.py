@@ -183,6 +183,29 @@ def test_account_without_password(cli: Cli) -> None:
     assert cli.json("get", "sso@example.com")["has_password"] is True
 
 
+def test_must_change_filter(cli: Cli) -> None:
+    """`--must-change` selects whoever still has a password an admin chose: on list (and
+    --count) and as the selection of disable, enable, unlock and delete."""
+    cli.create("Ada", "ada@example.com", "--must-change")
+    cli.create("Bob", "bob@example.com")
+    cli.json("create", "--name", "Cy", "--email", "cy@example.com", "--random-password")
+    assert [u["email"] for u in cli.json("list", "--must-change")] == [
+        "ada@example.com", "cy@example.com"]  # fmt: skip
+    assert cli.ok("list", "--must-change", "--role", "admin", "--count").stdout == "0\n"
+    cli.ok("passwd", "cy@example.com", "--password-stdin", input=SEED_PASSWORD + "\n")
+    assert cli.ok("list", "--must-change", "--count").stdout == "1\n"
+    plan = json.loads(cli.ok("disable", "--must-change", "--dry-run", "-o", "json").stdout)
+    assert [e["email"] for e in plan] == ["ada@example.com"]
+    cli.ok("disable", "--must-change")
+    assert [u["email"] for u in cli.json("list", "--disabled")] == ["ada@example.com"]
+    assert_error(cli("enable", "bob@example.com", "--must-change"), 2, "not both")
+    cli.ok("delete", "--must-change", "--yes")
+    assert [u["email"] for u in cli.json("list")] == ["bob@example.com", "cy@example.com"]
+    none = cli("unlock", "--must-change")
+    assert none.exit_code == 0
+    assert "No users match (who must change their password)" in none.stderr
+
+
 def test_inactive_filter_selects_users_for_disable(cli: Cli, clock: list[datetime]) -> None:
     """The cron recipe: a dry run, then the real run; all or nothing; one entry each."""
     for name in ("ada", "bob", "cy"):

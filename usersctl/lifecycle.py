@@ -78,9 +78,16 @@ class Filters:
     expired: bool = False
     locked: bool = False
     no_password: bool = False
+    must_change: bool = False
 
     def __bool__(self) -> bool:
-        return self.inactive_since is not None or self.expired or self.locked or self.no_password
+        return (
+            self.inactive_since is not None
+            or self.expired
+            or self.locked
+            or self.no_password
+            or self.must_change
+        )
 
     def clauses(self, moment: datetime) -> list[ColumnElement[bool]]:
         from sqlalchemy import func, or_
@@ -98,6 +105,8 @@ class Filters:
             clauses.append(User.locked_until > moment)
         if self.no_password:
             clauses.append(or_(User.password_hash.is_(None), User.password_hash == ""))
+        if self.must_change:
+            clauses.append(User.must_change_password.is_(True))
         return clauses
 
     def describe(self) -> str:
@@ -110,6 +119,8 @@ class Filters:
             parts.append("locked")
         if self.no_password:
             parts.append("without a password")
+        if self.must_change:
+            parts.append("who must change their password")
         return ", ".join(parts)
 
 

@@ -105,7 +105,7 @@ def downgrade() -> None:
             (
                 must_change,
                 "must change their password, or would keep one an admin set (let them "
-                "change it first; usersctl list --columns email,must_change_password)",
+                "change it first; usersctl list --must-change)",
             ),
         ]
         found = [f"{number} user(s) {what}" for number, what in problems if number]

@@ -57,6 +57,10 @@ Locked = Annotated[
 NoPassword = Annotated[
     bool, typer.Option("--no-password", help="Only accounts without a password.")
 ]
+MustChangeFilter = Annotated[
+    bool,
+    typer.Option("--must-change", help="Only accounts whose password must be changed at next use."),
+]
 OptionalUserRefs = Annotated[
     list[str] | None,
     typer.Argument(
@@ -94,12 +98,19 @@ def filters(
     expired: bool,
     locked: bool,
     no_password: bool,
+    must_change: bool = False,
     moment: datetime,
 ) -> Filters:
     from usersctl.lifecycle import Filters, parse_since
 
     since = parse_since(inactive_since, moment) if inactive_since is not None else None
-    return Filters(inactive_since=since, expired=expired, locked=locked, no_password=no_password)
+    return Filters(
+        inactive_since=since,
+        expired=expired,
+        locked=locked,
+        no_password=no_password,
+        must_change=must_change,
+    )
 
 
 def check_selection(users: Sequence[str] | None, chosen: Filters) -> list[str]:
@@ -144,6 +155,7 @@ def unlock(
     expired: Expired = False,
     locked: Locked = False,
     no_password: NoPassword = False,
+    must_change: MustChangeFilter = False,
     dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
@@ -166,6 +178,7 @@ def unlock(
         expired=expired,
         locked=locked,
         no_password=no_password,
+        must_change=must_change,
         moment=moment,
     )
     refs = check_selection(users, chosen)

@@ -20,6 +20,7 @@ from usersctl.cli.lifecycle import (
     InactiveSince,
     Locked,
     MustChange,
+    MustChangeFilter,
     NoPassword,
     OptionalUserRefs,
     check_selection,
@@ -210,6 +211,7 @@ def list_(
     expired: Expired = False,
     locked: Locked = False,
     no_password: NoPassword = False,
+    must_change: MustChangeFilter = False,
     sort: Annotated[
         str,
         typer.Option("--sort", metavar="FIELD", help=SORT_HELP, autocompletion=complete_sort),
@@ -250,6 +252,7 @@ def list_(
         expired=expired,
         locked=locked,
         no_password=no_password,
+        must_change=must_change,
         moment=moment,
     )
     database = get_state(ctx).ready_database()
@@ -500,6 +503,7 @@ def disable(
     expired: Expired = False,
     locked: Locked = False,
     no_password: NoPassword = False,
+    must_change: MustChangeFilter = False,
     dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
@@ -513,7 +517,7 @@ def disable(
       usersctl disable --inactive-since 90d --dry-run
     """
     selection = {"inactive_since": inactive_since, "expired": expired, "locked": locked,
-                 "no_password": no_password}  # fmt: skip
+                 "no_password": no_password, "must_change": must_change}  # fmt: skip
     _set_active(ctx, users, selection, False, dry_run, output)
 
 
@@ -524,6 +528,7 @@ def enable(
     expired: Expired = False,
     locked: Locked = False,
     no_password: NoPassword = False,
+    must_change: MustChangeFilter = False,
     dry_run: DryRun = False,
     output: Output = OutputFormat.table,
 ) -> None:
@@ -536,7 +541,7 @@ def enable(
       usersctl enable ada@example.com
     """
     selection = {"inactive_since": inactive_since, "expired": expired, "locked": locked,
-                 "no_password": no_password}  # fmt: skip
+                 "no_password": no_password, "must_change": must_change}  # fmt: skip
     _set_active(ctx, users, selection, True, dry_run, output)
 
 
@@ -565,6 +570,7 @@ def delete(
     expired: Expired = False,
     locked: Locked = False,
     no_password: NoPassword = False,
+    must_change: MustChangeFilter = False,
     yes: Yes = False,
     missing_ok: Annotated[
         bool, typer.Option("--missing-ok", help="Ignore users that do not exist (exit 0).")
@@ -590,6 +596,7 @@ def delete(
         expired=expired,
         locked=locked,
         no_password=no_password,
+        must_change=must_change,
         moment=moment,
     )
     refs = check_selection(users, chosen)
