@@ -133,6 +133,44 @@ def test_a_restore_refuses_emails_that_differ_only_in_case(cli: Cli, tmp_path: P
     assert json.loads(cli.ok("export", "-f", "jsonl").stdout)["email"] == "Ada@Example.com"
 
 
+def test_emails_one_only_to_mariadb_are_one_address_there(cli: Cli, tmp_path: Path) -> None:
+    """MariaDB's collations PAD SPACE: "ada@example.com " (which only another program can
+    store; a restore keeps it) is "ada@example.com" to its unique index. A restore of both
+    failed there with exit 4 and no line; an import or sync of one next to the other stored
+    in the table tried to create it. Elsewhere they are two addresses."""
+    from sqlalchemy import create_engine, text
+
+    mariadb = cli.url.startswith("mysql")
+    twins = write(
+        tmp_path,
+        "twins.jsonl",
+        '{"id": 1, "name": "Ada", "email": "ada@example.com "}\n'
+        '{"id": 2, "name": "Ada 2", "email": "ada@example.com"}\n',
+    )
+    if mariadb:
+        bad_rows(cli, "import", str(twins), "--restore",
+                 lines=("line 2: duplicate email ada@example.com (first on line 1)",))  # fmt: skip
+        cli.ok("import", str(write(tmp_path, "one.jsonl", twins.read_text().splitlines()[0])),
+               "--restore")  # fmt: skip
+        engine = create_engine(cli.url)
+        try:
+            with engine.begin() as connection:
+                connection.execute(text("UPDATE users SET source = 'hr'"))
+        finally:
+            engine.dispose()
+        # The stored "ada@example.com " is the user a row of "ada@example.com" meets.
+        hr = write(tmp_path, "hr.csv", "name,email\nAda Renamed,ada@example.com\n")
+        result = cli("import", str(hr))
+        assert result.exit_code == 4, (result.stdout, result.stderr)
+        assert "line 2: email already taken: ada@example.com (user 1)" in result.stderr
+        cli.ok("sync", str(hr), "--source", "hr", "--prune", "delete", "--max-prune", "100%")
+        (only,) = cli.json("list")
+        assert (only["id"], only["name"]) == (1, "Ada Renamed")
+    else:
+        cli.ok("import", str(twins), "--restore")
+        assert [u["email"] for u in cli.json("list")] == ["ada@example.com ", "ada@example.com"]
+
+
 def test_a_restore_takes_rows_without_ids_only_after_those_with(
     cli: Cli, tmp_path: Path, empty_db_url: str
 ) -> None:

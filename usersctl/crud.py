@@ -534,6 +534,11 @@ def existing_users(
         rows = connection.execute(query).tuples().all()  # fetchall: not a row at a time
         for email, uid, name, role, active, hashed, expires, owner, external in rows:
             found[email] = Existing(uid, name, role, bool(active), hashed, expires, owner, external)
+    if connection.dialect.name in ("mysql", "mariadb") and found:
+        # PAD SPACE: "a@example.com" found "a@example.com " (stored by another program),
+        # which is that email's user to the unique index: found under the email asked for.
+        padded = {email.rstrip(" "): user for email, user in found.items()}
+        found = {e: padded[e.rstrip(" ")] for e in emails if e.rstrip(" ") in padded}
     return found
 
 

@@ -202,6 +202,15 @@ def _created_fields(row: UserImport) -> dict[str, Any]:
     return fields
 
 
+def email_key(dialect: str) -> Callable[[str], str]:
+    """What makes two emails one address to the database's unique index, and to usersctl:
+    case never counts; on MariaDB trailing spaces do not either (its collations PAD SPACE).
+    Only another program can store such an email, and a restore keeps it."""
+    if dialect in ("mysql", "mariadb"):
+        return lambda email: email.lower().rstrip(" ")
+    return str.lower
+
+
 class Run:
     """One import or sync in the caller's transaction (`session`, `trail`). Feed it batches
     of validated rows (`add`), then `finish` (raises if anything was bad: the caller's
@@ -227,6 +236,7 @@ class Run:
         self.outcome = Outcome()
         self.seen = Seen()
         self.drawing = False  # a restore: a row without an id was seen (ids drawn from here)
+        self.key = email_key(session.get_bind().dialect.name)
         take_bulk_lock(session)
         # Into an empty table (a first load) no row can meet an existing user: only one
         # created by an earlier row, which is a duplicate (Seen). No lookups then.
@@ -248,14 +258,15 @@ class Run:
         """The rows whose email (and id, in a restore) no earlier row had. Emails compare
         case-insensitively: a restore keeps an email's case as the backup has it, but two
         that differ only in case are one address (and one on MariaDB's unique index)."""
-        earlier = self.seen.first_lines("emails", [row.email.lower() for _, row in rows])
+        key_of = self.key
+        earlier = self.seen.first_lines("emails", [key_of(row.email) for _, row in rows])
         ids = [row.id for _, row in rows if row.id is not None] if self.job.restore else []
         earlier_ids = self.seen.first_lines("ids", ids) if ids else {}
         kept: list[tuple[int, UserImport]] = []
         for line, row in rows:
             if self.job.restore and not self._restorable(line, row):
                 continue
-            key = row.email.lower()
+            key = key_of(row.email)
             first = earlier.get(key)
             if first is not None:
                 self.duplicates.add(line, f"duplicate email {row.email} (first on line {first})")
@@ -268,7 +279,7 @@ class Run:
                 earlier_ids[row.id] = line
             earlier[key] = line
             kept.append((line, row))
-        self.seen.add("emails", ((row.email.lower(), line) for line, row in kept))
+        self.seen.add("emails", ((key_of(row.email), line) for line, row in kept))
         if ids:
             self.seen.add("ids", ((row.id, line) for line, row in kept if row.id is not None))
         return kept
@@ -455,8 +466,8 @@ class Run:
             if not page:
                 return
             last = page[-1][0]
-            listed = self.seen.first_lines("emails", [email.lower() for _, email, _ in page])
-            yield [user for user in page if user[1].lower() not in listed]
+            listed = self.seen.first_lines("emails", [self.key(email) for _, email, _ in page])
+            yield [user for user in page if self.key(user[1]) not in listed]
 
     def _prune(self) -> None:
         job, outcome = self.job, self.outcome
