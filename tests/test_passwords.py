@@ -376,6 +376,21 @@ def test_accepted_argon2_hashes_are_ones_argon2_can_parse(value: str) -> None:
         argon2.extract_parameters(value)  # raises InvalidHashError if we were too lenient
 
 
+_WHOLE_ARGON2 = re.compile(passwords._ARGON2.pattern + r"\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_PHC_PIECES, max_size=16).map("".join))
+def test_the_split_check_is_the_whole_string_check(value: str) -> None:
+    """hash_problem checks the salt and hash per row and the parameters once each (cached):
+    the same verdict as matching the whole PHC string at once."""
+    if passwords.is_argon2_hash(value) and not passwords.is_bcrypt_hash(value):
+        whole = _WHOLE_ARGON2.fullmatch(value) and value.isprintable()
+        assert passwords.is_valid_hash(value) == (
+            bool(whole) and passwords._argon2_parameters_problem(value.rsplit("$", 2)[0]) is None
+        )
+
+
 @pytest.mark.parametrize("kind", [argon2.Type.ID, argon2.Type.I, argon2.Type.D])
 @pytest.mark.parametrize(("t", "m", "p"), [(1, 8, 1), (3, 65536, 4), (2, 2**20, 16)])
 def test_hashes_argon2_writes_are_accepted(kind: argon2.Type, t: int, m: int, p: int) -> None:

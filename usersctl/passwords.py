@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from functools import lru_cache, partial
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -103,8 +103,8 @@ _BCRYPT = re.compile(r"\$2[aby]\$(?P<cost>[0-9]{2})\$[./A-Za-z0-9]{53}")
 _ARGON2 = re.compile(
     r"\$argon2(?:id|i|d)\$v=(?P<v>[0-9]{1,10})"
     r"\$m=(?P<m>[0-9]{1,10}),t=(?P<t>[0-9]{1,10}),p=(?P<p>[0-9]{1,10})"
-    r"\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
 )
+_ARGON2_SALT_AND_HASH = re.compile(r"[A-Za-z0-9+/]+")
 
 # The parameters a stored hash may have (README, "Security notes"): every hash real apps
 # make verifies within a few seconds and at most 1 GiB of memory; nothing outside can stall
@@ -117,24 +117,36 @@ ARGON2_MAX_MEMORY_KIB = 1024 * 1024  # 1 GiB; the minimum is argon2's own, 8 KiB
 ARGON2_MAX_WORK = 2 * ARGON2_MAX_MEMORY_KIB  # m x t: at most as much as m=1 GiB, t=2
 
 
+MALFORMED_HASH = "must be a well-formed argon2 ($argon2id$...) or bcrypt ($2b$...) hash"
+
+
 def hash_problem(value: str) -> str | None:
     """Why `value` cannot be stored as a password hash, or None when it can: a parseable
     argon2 PHC string or a well-formed bcrypt hash, no longer than the column, with
     parameters inside the bounds above."""
-    malformed = "must be a well-formed argon2 ($argon2id$...) or bcrypt ($2b$...) hash"
     if len(value) > 255 or not value.isascii() or not value.isprintable():
-        return malformed
+        return MALFORMED_HASH
     if is_bcrypt_hash(value):
         bcrypt_match = _BCRYPT.fullmatch(value)
         if bcrypt_match is None:
-            return malformed
+            return MALFORMED_HASH
         cost = int(bcrypt_match["cost"])
         if cost not in BCRYPT_COSTS:
             return f"bcrypt cost {cost} is outside {BCRYPT_COSTS.start}..{BCRYPT_COSTS.stop - 1}"
         return None
-    match = _ARGON2.fullmatch(value)
+    parts = value.rsplit("$", 2)
+    if len(parts) != 3 or not all(map(_ARGON2_SALT_AND_HASH.fullmatch, parts[1:])):
+        return MALFORMED_HASH
+    return _argon2_parameters_problem(parts[0])
+
+
+@lru_cache(maxsize=256)
+def _argon2_parameters_problem(parameters: str) -> str | None:
+    """hash_problem's verdict on an argon2 hash's `$argon2id$v=..$m=..,t=..,p=..` part,
+    remembered: a bulk file's hashes nearly all share their parameters."""
+    match = _ARGON2.fullmatch(parameters)
     if match is None:
-        return malformed
+        return MALFORMED_HASH
     version, memory = int(match["v"]), int(match["m"])
     time_cost, lanes = int(match["t"]), int(match["p"])
     if version != ARGON2_VERSION:
