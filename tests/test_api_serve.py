@@ -236,6 +236,23 @@ def test_no_secret_in_server_logs(cli: Cli, serve: Any) -> None:
         assert value not in log, value
 
 
+def test_a_request_path_cannot_write_into_the_log(cli: Cli, serve: Any) -> None:
+    """The path is anyone's text, percent-decoded: an ESC (a clipboard write, a screen
+    clear), or a CR/LF forging a line of its own. It is logged escaped, on one line."""
+    server = serve()
+    forged = "x%0a2026-12-06 12:00:00,000 access: DELETE /users/1 204 1.0ms token:deploy%0d"
+    assert server.client.get(f"/{forged}").status_code == 404
+    assert server.client.get("/%1b%5d52%3bc%3bcm0K%07%1b%5b2J").status_code == 404
+    assert server.client.get("/%5cx1b").status_code == 404  # the text \x1b, not an ESC
+    assert server.stop() == 0
+    log = "".join(server.log)
+    assert "\x1b" not in log and "\r" not in log and "\x07" not in log
+    assert "GET /x\\x0a2026-12-06 12:00:00,000 access: DELETE /users/1 204 1.0ms " in log
+    assert "GET /\\x1b]52;c;cm0K\\x07\\x1b[2J 404" in log
+    assert "GET /\\\\x1b 404" in log
+    assert not any(line.startswith("2026-12-06 12:00:00,000") for line in log.splitlines())
+
+
 def test_serve_refuses_remote_without_allow_remote(cli: Cli) -> None:
     assert_error(cli("serve", "--host", "0.0.0.0"), 2, "--allow-remote")
     assert_error(cli("serve", "--host", "192.0.2.1", "--actor", "x"), 2, "not a loopback address")

@@ -272,7 +272,7 @@ def test_csv_round_trip_is_lossless(name: str, email: str, role: str) -> None:
 def test_the_format_character_list_matches_unicode() -> None:
     import unicodedata
 
-    from usersctl.cli.text import FORMAT_CHARACTERS, printable
+    from usersctl.escaping import FORMAT_CHARACTERS, printable
 
     pattern = re.compile(f"[{FORMAT_CHARACTERS}]")
     for code in range(0x110000):
@@ -283,6 +283,17 @@ def test_the_format_character_list_matches_unicode() -> None:
         elif pattern.match(char):
             assert category in ("Cf", "Cn"), f"U+{code:04X}"
     assert printable("a\u202eb\u200d\U000e0041") == "a\\u202eb\u200d\\U000e0041"
+
+
+def test_an_escape_typed_as_text_never_reads_as_a_real_one() -> None:
+    """`\\x1b` typed into a name shows with its backslash doubled; a real ESC as `\\x1b`.
+    Other backslashes (a Windows domain login) are shown as they are."""
+    from usersctl.escaping import printable
+
+    assert printable("Mallory\x1b[2J") == "Mallory\\x1b[2J"
+    assert printable("Mallory\\x1b[2J") == "Mallory\\\\x1b[2J"
+    assert printable("a\\u202e b\\U000e0041") == "a\\\\u202e b\\\\U000e0041"
+    assert printable("CORP\\ada") == "CORP\\ada"
 
 
 @pytest.mark.parametrize("fmt", [OutputFormat.jsonl, OutputFormat.json])

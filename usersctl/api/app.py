@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from usersctl import __version__
 from usersctl.api.deps import DEFAULT_READ_THREADS, Server
 from usersctl.config import Settings
+from usersctl.escaping import printable
 
 log = logging.getLogger("usersctl.access")
 
@@ -72,10 +73,10 @@ class AccessLog(_HttpMiddleware):
             log.info(
                 "%s %s %d %.1fms %s",
                 scope["method"],
-                scope["path"],
+                printable(scope["path"]),  # anyone's text, percent-decoded: ESC, CR, LF...
                 status[0] or 500,
                 (time.perf_counter() - started) * 1000,
-                caller,
+                printable(caller),
             )
 
 
@@ -86,7 +87,10 @@ def log_bug(scope: Any, exc: BaseException) -> None:
     """The one line a bug gets in the server log: where, and the error's type (never its
     message, which may hold a statement's parameters, nor a traceback)."""
     log.error(
-        "unexpected error (a bug) in %s %s: %s", scope["method"], scope["path"], type(exc).__name__
+        "unexpected error (a bug) in %s %s: %s",
+        scope["method"],
+        printable(scope["path"]),
+        type(exc).__name__,
     )
 
 

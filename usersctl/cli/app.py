@@ -25,8 +25,9 @@ from usersctl.cli.output import (
     start_command,
 )
 from usersctl.cli.state import AppState
-from usersctl.cli.text import printable, say
+from usersctl.cli.text import say
 from usersctl.errors import OutputFailed, UsersctlError
+from usersctl.escaping import printable
 
 _EXIT_CODES = (
     (0, "success"),

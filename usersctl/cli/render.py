@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import IO, Any
 
 from usersctl.bulk import FORMULA_START
-from usersctl.cli.text import FORMAT_CHARACTERS, printable
+from usersctl.escaping import FORMAT_CHARACTERS, printable
 from usersctl.records import user_record
 
 FIELDS = (

@@ -18,8 +18,9 @@ from usersctl.cli.bulk import (
 )
 from usersctl.cli.options import Output
 from usersctl.cli.render import OutputFormat, Renderer, to_json
-from usersctl.cli.text import printable, say
+from usersctl.cli.text import say
 from usersctl.errors import UsageError
+from usersctl.escaping import printable
 
 
 class Prune(StrEnum):

@@ -11,8 +11,9 @@ from usersctl.cli.command import command
 from usersctl.cli.options import Output
 from usersctl.cli.render import OutputFormat, Renderer
 from usersctl.cli.state import get_state
-from usersctl.cli.text import printable, say
+from usersctl.cli.text import say
 from usersctl.errors import UsageError
+from usersctl.escaping import printable
 
 token_app = typer.Typer(
     name="token",

@@ -47,8 +47,9 @@ from usersctl.cli.password_input import (
 )
 from usersctl.cli.render import FIELDS, TABLE_FIELDS, OutputFormat, Renderer, records
 from usersctl.cli.state import get_state, stdin_is_terminal
-from usersctl.cli.text import printable, say
+from usersctl.cli.text import say
 from usersctl.errors import UsageError, VerificationFailed
+from usersctl.escaping import printable
 from usersctl.records import user_record
 
 if TYPE_CHECKING:
