@@ -525,6 +525,53 @@ def test_login_spends_the_same_argon2_work_for_unknown_accounts(
     assert answers[0] == answers[1] == refused
 
 
+@pytest.mark.parametrize("engine_name", ["sqlite"])  # SQLite locks the whole database
+def test_failed_logins_are_never_uncounted_while_the_database_is_busy(
+    api: Api, db_url: str
+) -> None:
+    """A failure waits for the write lock (the busy timeout) and, if another writer holds
+    it that long (a long import), is answered 503, remembered, and counted by the next
+    login of that user before any password is checked (until then, every login of that
+    user is 503 unchecked). It used to give up after 0.1 s and answer 401 uncounted:
+    guesses during a long import never locked the account."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    api.user("ada@example.com")
+    settings = dataclasses.replace(
+        load_settings(database_url=db_url), lockout_threshold=LOCKOUT, busy_timeout=0.3
+    )
+    app = create_app(settings)
+    holder = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
+    try:
+        with TestClient(app) as client:
+
+            def log_in(email: str, password: str) -> Any:
+                return client.post("/auth/token", data={"username": email, "password": password})
+
+            holder.execute("BEGIN IMMEDIATE")  # another process's long write
+            for guess in range(LOCKOUT):  # the first is checked; the others wait for it
+                answer = log_in("ada@example.com", f"guess {guess}")
+                assert_detail(answer, 503, "database busy")
+                assert answer.headers["Retry-After"] == "1"
+            # No answer tells a wrong guess or an unknown account from the right password:
+            assert_detail(log_in("nobody@example.com", "guess"), 503, "database busy")
+            assert_detail(log_in("ada@example.com", PASSWORD), 503, "database busy")
+            holder.execute("ROLLBACK")
+            # The remembered failure is counted first: with two more, the account locks.
+            for guess in range(LOCKOUT - 1):
+                assert_detail(log_in("ada@example.com", f"again {guess}"), 401, "incorrect")
+            assert_detail(log_in("ada@example.com", PASSWORD), 401, "incorrect")
+        app.state.server.database.dispose()
+    finally:
+        holder.close()
+    got = api.cli.json("get", "ada@example.com")
+    assert got["locked"] is True
+    (entry,) = api.cli.json("audit", "--action", "lock")
+    assert entry["changes"]["failed_logins"] == {"before": LOCKOUT - 1, "after": LOCKOUT}
+
+
 def test_token_commands_are_audited_and_checked(api: Api) -> None:
     cli = api.cli
     cli.ok("--actor", "alice", "token", "create", "ci", "--scope", "read", "--expires", "never")

@@ -153,6 +153,32 @@ def test_expired_account_fails_and_is_found(cli: Cli, clock: list[datetime]) -> 
     assert_error(cli("update", "cy@example.com", "--expires", "soon"), 2, "--expires")
 
 
+@pytest.mark.parametrize("engine_name", ["sqlite"])  # SQLite locks the whole database
+def test_a_failure_a_busy_database_cannot_count_is_exit_7(cli: Cli, db_url: str) -> None:
+    """A wrong password waits for the write lock the whole busy timeout, then says
+    "database busy" (exit 7) instead of failing uncounted; an unknown account waits the
+    same way. The right password still verifies (its record is best effort)."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    cli.create("Ada", "ada@example.com")
+    quick = {"USERSCTL_BUSY_TIMEOUT": "0.3"}
+    holder = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        for user, password in (("ada@example.com", WRONG), ("nobody@example.com", WRONG)):
+            result = cli("verify-password", user, "--password-stdin", input=password + "\n",
+                         env=quick)  # fmt: skip
+            assert_error(result, 7, "database busy", "(0.3s)")
+        right = cli("verify-password", "ada@example.com", "--password-stdin",
+                    input=SEED_PASSWORD + "\n", env=quick)  # fmt: skip
+        assert right.exit_code == 0, right.stderr
+    finally:
+        holder.close()
+    assert verify(cli, "ada@example.com", WRONG)[0] == 6
+
+
 def test_must_change_after_an_admin_chosen_password(cli: Cli) -> None:
     created = cli.json("create", "--name", "Ada", "--email", "ada@example.com",
                        "--random-password")  # fmt: skip

@@ -863,8 +863,10 @@ def record_login(
     lock_for: timedelta,
     moment: datetime,
     trail: Trail,
+    failures: int = 1,
 ) -> LoginResult:
-    """The write half of a login, in the caller's write transaction.
+    """The write half of a login, in the caller's write transaction (`failures`: how many
+    failed attempts a wrong password records, with those a busy database kept waiting).
 
     A wrong password increments the counter in SQL (parallel failures are all counted);
     reaching `threshold` locks the account until `moment + lock_for` (an audit `lock`
@@ -879,7 +881,7 @@ def record_login(
         session.execute(
             update(table)
             .where(row_id)
-            .values(failed_logins=table.c.failed_logins + 1, updated_at=table.c.updated_at)
+            .values(failed_logins=table.c.failed_logins + failures, updated_at=table.c.updated_at)
         )
         # Our UPDATE holds the row until commit: the count read back is ours alone.
         state = session.execute(
@@ -887,8 +889,8 @@ def record_login(
         ).one_or_none()
         if state is None:  # deleted meanwhile
             return LoginResult(verified=False)
-        failures, locked_until, email = state
-        if failures < threshold or (locked_until is not None and locked_until > moment):
+        count, locked_until, email = state
+        if count < threshold or (locked_until is not None and locked_until > moment):
             return LoginResult(verified=False)
         until = moment + lock_for
         session.execute(
@@ -902,7 +904,7 @@ def record_login(
             changes={
                 "locked": {"before": False, "after": True},
                 "locked_until": {"before": None, "after": iso_utc(until)},
-                "failed_logins": {"before": failures - 1, "after": failures},
+                "failed_logins": {"before": count - failures, "after": count},
             },
         )
         return LoginResult(verified=False, locked_now=True)

@@ -42,6 +42,7 @@ from usersctl import rules
 from usersctl.config import Settings
 from usersctl.errors import (
     Conflict,
+    DatabaseBusy,
     DatabaseUnavailable,
     InvalidData,
     NotFound,
@@ -470,6 +471,15 @@ def _sqlite_temp_folder() -> str:
     return "."
 
 
+def _is_lock_timeout(exc: DBAPIError) -> bool:
+    """PostgreSQL's lock_timeout (SQLSTATE 55P03) or MariaDB's lock wait timeout (1205)."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) == "55P03":
+        return True
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] == 1205
+
+
 def describe_db_error(exc: DBAPIError, engine: Engine, busy_timeout: float) -> str:
     """Turn a driver error into one line an admin can act on (never with a password)."""
     url = engine.url
@@ -600,7 +610,7 @@ class Database:
         except StaleDataError:
             raise NotFound("user not found: another process deleted it meanwhile") from None
         except PoolTimeout:  # a server with every pooled connection in use
-            raise DatabaseUnavailable(
+            raise DatabaseBusy(
                 f"database busy: no free connection within {self.settings.busy_timeout:g} s "
                 "(every connection of this server process is in use); retry, or raise "
                 "USERSCTL_BUSY_TIMEOUT"
@@ -614,9 +624,9 @@ class Database:
             raise  # a bug in usersctl, not the database's state: exit 1 with --debug detail
         except DBAPIError as exc:  # OperationalError, DatabaseError, InterfaceError
             _raise_if_schema_error(exc)
-            raise DatabaseUnavailable(
-                describe_db_error(exc, self.engine, self.settings.busy_timeout)
-            ) from None
+            message = describe_db_error(exc, self.engine, self.settings.busy_timeout)
+            busy = message.startswith("database busy") or _is_lock_timeout(exc)
+            raise (DatabaseBusy if busy else DatabaseUnavailable)(message) from None
 
     def use_wal(self) -> None:
         """Switch a SQLite database usersctl owns to WAL (persistent; done once). Never done

@@ -39,6 +39,10 @@ class DatabaseUnavailable(UsersctlError):
     exit_code = 7
 
 
+class DatabaseBusy(DatabaseUnavailable):
+    """Another writer held the lock for the whole busy timeout: retrying later helps."""
+
+
 class UnreadableValue(UsersctlError):
     """A stored value usersctl cannot read, written by another program: the database as it
     is cannot be used for that row (exit 7). Over HTTP a 500, not the 503 that says "try

@@ -9,11 +9,14 @@ the outcome in a write transaction. A failure increments the counter in SQL
 from __future__ import annotations
 
 import re
+import threading
+import weakref
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from usersctl.errors import InvalidData, UsageError, UsersctlError
+from usersctl.errors import DatabaseBusy, InvalidData, UsageError, UsersctlError
 from usersctl.timestamps import iso_utc
 
 if TYPE_CHECKING:
@@ -153,18 +156,26 @@ def login(
     ref: str,
     password: str,
     moment: datetime | None = None,
+    hashing: AbstractContextManager[Any] | None = None,
 ) -> LoginResult:
     """Check a password and record the attempt. Never raises for a failed login: the
     caller reports every failure alike (the result says nothing of why).
 
     Three steps, so that no check, however slow its hash, ever holds or waits for a lock:
     the stored hash and login state are read in a short read transaction; the password is
-    checked with no transaction open; the outcome (last login and counter reset, a hash
-    upgrade, or the failure count and lockout) is written in a quick write transaction
-    that waits at most about a second for a lock. That write is best effort: a database
-    that cannot be written now (read-only file or folder, a SELECT-only role, a busy writer)
-    does not change the answer, which stands on what was read; the attempt is then not
-    recorded (`not_recorded` says why)."""
+    checked with no transaction open (inside `hashing`, the server's bound on hashes at
+    once); then the outcome is written.
+
+    A success (last login, counter reset, a hash upgrade) is written in a quick write
+    transaction that waits at most about a second for a lock, best effort: a database that
+    cannot be written now (read-only file or folder, a SELECT-only role, a busy writer)
+    does not change the answer, which stands on what was read (`not_recorded` says why).
+
+    A failure is what the lockout counts, so it waits for the lock like any write (the
+    busy timeout): when another writer holds the database that long (a long import), the
+    attempt raises DatabaseBusy (exit 7, 503) instead of going uncounted, and nothing
+    tells a wrong guess from a right one meanwhile but that. Only a database that cannot
+    be written at all (read-only) answers a failure without counting it."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from usersctl import crud
@@ -172,34 +183,108 @@ def login(
     moment = moment or now()
     with database.session(write=False) as session:
         credentials = crud.read_credentials(session=session, ref=ref)
-    check = crud.check_password(credentials=credentials, password=password, moment=moment)
+    if credentials is not None and _uncounted(database).get(credentials.user_id):
+        # Earlier failures a busy database kept waiting: counted first (they may lock the
+        # account), else this attempt is busy too, and no password is checked meanwhile.
+        _count_uncounted(database, settings, credentials.user_id, moment)
+        with database.session(write=False) as session:
+            credentials = crud.read_credentials(session=session, ref=ref)
+    with hashing or nullcontext():
+        check = crud.check_password(credentials=credentials, password=password, moment=moment)
     if check.user_id is None:
+        _wait_as_a_failure_would(database)
         return LoginResult(verified=False)
     verified = check.matches and check.may_log_in
     read_answer = LoginResult(verified, verified and check.must_change_password)
     try:
         return record_attempt(database=database, settings=settings, check=check, moment=moment)
+    except DatabaseBusy:
+        if not check.matches:
+            waiting = _uncounted(database)
+            with _UNCOUNTED_LOCK:
+                waiting[check.user_id] = waiting.get(check.user_id, 0) + 1
+            raise
+        return _unrecorded(read_answer, check, "database busy")
     except (UsersctlError, SQLAlchemyError) as exc:
-        return LoginResult(
-            read_answer.verified,
-            read_answer.must_change_password,
-            not_recorded=_reason(exc),
-            hash_kept=check.new_hash is not None,
-            user_id=check.user_id if read_answer.verified else None,
-            password_hash=check.stored_hash if read_answer.verified else None,
-        )
+        return _unrecorded(read_answer, check, _reason(exc))
+
+
+# Failed logins this process could not record (the database stayed busy past the busy
+# timeout), by database and user id: the next login of that user records them before
+# checking anything.
+_UNCOUNTED: weakref.WeakKeyDictionary[Database, dict[int, int]] = weakref.WeakKeyDictionary()
+_UNCOUNTED_LOCK = threading.Lock()
+
+
+def _uncounted(database: Database) -> dict[int, int]:
+    with _UNCOUNTED_LOCK:
+        return _UNCOUNTED.setdefault(database, {})
+
+
+def _count_uncounted(
+    database: Database, settings: Settings, user_id: int, moment: datetime
+) -> None:
+    from usersctl import crud
+    from usersctl.audit import Trail
+
+    pending = _uncounted(database)
+    with _UNCOUNTED_LOCK:
+        waiting = pending.pop(user_id, 0)
+    if not waiting:
+        return
+    try:
+        with database.session(write=True) as session:
+            crud.record_login(
+                session=session,
+                check=crud.PasswordCheck(user_id=user_id),
+                threshold=settings.lockout_threshold,
+                lock_for=timedelta(minutes=settings.lockout_minutes),
+                moment=moment,
+                trail=Trail(actor=settings.actor),
+                failures=waiting,
+            )
+    except BaseException:
+        with _UNCOUNTED_LOCK:
+            pending[user_id] = pending.get(user_id, 0) + waiting
+        raise
+
+
+def _wait_as_a_failure_would(database: Database) -> None:
+    """An unknown user's login waits for the write lock as a wrong password's does (and is
+    busy when that one would be), so that a busy database does not tell which accounts
+    exist. Writes nothing."""
+    try:
+        database.check_writable()
+        with database.session(write=True):
+            pass
+    except DatabaseBusy:
+        raise
+    except UsersctlError:  # read-only: a failure would go uncounted the same way
+        pass
+
+
+def _unrecorded(answer: LoginResult, check: PasswordCheck, why: str) -> LoginResult:
+    return LoginResult(
+        answer.verified,
+        answer.must_change_password,
+        not_recorded=why,
+        hash_kept=check.new_hash is not None,
+        user_id=check.user_id if answer.verified else None,
+        password_hash=check.stored_hash if answer.verified else None,
+    )
 
 
 def record_attempt(
     *, database: Database, settings: Settings, check: PasswordCheck, moment: datetime
 ) -> LoginResult:
-    """The write half of a login (crud.record_login) in a quick transaction: also how
+    """The write half of a login (crud.record_login): a success in a quick transaction,
+    a failure in one that waits the busy timeout (see login). Also how
     `PUT /users/me/password` counts a wrong current password toward the lockout."""
     from usersctl import crud
     from usersctl.audit import Trail
 
     database.check_writable()
-    with database.quick_session() as session:
+    with database.quick_session() if check.matches else database.session(write=True) as session:
         return crud.record_login(
             session=session,
             check=check,

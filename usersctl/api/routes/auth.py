@@ -31,10 +31,13 @@ def login(form: Annotated[OAuth2PasswordRequestForm, Depends()], server: ServerD
     from usersctl.lifecycle import now
 
     settings = dataclasses.replace(server.settings, actor="api:login")
-    with HASHING:
-        result = check_login(
-            database=server.database, settings=settings, ref=form.username, password=form.password
-        )
+    result = check_login(
+        database=server.database,
+        settings=settings,
+        ref=form.username,
+        password=form.password,
+        hashing=HASHING,  # only the check: a failure may wait for the database's lock
+    )
     if not result.verified or result.user_id is None:
         raise unauthorized("incorrect email or password")
     # Signed from the hash the login verified: a password reset after it makes this token
