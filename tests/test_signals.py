@@ -17,8 +17,9 @@ from test_output_failures import emails
 from conftest import SEED_PASSWORD, prehashed_rows
 
 # Runs usersctl's entry point after arranging to send itself SIGTEST_SIGNAL at SIGTEST_AT:
-# "export-row" (the third row of an export is about to be written) or "after-insert" (the
-# users are inserted, their transaction not yet committed).
+# "export-row" (the third row of an export is about to be written), "after-insert" (the
+# users are inserted, their transaction not yet committed), "closing" (all done and
+# reported) or "building" (before the command runs at all).
 WRAPPER = r"""
 import os, signal, sys
 
@@ -44,6 +45,27 @@ elif at == "after-insert":
     def after_insert(connection, cursor, statement, *rest):
         if statement.lstrip().upper().startswith("INSERT INTO USERS"):
             os.kill(os.getpid(), signum)
+
+elif at == "closing":  # the command is done and reported; its connections are closing
+    from usersctl.cli.state import AppState
+
+    close = AppState.close
+
+    def closing(self):
+        os.kill(os.getpid(), signum)
+        close(self)
+
+    AppState.close = closing
+elif at == "building":  # Typer is building the command from usersctl's functions
+    import typer.main
+
+    get_command = typer.main.get_command
+
+    def building(typer_instance):
+        os.kill(os.getpid(), signum)
+        return get_command(typer_instance)
+
+    typer.main.get_command = building
 
 sys.argv[0] = "usersctl"
 from usersctl.cli import main
@@ -108,6 +130,29 @@ def test_a_terminated_export_leaves_no_file(
     )  # fmt: skip
     assert_terminated(result, name, code)
     assert list(folder.iterdir()) == []  # no file, and no hidden temporary file of hashes
+
+
+@pytest.mark.parametrize(("name", "code"), SIGNALS)
+def test_a_signal_after_the_report_changes_nothing_of_the_outcome(
+    database: Path, tmp_path: Path, seed_hash: str, name: str, code: int
+) -> None:
+    """A `timeout` that fires as the command ends: the change is committed and its report
+    complete, so the exit is 0, silently. It was 143 ("nothing changed", a cron job's
+    retry or alert), or a traceback from closing a connection."""
+    rows = prehashed_rows(tmp_path / "users.jsonl", 2, seed_hash)
+    result = run(database, "import", str(rows), "-o", "json", at="closing", signal_name=name)
+    assert (result.returncode, result.stderr) == (0, ""), (code, result.stderr)
+    assert '"created": 2' in result.stdout
+    assert len(emails(database)) == 2
+
+
+@pytest.mark.parametrize(("name", "code"), SIGNALS)
+def test_a_signal_before_the_command_runs_is_one_line(
+    database: Path, tmp_path: Path, name: str, code: int
+) -> None:
+    """Ctrl-C while Typer builds the command printed a KeyboardInterrupt traceback."""
+    result = run(database, "list", at="building", signal_name=name)
+    assert_terminated(result, name, code)
 
 
 def test_nohup_keeps_a_command_going_when_the_session_closes(

@@ -111,6 +111,7 @@ class UsersctlGroup(TyperGroup):
         try:
             self._run(args, prog_name, complete_var, debug, **extra)
         finally:
+            _done()
             # Close the database now, not at interpreter exit (where SQLite may be left
             # unclosed, keeping its -wal/-shm files beside a database it only read).
             if _current_state is not None:
@@ -133,6 +134,7 @@ class UsersctlGroup(TyperGroup):
                 **extra,
             )
             flush_stdout()  # a full disk or closed stdout shows here, not at exit
+            _done()  # the command's work and report are complete: no signal undoes that
         except OutputFailed as exc:
             discard_stdout()
             _fail(exc.message, exc.exit_code, exc, debug=debug)
@@ -278,6 +280,17 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 _current_state: AppState | None = None  # this invocation's, for the interrupt message
+_console_script = False  # run as the `usersctl` command (not by CliRunner in a test)
+
+
+def _done() -> None:
+    """From here the process only closes connections and exits, with the code already
+    decided: a Ctrl-C or SIGTERM now (a `timeout` that fires just as the command ends)
+    must not turn a committed, fully reported change into exit 143 "nothing changed", nor
+    into a traceback from closing a connection. The console script ignores them."""
+    if _console_script:
+        for ending in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(ending, signal.SIG_IGN)
 
 
 def _bug(exc: Exception, debug: bool) -> NoReturn:
@@ -382,4 +395,9 @@ def main() -> None:
         if signal.getsignal(terminating) is signal.SIG_DFL:
             signal.signal(terminating, _terminate)
     guard_standard_streams()
-    app()
+    global _console_script
+    _console_script = True
+    try:
+        app()  # (Typer builds the command from the functions first: a Ctrl-C may land there)
+    except KeyboardInterrupt:
+        _interrupted()
