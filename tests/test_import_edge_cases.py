@@ -279,7 +279,7 @@ def test_a_header_in_another_delimiter_or_jsonl_named_json_gets_a_hint(
 
 def test_a_sync_of_an_empty_file_is_refused(cli: Cli, tmp_path: Path) -> None:
     """0 bytes is a failed export: it reported every owned user absent, exit 0 (and with
-    --max-prune 100% pruned them all)."""
+    --max-prune 100% pruned them all). So is a file that lists no users."""
     cli.ok(
         "sync", str(write(tmp_path, "hr.csv", "name,email\nA,a@example.com\n")), "--source", "hr"
     )
@@ -291,5 +291,17 @@ def test_a_sync_of_an_empty_file_is_refused(cli: Cli, tmp_path: Path) -> None:
     assert_error(
         cli("sync", "-", "-f", "csv", "--source", "hr", input=""), 5, "standard input is empty"
     )
-    header_only = str(write(tmp_path, "header.csv", "name,email\n"))
-    assert cli.json("sync", header_only, "--source", "hr")["absent"] == 1  # (a real, empty list)
+    # Nothing but a byte-order mark, blank lines or a header is a failed export too: a
+    # small source's --max-prune 5 used to let it prune 5.
+    for name, content in (("bom.csv", "\ufeff"), ("blank.csv", "\n\n"), ("blank.jsonl", "\n"),
+                          ("header.csv", "name,email\n")):  # fmt: skip
+        before = state(cli)
+        result = cli("sync", str(write(tmp_path, name, content)), "--source", "hr",
+                     "--prune", "delete", "--max-prune", "100%")  # fmt: skip
+        assert_error(result, 5, "lists no users" if name != "blank.csv" else "")
+        assert state(cli) == before
+    # A header without the columns every row needs is no users export (import too).
+    for command in (("sync", "--source", "hr"), ("import",)):
+        no_email = str(write(tmp_path, "names.csv", "name\n"))
+        assert_error(cli(command[0], no_email, *command[1:]), 5,
+                     "line 1: the header has no 'email' column")  # fmt: skip

@@ -157,8 +157,9 @@ def test_prune_guard_at_the_boundary(cli: Cli, tmp_path: Path) -> None:
     assert entry["email"] == "p3@example.com"
     assert entry["changes"]["email"] == {"before": "p3@example.com", "after": None}
 
-    # A count instead of a percentage; and an empty file never wipes the table.
-    empty = write(tmp_path, "empty.csv", "name,email\n")
+    # A count instead of a percentage; and a truncated file never wipes the table (one
+    # that lists nobody is refused outright: test_a_sync_of_an_empty_file_is_refused).
+    empty = write(tmp_path, "truncated.csv", "name,email\nNew,new@example.com\n")
     assert_error(cli("sync", str(empty), "--source", "hr", "--prune", "delete"), 9)
     assert_error(
         cli("sync", str(empty), "--source", "hr", "--prune", "disable", "--max-prune", "8"), 9
@@ -192,8 +193,8 @@ def test_other_sources_and_the_admin_are_never_touched(
         cli.ok("get", email, "-o", "json").stdout
         for email in ("root@example.com", "lin@example.com")
     ]
-    empty = write(tmp_path, "empty.csv", "name,email\n")
-    result = sync(cli, str(empty), "--source", "hr", "--prune", "delete", "--max-prune", "100%")
+    other = write(tmp_path, "other.csv", "name,email\nNew,new@example.com\n")
+    result = sync(cli, str(other), "--source", "hr", "--prune", "delete", "--max-prune", "100%")
     assert (result["absent"], result["deleted"]) == (2, 2)
     after = [
         cli.ok("get", email, "-o", "json").stdout
@@ -274,10 +275,10 @@ def test_dry_run_plan_lines_and_json(cli: Cli, tmp_path: Path) -> None:
     assert data["summary"]["dry_run"] is True
     kept = cli.ok("sync", source, "--source", "hr", "--dry-run").stdout
     assert "? p2@example.com  absent from the file (kept: --prune none)" in kept
-    refused = cli("sync", str(write(tmp_path, "e.csv", "name,email\n")), "--source", "hr",
-                  "--prune", "delete", "--dry-run")  # fmt: skip
+    truncated = write(tmp_path, "t.csv", "name,email\nPerson 1,p1@example.com\n")
+    refused = cli("sync", str(truncated), "--source", "hr", "--prune", "delete", "--dry-run")
     assert refused.exit_code == 9
-    assert refused.stdout.count("\n- ") == 9  # the plan the real run would refuse
+    assert refused.stdout.count("\n- ") == 8  # the plan the real run would refuse
     before = state(cli)
     for form in ("csv", "plain"):  # no one row shape; the real run's -o plain is its counts
         no_rows = cli("sync", source, "--source", "hr", "--dry-run", "-o", form)

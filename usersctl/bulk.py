@@ -27,6 +27,7 @@ from usersctl.errors import InvalidData, UsageError
 
 FORMATS = ("csv", "json", "jsonl")
 _EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+REQUIRED_COLUMNS = ("name", "email")
 _OPTIONAL = {
     "role", "active", "password", "password_hash", "id", "created_at", "updated_at",
     "last_login_at", "password_changed_at", "expires_at", "must_change_password", "locked",
@@ -171,8 +172,15 @@ def _csv_records(
             f"line 1: unknown column(s) {', '.join(map(repr, unknown))}; "
             + (hint or f"known: {', '.join(IMPORT_COLUMNS)} (--ignore-columns drops others)")
         )
-    if len(set(header)) != len(header):
-        raise InvalidData("line 1: a column appears twice in the header")
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise InvalidData(f"line 1: column {twice[0]!r} appears twice in the header")
+    missing = [name for name in REQUIRED_COLUMNS if name not in header]
+    if missing:  # (a header only, or a file that is no users export at all)
+        raise InvalidData(
+            f"line 1: the header has no {' and no '.join(map(repr, missing))} column "
+            f"(every row needs {' and '.join(REQUIRED_COLUMNS)})"
+        )
     kept = [(i, name) for i, name in enumerate(header) if name not in options.ignore]
     every = len(kept) == len(header)
     line = reader.line_num + 1

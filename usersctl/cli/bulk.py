@@ -193,13 +193,14 @@ def run_rows(
                 for batch in bulk.validate(records, row_check, restore=job.restore, seen=seen):
                     run.add(batch)
                     progress.update()
-                if job.source is not None and counting.consumed == 0:
-                    # A failed export, surely: a sync of nothing would report (or prune)
-                    # every user the source owns.
+                if job.source is not None and seen.read == 0:
+                    # A failed export, surely (nothing, a byte-order mark, blank lines, a
+                    # header alone): a sync of no users would report (or prune) every
+                    # user the source owns.
+                    what = "is empty (0 bytes)" if counting.consumed == 0 else "lists no users"
                     raise InvalidData(
-                        f"{'standard input' if source == '-' else source} is empty (0 bytes, "
-                        "not even a header line): a source's export always has one; nothing "
-                        "changed"
+                        f"{'standard input' if source == '-' else source} {what}: a "
+                        "source's export always lists some; nothing changed"
                     )
                 outcome = run.finish()
             finally:
