@@ -162,6 +162,34 @@ def test_adoption_message_says_what_is_true_on_each_engine(fresh: Cli, engine_na
         assert ("WAL" in result.stderr) == (engine_name == "postgresql")
 
 
+def test_an_empty_tutorial_password_becomes_no_password(fresh: Cli) -> None:
+    """It was hashed, and the account then logged in with an empty password, silently."""
+    make_tutorial(
+        fresh.url, [(1, "Ada", "ada@example.com", ""), (2, "Bob", "bob@example.com", "pw")]
+    )
+    result = fresh("db", "upgrade")
+    assert result.exit_code == 0, result.stderr
+    assert "warning: user 1: empty password: the account now has no password" in result.stderr
+    assert "user 2" not in result.stderr
+    assert fresh.json("get", "1")["has_password"] is False
+    empty = fresh("verify-password", "ada@example.com", "--password-stdin", input="\n")
+    assert empty.exit_code == 6
+    assert fresh.json("get", "2")["has_password"] is True
+
+
+def test_adopting_only_to_0001_says_the_passwords_are_still_plaintext(fresh: Cli) -> None:
+    """It claimed they were hashed, then said "Already at revision 0001"."""
+    make_tutorial(fresh.url, [(1, "Ada", "ada@example.com", "secret-one")])
+    result = fresh("db", "upgrade", "0001")
+    assert result.exit_code == 0, result.stderr
+    assert "stamped revision 0001. Its passwords are still plaintext" in result.stderr
+    assert "argon2id hashes" not in result.stderr and "Already at" not in result.stderr
+    assert_error(fresh("db", "upgrade", "base"), 2, "base is older than the current revision 0001",
+                 "usersctl db downgrade base")  # fmt: skip
+    assert fresh.ok("db", "upgrade").exit_code == 0
+    assert_error(fresh("db", "upgrade", "base"), 2, f"current revision {HEAD}")
+
+
 def test_an_adopted_sqlite_file_becomes_private(tmp_path: Path) -> None:
     path = tmp_path / "users.db"
     url = f"sqlite:///{path}"

@@ -453,6 +453,12 @@ def upgrade(
 
     def operation(config: Config, status: Status) -> MigrationResult:
         adopted = status.state is State.TUTORIAL
+        if target is None and (status.revision is not None or adopted):
+            current = status.revision or "(a tutorial database)"
+            raise UsageError(
+                f"base is older than the current revision {current}: "
+                "use `usersctl db downgrade base`"
+            )
         if target is not None and status.revision in KNOWN_REVISIONS:
             if KNOWN_REVISIONS.index(target) < KNOWN_REVISIONS.index(status.revision):
                 raise UsageError(

@@ -148,10 +148,16 @@ def upgrade() -> None:
         user_id
         for user_id, _, _, password in rows
         if has_password
-        and password is not None
+        and password  # an empty one is kept empty: no password (usersctl passwd sets one)
         and (_adopting() or not passwords.is_supported_hash(password))
     }
     _warn_about_values(rows, hashing)
+    for user_id, _, _, password in rows:
+        if has_password and password == "":
+            _warn(
+                f"user {user_id}: empty password: the account now has no password (it cannot "
+                "log in with an empty one); give it one with `usersctl passwd`"
+            )
 
     # 1. Data, before any DDL: trim names, lowercase emails, hash plaintext in place. On
     #    MariaDB the next DDL statement commits this together with the revision before it.

@@ -116,14 +116,20 @@ def run_upgrade(ctx: typer.Context, revision: str, dry_run: bool = False) -> Non
     if dry_run:
         _show_dry_run("upgrade", database.display_url, result)
         return
-    if result.adopted:
+    if result.adopted and result.after == "0001":
+        say(
+            "Adopted the tutorial database: stamped revision 0001. Its passwords are still "
+            "plaintext: `usersctl db upgrade` (0002 or later) hashes them."
+        )
+    elif result.adopted:
         say(
             "Adopted the tutorial database: stamped revision 0001, then upgraded "
             f"(plaintext passwords are now argon2id hashes; {_plaintext_left(result)})."
         )
     if result.finished_scrub:
         say("Scrubbed the old plaintext passwords an earlier upgrade left in free space.")
-    _report("Upgraded", database.display_url, result)
+    if not (result.adopted and result.before == result.after):  # (adopted at 0001: said)
+        _report("Upgraded", database.display_url, result)
 
 
 def _plaintext_left(result: MigrationResult) -> str:
