@@ -148,6 +148,22 @@ def test_tutorial_database_stamped_by_its_own_alembic_is_adoptable(empty_db_url:
     assert tutorial.json("db", "current")["state"] == "current"
 
 
+def test_a_tutorial_database_is_adopted_never_stamped(empty_db_url: str) -> None:
+    """`db stamp 0001` fitted the tutorial's table, and the next upgrade then took a
+    plaintext password that looks like a hash for a hash (that user could no longer log
+    in) and left the file as readable as it was."""
+    from argon2 import PasswordHasher
+
+    looks_hashed = PasswordHasher().hash("inner")  # the password, typed literally
+    make_tutorial_db(empty_db_url, [("Ada", "ada@example.com", looks_hashed)])
+    tutorial = Cli(url=empty_db_url, runner=CliRunner())
+    for extra in (("--yes",), ("--dry-run",)):
+        refused = tutorial("db", "stamp", "0001", *extra)
+        assert_error(refused, 8, "refusing to stamp the tutorial's database", "db upgrade")
+    tutorial.ok("db", "upgrade")
+    tutorial.ok("verify-password", "ada@example.com", "--password-stdin", input=looks_hashed + "\n")
+
+
 @pytest.mark.parametrize("engine_name", ["sqlite"])
 def test_verify_password_is_not_blocked_by_a_writer(cli: Cli, seed: Seeder) -> None:
     seed([{"name": "Ada", "email": "ada@example.com"}])

@@ -550,6 +550,14 @@ def stamp(
 
     def operation(config: Config, status: Status) -> MigrationResult:
         connection = config.attributes["connection"]
+        if status.state is State.TUTORIAL:
+            # Its 0001 fits, but stamping it would skip adoption: the plaintext passwords
+            # would then be taken for hashes where they look like one, the file left as
+            # readable as it was.
+            raise SchemaMismatch(
+                "refusing to stamp the tutorial's database: `usersctl db upgrade` adopts it "
+                "(hashing its plaintext passwords); nothing changed"
+            )
         found, matches = describe_tables(connection)
         if target not in matches:
             fits = " or ".join(r or "base" for r in matches) or "no revision usersctl knows"
