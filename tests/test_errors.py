@@ -535,6 +535,29 @@ def test_url_password_is_masked_in_messages(empty_db_url: str) -> None:
         assert ":***@" in result.stderr
 
 
+def test_a_wal_database_in_a_read_only_folder_says_why_it_cannot_open(
+    tmp_path: Path, sqlite_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only folder or mount: SQLite cannot create the -shm file a WAL database
+    needs even to be read. It said only "check the path and its permissions"."""
+    from sqlalchemy.exc import OperationalError
+
+    from usersctl.database import describe_db_error
+
+    folder = tmp_path / "replica"
+    folder.mkdir()
+    path = folder / "users.db"
+    shutil.copyfile(sqlite_template, path)
+    engine = create_engine(f"sqlite:///{path}")
+    error = OperationalError("SELECT 1", {}, Exception("unable to open database file"))
+    assert "check the path" in describe_db_error(error, engine, 10)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != folder and real_access(p, mode))
+    message = describe_db_error(error, engine, 10)
+    assert f"its folder {folder} is read-only" in message and "-shm" in message
+    engine.dispose()
+
+
 # ---------------- 8: schema mismatch
 
 

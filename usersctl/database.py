@@ -498,6 +498,15 @@ def describe_db_error(exc: DBAPIError, engine: Engine, busy_timeout: float) -> s
         if "readonly" in text or "read-only" in text:
             return f"database {where} is read-only (check file and folder permissions)"
         if "unable to open" in text:
+            path = _sqlite_path(url)
+            folder = path.parent if path is not None else None
+            if path is not None and folder is not None and path.exists():
+                if not os.access(folder, os.W_OK):
+                    return (
+                        f"cannot open database {where}: its folder {folder} is read-only, and "
+                        "SQLite must create the -wal and -shm files beside a WAL database "
+                        "even to read it (copy the file to a folder you can write to)"
+                    )
             return f"cannot open database {where} (check the path and its permissions)"
         if "disk is full" in text:
             return (
