@@ -660,6 +660,23 @@ def test_a_time_that_is_no_time_is_exit_7_naming_it(
     assert invoke(url, "get", "ada@example.com").exit_code == 0
 
 
+@pytest.mark.parametrize("stored", ["[", "null", '"s"', "5", '{"name": {"before": [1]}}'])
+def test_audit_changes_another_program_wrote_are_exit_7_naming_the_entry(
+    tmp_path: Path, sqlite_template: Path, stored: str
+) -> None:
+    """`usersctl audit` answered "a bug" (exit 1) in every format for one such row."""
+    path = tmp_path / "users.db"
+    shutil.copyfile(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    sql(url, "INSERT INTO audit_log (at, actor, action, user_id, user_email, changes) "
+             "VALUES ('2026-01-01 00:00:00', 'app', 'x', 1, 'e', :c)", {"c": stored})  # fmt: skip
+    (entry,) = sql(url, "SELECT id FROM audit_log WHERE actor = 'app'")
+    for output in ("table", "json", "jsonl", "plain"):
+        result = invoke(url, "audit", "-o", output)
+        assert_error(result, 7, f"audit entry {entry[0]} holds changes usersctl cannot read")
+        assert "bug" not in result.stderr
+
+
 def test_a_stored_time_with_an_offset_is_exported_as_get_shows_it(
     tmp_path: Path, sqlite_template: Path
 ) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from usersctl import rules
 from usersctl.database import driver_value, insert_many
-from usersctl.errors import InvalidData
+from usersctl.errors import InvalidData, UnreadableValue
 from usersctl.models import AuditEntry, User, UTCDateTime, audit_table, utcnow
 from usersctl.timestamps import iso_utc
 
@@ -243,5 +243,27 @@ def entries(
             "action": entry.action,
             "user_id": entry.user_id,
             "email": entry.user_email,
-            "changes": json.loads(entry.changes),
+            "changes": _changes(entry.id, entry.changes),
         }
+
+
+def _changes(entry_id: int, text: Any) -> dict[str, Any]:
+    """An entry's `changes` as usersctl writes them (field -> {"before", "after"}, or a
+    word such as "set"); anything else another program wrote is exit 7 naming the entry,
+    never "a bug"."""
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError):
+        value = None
+    if isinstance(value, dict) and all(
+        isinstance(change, str) or (isinstance(change, dict) and change.keys() >= _BEFORE_AFTER)
+        for change in value.values()
+    ):
+        return value
+    raise UnreadableValue(
+        f"audit entry {entry_id} holds changes usersctl cannot read ({repr(text)[:60]}), "
+        "written by another program: correct or delete that row"
+    )
+
+
+_BEFORE_AFTER = frozenset({"before", "after"})

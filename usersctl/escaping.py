@@ -25,7 +25,9 @@ FORMAT_CHARACTERS = (
     "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
     "\U000e0020-\U000e007f"
 )
-_UNSAFE = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029{FORMAT_CHARACTERS}]|\\\\(?=[xuU])")
+_CONTROLS = f"[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029{FORMAT_CHARACTERS}]"
+_UNSAFE = re.compile(_CONTROLS)
+_UNSAFE_OR_ESCAPE_LIKE = re.compile(f"{_CONTROLS}|\\\\(?=[xuU])")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -37,5 +39,7 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def printable(value: str) -> str:
-    return _UNSAFE.sub(_escape, value)
+def printable(value: str, *, backslashes: bool = True) -> str:
+    """`value` safe to show. Without `backslashes` (a message of usersctl's own, whose
+    quoted values are Python reprs such as `b'\\x00'`), backslashes are left alone."""
+    return (_UNSAFE_OR_ESCAPE_LIKE if backslashes else _UNSAFE).sub(_escape, value)

@@ -81,8 +81,8 @@ def _fail(
         traceback.print_exception(exc, file=sys.stderr)
     try:
         for line in details:
-            say(printable(line))
-        say(f"error: {printable(message)}")
+            say(printable(line, backslashes=False))
+        say(f"error: {printable(message, backslashes=False)}")
     except OSError:
         pass  # stderr is gone too (the terminal closed, `2>&1 | true`): the code still tells
     sys.exit(code)
