@@ -130,6 +130,24 @@ def test_downgrade_to_base_is_not_refused_because_of_roles(cli: Cli, seed: Seede
     )
 
 
+def test_downgrade_below_0005_refuses_while_an_api_token_works(cli: Cli) -> None:
+    """Leaving 0005 deletes every API token (and the login signing key): it did so without
+    a word. Revoked or expired ones are no loss; to base, the prompt already says all goes."""
+    from usersctl.revision import HEAD
+
+    cli.ok("token", "create", "deploy")
+    cli.ok("token", "create", "old", "--expires", "1h")
+    for extra in ((), ("--dry-run",)):
+        refused = cli("db", "downgrade", "0004", "--yes", *extra)
+        assert_error(refused, 5, "cannot downgrade below 0005", "2 API token(s) still work",
+                     "--discard-api-tokens")  # fmt: skip
+        assert cli.json("db", "current")["revision"] == HEAD  # (MariaDB too: nothing applied)
+    cli.ok("token", "revoke", "deploy")
+    assert_error(cli("db", "downgrade", "0004", "--yes"), 5, "1 API token(s) still work")
+    cli.ok("db", "downgrade", "0004", "--yes", "--discard-api-tokens")
+    assert cli.json("db", "current")["revision"] == "0004"
+
+
 def test_downgrade_to_base_prompt_says_every_user_is_deleted(
     cli: Cli, seed: Seeder, on_a_terminal: None
 ) -> None:

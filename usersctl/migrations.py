@@ -491,11 +491,13 @@ def downgrade(
     revision: str,
     *,
     discard_audit_trail: bool = False,
+    discard_api_tokens: bool = False,
     dry_run: bool = False,
     on_commit: Callable[[], None] | None = None,
 ) -> MigrationResult:
     """Downgrade to `revision`. Leaving 0003 drops the audit trail, which the migration
-    refuses unless `discard_audit_trail`."""
+    refuses unless `discard_audit_trail`; leaving 0005 drops the API tokens, refused while
+    one still works unless `discard_api_tokens`."""
     target = resolve_revision(revision, aliases=("base",))
 
     def operation(config: Config, status: Status) -> MigrationResult:
@@ -521,6 +523,7 @@ def downgrade(
         "db-downgrade",
         dry_run=dry_run,
         discard_audit_trail=discard_audit_trail,
+        discard_api_tokens=discard_api_tokens,
         to_base=target is None,
         on_commit=on_commit,
     )

@@ -9,7 +9,8 @@ MariaDB commits each CREATE as it runs, so every step first checks whether it is
 done: a run interrupted half-way is finished by running it again. Tables are utf8mb4.
 
 The downgrade drops both tables: every API token and login token stops working (make new
-ones after upgrading again).
+ones after upgrading again). It refuses while a token still works (not revoked, not
+expired) unless usersctl passes `discard_api_tokens` (`db downgrade --discard-api-tokens`).
 
 Revision ID: 0005
 Revises: 0004
@@ -17,10 +18,12 @@ Create Date: 2026-12-01
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import context, op
 
+from usersctl.errors import InvalidData
 from usersctl.models import UTCDateTime
 
 revision: str = "0005"
@@ -70,6 +73,28 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     tables = _tables()
+    attributes = context.config.attributes
+    # (To base every table goes, which the command asked consent for, saying so.)
+    discard = attributes.get("discard_api_tokens") or attributes.get("to_base", False)
+    if "api_tokens" in tables and not discard:
+        tokens = sa.table(
+            "api_tokens",
+            sa.column("revoked", sa.Boolean()),
+            sa.column("expires_at", UTCDateTime()),
+        )
+        now = sa.bindparam("now", datetime.now(UTC), type_=UTCDateTime())
+        working = sa.select(sa.func.count()).where(
+            tokens.c.revoked == sa.false(),
+            sa.or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now),
+        )
+        live = _reader().execute(working).scalar_one()
+        if live:
+            raise InvalidData(
+                f"cannot downgrade below 0005, nothing changed: {live} API token(s) still "
+                "work, and revision 0004 has no place for them (every login token would stop "
+                "working too). Revoke them first (usersctl token list; usersctl token revoke "
+                "NAME), or rerun with --discard-api-tokens."
+            )
     if "api_settings" in tables:
         op.drop_table("api_settings")
     if "api_tokens" in tables:

@@ -192,6 +192,14 @@ def downgrade(
             "usersctl audit -o jsonl).",
         ),
     ] = False,
+    discard_api_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--discard-api-tokens",
+            help="Allow going below 0005 while API tokens still work (they, and every login "
+            "token, stop working).",
+        ),
+    ] = False,
     dry_run: SqlDryRun = False,
 ) -> None:
     """Downgrade the schema to REV. Refuses where data would be lost; 'base' drops the tables.
@@ -219,6 +227,7 @@ def downgrade(
         database,
         revision,
         discard_audit_trail=discard_audit_trail,
+        discard_api_tokens=discard_api_tokens,
         dry_run=dry_run,
         on_commit=None if dry_run else _migrating(ctx, database),
     )
