@@ -162,6 +162,24 @@ def test_adoption_message_says_what_is_true_on_each_engine(fresh: Cli, engine_na
         assert ("WAL" in result.stderr) == (engine_name == "postgresql")
 
 
+def test_one_email_twice_without_the_unique_index_is_refused_naming_the_rows(
+    fresh: Cli,
+) -> None:
+    """The index 0001 creates refused it with a bare "already taken" (exit 4)."""
+    make_tutorial(fresh.url, [(1, "Ada", "ada@example.com", "pw-one"),
+                              (2, "Bob", "bob@example.com", "pw-two")])  # fmt: skip
+    engine = create_engine(fresh.url)
+    drop = "DROP INDEX ix_users_email" + (" ON users" if "mysql" in fresh.url else "")
+    with engine.begin() as connection:
+        connection.execute(text(drop))
+        connection.execute(text("INSERT INTO users VALUES (3, 'Ada 2', 'ada@example.com', 'x')"))
+    engine.dispose()
+    for extra in ((), ("--dry-run",)):
+        assert_error(fresh("db", "upgrade", *extra), 5,
+                     "users 1 and 3 share email 'ada@example.com'", "nothing changed")  # fmt: skip
+    assert stored(fresh.url, "SELECT password FROM users WHERE id = 1") == [("pw-one",)]
+
+
 def test_an_empty_tutorial_password_becomes_no_password(fresh: Cli) -> None:
     """It was hashed, and the account then logged in with an empty password, silently."""
     make_tutorial(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from usersctl import migration_ops as ops
+from usersctl.errors import InvalidData
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -38,7 +39,34 @@ def upgrade() -> None:
         # "jose@x" as one (usersctl lowercases emails itself).
     )
     ops.create_index_if_missing("ix_users_id", "users", ["id"])
+    if ops.has_table("users") and "ix_users_email" not in ops.index_names("users"):
+        _check_unique_emails()
     ops.create_index_if_missing("ix_users_email", "users", ["email"], unique=True)
+
+
+def _check_unique_emails() -> None:
+    """A tutorial table whose unique index was dropped may hold one email twice: refused
+    naming the rows (exit 5), as 0002 refuses emails that differ only in case, instead of
+    the index's bare "already taken" (exit 4)."""
+    users = sa.table("users", sa.column("id", sa.Integer), sa.column("email", sa.String))
+    rows = ops.reader().execute(sa.select(users.c.id, users.c.email).order_by(users.c.id))
+    owner: dict[str, int] = {}
+    problems: list[str] = []
+    for user_id, email in rows:
+        if email is None:
+            continue
+        key = email.rstrip(" ") if ops.is_mysql() else email  # (MariaDB's PAD SPACE)
+        if key in owner:
+            problems.append(f"users {owner[key]} and {user_id} share email {email!r}")
+        owner.setdefault(key, user_id)
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise InvalidData(
+            "cannot upgrade to 0001, nothing changed: "
+            + "; ".join(problems[:10])
+            + more
+            + ". Fix these rows with the old application, then run `usersctl db upgrade` again."
+        )
 
 
 def downgrade() -> None:
