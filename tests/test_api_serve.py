@@ -253,6 +253,40 @@ def test_a_request_path_cannot_write_into_the_log(cli: Cli, serve: Any) -> None:
     assert not any(line.startswith("2026-12-06 12:00:00,000") for line in log.splitlines())
 
 
+def test_a_request_that_never_arrives_whole_is_cut_off(cli: Cli, serve: Any) -> None:
+    """A half-sent head (or a body, or a byte now and then) held the connection for ever:
+    about a thousand such clients used up the server's file descriptors. A request that
+    arrives whole is answered, however slow its handling."""
+    import socket
+    import time
+
+    server = serve("--request-timeout", "1")
+    port = server.port
+
+    def opened() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+    half_head, trickle, half_body = opened(), opened(), opened()
+    half_head.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    form = b"Content-Type: application/x-www-form-urlencoded\r\n"
+    half_body.sendall(b"POST /auth/token HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                      + form + b"\r\nusername=")  # fmt: skip
+    started = time.monotonic()
+    for _ in range(4):  # a byte every 0.4 s: each one used to reset uvicorn's only timer
+        trickle.sendall(b"G")
+        time.sleep(0.4)
+    for connection in (half_head, trickle, half_body):
+        assert connection.recv(1024) == b""  # closed by the server
+        connection.close()
+    assert time.monotonic() - started < 8
+    # Whole requests, on a connection kept alive between them, are served.
+    for _ in range(2):
+        assert server.client.get("/healthz").status_code == 200
+        time.sleep(0.6)  # within the deadline each time: it starts again after a response
+    assert server.client.get("/healthz").status_code == 200
+    assert server.stop() == 0
+
+
 def test_serve_refuses_remote_without_allow_remote(cli: Cli) -> None:
     assert_error(cli("serve", "--host", "0.0.0.0"), 2, "--allow-remote")
     assert_error(cli("serve", "--host", "192.0.2.1", "--actor", "x"), 2, "not a loopback address")

@@ -50,6 +50,21 @@ def _within(low: int, high: int, what: str) -> Callable[[int], int]:
     return check
 
 
+def _raise_open_files_limit() -> None:
+    """Each client connection is a file descriptor: the usual soft limit of 1024 is a few
+    hundred slow clients from refusing everyone. Raised to the hard limit, which needs no
+    privilege (a systemd unit's LimitNOFILE= sets both)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass  # (a kernel cap below the hard limit: keep what we have)
+
+
 def free_port(host: str, port: int) -> int:
     """`port` if it can be listened on (0: a free one, so that the banner names it), else a
     usage error (exit 2). uvicorn would log the failure and exit 3, "not found" here."""
@@ -111,6 +126,16 @@ def serve(
             "is far away (README: Serving the API).",
         ),
     ] = 2,
+    request_timeout: Annotated[
+        int,
+        typer.Option(
+            "--request-timeout",
+            metavar="SECONDS",
+            callback=_within(1, 3600, "a number of seconds"),
+            help="Close a connection whose request has not arrived whole this long after it "
+            "opened or after the previous response (1-3600; slow or idle clients).",
+        ),
+    ] = 30,
     allow_remote: Annotated[
         bool,
         typer.Option(
@@ -172,6 +197,8 @@ def serve(
 
     import uvicorn
 
+    from usersctl.api.protocol import DeadlineH11Protocol
+
     # The worker processes resolve the same settings from the environment.
     os.environ["USERSCTL_DATABASE_URL"] = state.settings.database_url
     os.environ["USERSCTL_ACTOR"] = state.settings.actor
@@ -179,6 +206,7 @@ def serve(
     os.environ["USERSCTL_SCIM"] = "1" if scim else "0"
     os.environ["USERSCTL_DOCS"] = "1" if docs else "0"
     os.environ["USERSCTL_READ_THREADS"] = str(read_threads)
+    os.environ["USERSCTL_REQUEST_TIMEOUT"] = str(request_timeout)
     say(
         f"Serving {database.display_url} on http://{host}:{port} "
         f"({workers} worker{'s' if workers > 1 else ''})"
@@ -197,8 +225,10 @@ def serve(
     # handles it itself, restarting the workers.)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    _raise_open_files_limit()
     uvicorn.run(
         "usersctl.api.app:create_app_from_env",
+        http=DeadlineH11Protocol,  # (usersctl.api.protocol: slow clients time out)
         factory=True,
         host=host,
         port=port,
