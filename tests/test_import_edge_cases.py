@@ -100,6 +100,26 @@ def test_adopting_a_user_records_its_external_id_going(cli: Cli, tmp_path: Path)
     assert [entry["changes"] for entry in entries(cli, "sync")] == [expected]
 
 
+def test_expires_at_in_a_file_reads_as_the_expires_option_does(cli: Cli, tmp_path: Path) -> None:
+    """A date (HR exports hold dates), a time without an offset, `never`: all were "invalid
+    expires_at", which did not say what was wanted."""
+    rows = ("name,email,expires_at\nA,a@example.com,2030-01-01\n"
+            "B,b@example.com,2030-01-01 12:30:00\n"
+            "C,c@example.com,2030-01-01T12:30:00+02:00\nD,d@example.com,never\n")  # fmt: skip
+    cli.ok("import", str(write(tmp_path, "e.csv", rows)))
+    shown = {u["email"]: u["expires_at"] for u in cli.json("list")}
+    assert shown == {"a@example.com": "2030-01-01T00:00:00Z",
+                     "b@example.com": "2030-01-01T12:30:00Z",
+                     "c@example.com": "2030-01-01T10:30:00Z", "d@example.com": None}  # fmt: skip
+    never = write(tmp_path, "n.csv", "name,email,expires_at\nA,a@example.com,never\n")
+    cli.ok("import", str(never), "--on-conflict", "update")
+    assert cli.json("get", "a@example.com")["expires_at"] is None
+    bad = write(tmp_path, "b.csv", "name,email,expires_at\nX,x@example.com,31/12/2030\n")
+    bad_rows(
+        cli, "import", str(bad), lines=("line 2: invalid expires_at: give a date (2027-06-30",)
+    )
+
+
 def test_a_restore_records_what_it_put_back(cli: Cli, tmp_path: Path) -> None:
     backup = write(
         tmp_path,

@@ -64,7 +64,23 @@ FIELD_RULES = {
     "updated_at": (
         "invalid updated_at: must be an ISO-8601 time with a time zone, e.g. 2026-01-31T09:00:00Z"
     ),
+    "last_login_at": (
+        "invalid last_login_at: must be an ISO-8601 time with a time zone, e.g. "
+        "2026-01-31T09:00:00Z"
+    ),
+    "password_changed_at": (
+        "invalid password_changed_at: must be an ISO-8601 time with a time zone, e.g. "
+        "2026-01-31T09:00:00Z"
+    ),
+    "expires_at": (
+        "invalid expires_at: must be a date (2027-06-30: its midnight UTC) or an ISO-8601 "
+        "time (2027-06-30T12:00:00Z; without an offset, UTC)"
+    ),
 }
+EXPIRES_IN_A_FILE = (
+    "invalid expires_at: give a date (2027-06-30: its midnight UTC), an ISO-8601 time "
+    "(2027-06-30T12:00:00Z; without an offset, UTC) or never"
+)
 STORED_NUL = "invalid {}: must not contain NUL (U+0000), which no database engine stores"
 # A lone surrogate (U+D800-U+DFFF, e.g. JSON's "\ud800") is not text: no database stores it
 # and argon2 cannot hash it.

@@ -18,6 +18,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -242,6 +243,24 @@ class _RestoreIdentity(TypedDict):
     role: NotRequired[_stored("role", ROLE_LENGTH, empty=False)]  # type: ignore[valid-type]
 
 
+def _expiry_as_written(value: Any) -> Any:
+    """An import's expires_at as people write it, read as `--expires` reads it: a date is
+    its midnight UTC, a time without an offset is UTC, `never` is no expiry."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() == "never":
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(rules.EXPIRES_IN_A_FILE) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+Expiry = Annotated[Moment | None, BeforeValidator(_expiry_as_written)]
+
+
 class _ImportRest(TypedDict, total=False):
     active: bool
     password: Annotated[str, AfterValidator(check_password)] | None
@@ -251,7 +270,7 @@ class _ImportRest(TypedDict, total=False):
     updated_at: Moment | None
     last_login_at: Moment | None
     password_changed_at: Moment | None
-    expires_at: Moment | None
+    expires_at: Expiry
     must_change_password: bool
     locked: bool
     has_password: bool
