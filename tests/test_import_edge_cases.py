@@ -120,6 +120,19 @@ def test_expires_at_in_a_file_reads_as_the_expires_option_does(cli: Cli, tmp_pat
     )
 
 
+def test_excel_columns_without_a_name_are_dropped_while_empty(cli: Cli, tmp_path: Path) -> None:
+    """Excel writes empty columns right of the data (a header `Name,Email,,`, rows ending
+    in `,,`): "unknown column(s) '', ''", or "expected 2 fields, found 4". A value in such
+    a column is still a bad row: there is no telling what it is."""
+    excel = write(tmp_path, "x.csv", "Name , EMAIL ,,\r\nAda,ada@example.com,,\r\n")
+    trailing = write(tmp_path, "t.csv", "Name,Email\r\nBob,bob@example.com,,\r\n")
+    cli.ok("import", str(excel))
+    cli.ok("import", str(trailing))
+    assert [u["email"] for u in cli.json("list")] == ["ada@example.com", "bob@example.com"]
+    filled = write(tmp_path, "f.csv", "name,email,\nCy,cy@example.com,VIP\n")
+    bad_rows(cli, "import", str(filled), lines=("line 2: a value in column 3, which has no name",))
+
+
 def test_a_restore_records_what_it_put_back(cli: Cli, tmp_path: Path) -> None:
     backup = write(
         tmp_path,

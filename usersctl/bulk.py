@@ -165,14 +165,17 @@ def _csv_records(
         return
     # Header names are matched trimmed and case-insensitively (`Name,Email` works).
     header = [name.strip().lower() for name in header]
-    unknown = [n for n in header if n not in IMPORT_COLUMNS and n not in options.ignore]
+    # Columns without a name (Excel writes them for formatted cells right of the data)
+    # are dropped, as long as they hold nothing.
+    nameless = [i for i, name in enumerate(header) if not name]
+    unknown = [n for n in header if n and n not in IMPORT_COLUMNS and n not in options.ignore]
     if unknown:
         hint = _delimiter_hint(header, delimiter)
         raise InvalidData(
             f"line 1: unknown column(s) {', '.join(map(repr, unknown))}; "
             + (hint or f"known: {', '.join(IMPORT_COLUMNS)} (--ignore-columns drops others)")
         )
-    twice = sorted({name for name in header if header.count(name) > 1})
+    twice = sorted({name for name in header if name and header.count(name) > 1})
     if twice:
         raise InvalidData(f"line 1: column {twice[0]!r} appears twice in the header")
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
@@ -181,7 +184,7 @@ def _csv_records(
             f"line 1: the header has no {' and no '.join(map(repr, missing))} column "
             f"(every row needs {' and '.join(REQUIRED_COLUMNS)})"
         )
-    kept = [(i, name) for i, name in enumerate(header) if name not in options.ignore]
+    kept = [(i, name) for i, name in enumerate(header) if name and name not in options.ignore]
     every = len(kept) == len(header)
     line = reader.line_num + 1
     while True:
@@ -196,8 +199,14 @@ def _csv_records(
         if not "".join(values).strip():
             counts.blank_rows += 1  # a blank line, or a row of empty cells (`,,,`)
             continue
+        if len(values) > len(header) and not "".join(values[len(header) :]).strip():
+            values = values[: len(header)]  # empty cells past the last column (Excel)
         if len(values) != len(header):
             yield Record(start, None, f"expected {len(header)} fields, found {len(values)}")
+            continue
+        filled = [i + 1 for i in nameless if values[i].strip()]
+        if filled:
+            yield Record(start, None, f"a value in column {filled[0]}, which has no name")
             continue
         # An empty optional cell means "not given" (the default applies).
         pairs = zip(header, values, strict=True) if every else ((k, values[i]) for i, k in kept)
