@@ -438,3 +438,16 @@ def test_an_external_id_that_is_not_text_is_a_400(scim: Scim) -> None:
     assert response.status_code == 400, response.text
     assert "invalid externalId: must be valid Unicode text" in response.json()["detail"]
     assert scim.cli.json("list") == []
+
+
+def test_an_external_id_with_control_or_invisible_characters_is_a_400(scim: Scim) -> None:
+    """An OSC 52 clipboard write was stored raw, and came out raw in a piped CSV export."""
+    for value in ("x\x1b]52;c;SGVsbG8=\x07", "a\u202eb", "zero\u200bwidth"):
+        body = {"schemas": [USER_SCHEMA], "userName": "ada@example.com", "externalId": value}
+        assert_scim_error(scim.post("/Users", body), 400, "invalidValue",
+                          "invalid externalId: must not contain control or invisible")  # fmt: skip
+    user = scim.create("ada@example.com", externalId="00u1\u00a0abcd")  # (a space is no control)
+    replace = {"op": "replace", "path": "externalId", "value": "y\x00\x1b"}
+    response = scim.patch(f"/Users/{user['id']}", replace)
+    assert response.status_code == 400, response.text
+    assert scim.cli.json("get", "ada@example.com")["external_id"] == "00u1\u00a0abcd"

@@ -341,6 +341,17 @@ def _external_id(value: str | None) -> str | None:
     surrogate = None if value is None else rules.lone_surrogate(value)
     if surrogate is not None:
         raise InvalidData(rules.NOT_UNICODE.format("externalId", surrogate))
+    if value is not None and not value.isprintable():  # an identity provider's id: no
+        # control or invisible character (they came out raw in a piped CSV export)
+        import unicodedata
+
+        invisible = ("Cc", "Cf", "Zl", "Zp")
+        bad = next((c for c in value if unicodedata.category(c) in invisible), None)
+        if bad is not None:
+            raise InvalidData(
+                "invalid externalId: must not contain control or invisible characters "
+                f"(found U+{ord(bad):04X})"
+            )
     return value
 
 
