@@ -12,9 +12,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 from sqlalchemy.orm import Session
 
+from usersctl import rules
 from usersctl.api.deps import (
     HASHING,
     OwnPassword,
@@ -50,7 +51,7 @@ def _digits(value: Any) -> Any:
     return value
 
 
-UserId = Annotated[int, BeforeValidator(_digits)]
+UserId = Annotated[int, BeforeValidator(_digits), Field(ge=1, le=rules.ID_MAX)]
 DryRun = Annotated[
     bool, Query(description="Return the audit entries this would write; change nothing.")
 ]
