@@ -133,6 +133,28 @@ def test_excel_columns_without_a_name_are_dropped_while_empty(cli: Cli, tmp_path
     bad_rows(cli, "import", str(filled), lines=("line 2: a value in column 3, which has no name",))
 
 
+def test_messages_for_files_as_people_have_them(cli: Cli, tmp_path: Path) -> None:
+    """Each of these stopped the check with Python's words, or said too little."""
+    big = 'name,email\nA,a@example.com\n"' + "B" * 500_000 + '",b@example.com\nC,bad\n'
+    bad_rows(cli, "import", str(write(tmp_path, "big.csv", big)),
+             lines=("line 3: invalid name: at most 200", "line 4: invalid email"))  # fmt: skip
+    open_quote = 'name,email\n"Ada,ada@example.com\nBob,bob@example.com\nCy,cy@example.com\n'
+    bad_rows(cli, "import", str(write(tmp_path, "q.csv", open_quote)),
+             lines=("line 2: expected 2 fields, found 1; the row runs to line 4: is a quote "
+                    "left open?",))  # fmt: skip
+    jsonl = '{"name":"A\x01B","email":"r@example.com"}\n[{"name":"x"}]\n'
+    bad_rows(cli, "import", str(write(tmp_path, "r.jsonl", jsonl)),
+             lines=("line 1: not valid JSON: Invalid control character at column 11",
+                    "line 2: expected an object, found an array (one JSON array: "
+                    "--format json)"))  # fmt: skip
+    utf16 = tmp_path / "u16.csv"
+    utf16.write_bytes("name,email\nAda,ada@example.com\n".encode("utf-16"))
+    bad_rows(cli, "import", str(utf16), lines=("it starts like UTF-16", "--encoding utf-16"))
+    cli.ok("import", str(utf16), "--encoding", "utf-16")
+    blank = write(tmp_path, "b.jsonl", '\n{"name": "Bo", "email": "bo@example.com"}\n\n')
+    assert cli.json("import", str(blank))["blank_rows"] == 2
+
+
 def test_a_restore_records_what_it_put_back(cli: Cli, tmp_path: Path) -> None:
     backup = write(
         tmp_path,

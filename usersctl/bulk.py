@@ -156,6 +156,9 @@ def _csv_records(
     if first is None:
         return
     delimiter = options.delimiter or _detect_delimiter(first)
+    # (A field may be as long as a record may: Python's 128 KiB default stopped the whole
+    # check with its own message, where a too-long name is one bad row among others.)
+    csv.field_size_limit(MAX_RECORD + 2)
     reader = csv.reader(itertools.chain((first,), lines), delimiter=delimiter)
     try:
         header = next(reader, None)
@@ -202,7 +205,12 @@ def _csv_records(
         if len(values) > len(header) and not "".join(values[len(header) :]).strip():
             values = values[: len(header)]  # empty cells past the last column (Excel)
         if len(values) != len(header):
-            yield Record(start, None, f"expected {len(header)} fields, found {len(values)}")
+            spans = (
+                f"; the row runs to line {line - 1}: is a quote left open?"
+                if line - start > 1
+                else ""
+            )
+            yield Record(start, None, f"expected {len(header)} fields, found {len(values)}{spans}")
             continue
         filled = [i + 1 for i in nameless if values[i].strip()]
         if filled:
@@ -249,15 +257,21 @@ def _loads(line: int, text: str) -> Record:
     except _DuplicateKey as exc:
         return Record(line, None, f"the key {exc.key!r} appears twice")
     except json.JSONDecodeError as exc:
-        return Record(line, None, f"not valid JSON: {exc.msg}")
+        where = "at column" if exc.msg.endswith(" at") else "(column"
+        what = exc.msg.removesuffix(" at")
+        return Record(
+            line,
+            None,
+            f"not valid JSON: {what} {where} {exc.colno}" + (")" if where == "(column" else ""),
+        )
     except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
         return Record(line, None, "not valid JSON: a number has too many digits")
     except RecursionError:
         return Record(line, None, "not valid JSON: nested too deeply")
-    return _object(line, value)
+    return _object(line, value, lines=True)
 
 
-def _jsonl_records(stream: TextIO) -> Iterator[Record]:
+def _jsonl_records(stream: TextIO, counts: ReadCounts | None = None) -> Iterator[Record]:
     # One record a line: the _Lines rules, in one loop (this runs for every row).
     readline = stream.readline
     number = 0
@@ -266,13 +280,15 @@ def _jsonl_records(stream: TextIO) -> Iterator[Record]:
         if len(text) > MAX_RECORD and len(text.rstrip("\r\n")) > MAX_RECORD:
             raise InvalidData(f"line {number}: longer than {_LIMIT_TEXT}, the limit for a line")
         if text.isspace():
+            if counts is not None:
+                counts.blank_rows += 1
             continue
         try:
             value = _decode(text)
         except (ValueError, RecursionError):
             yield _loads(number, text)  # again, for json.loads's wording of the error
             continue
-        yield Record(number, value) if type(value) is dict else _object(number, value)
+        yield Record(number, value) if type(value) is dict else _object(number, value, lines=True)
 
 
 class _JsonArray:
@@ -376,7 +392,11 @@ def _json_records(stream: TextIO) -> Iterator[Record]:
         raise InvalidData(f"line {reader.line}: expected ',' or ']' in the JSON array")
 
 
-def _object(line: int, value: Any) -> Record:
+def _object(line: int, value: Any, *, lines: bool = False) -> Record:
+    if isinstance(value, list) and lines:  # a JSON file in .jsonl's place
+        return Record(
+            line, None, "expected an object, found an array (one JSON array: --format json)"
+        )
     if not isinstance(value, dict):
         return Record(line, None, "expected an object")
     return Record(line, value)
@@ -394,13 +414,15 @@ def read_records(
         elif fmt == "json":
             yield from _json_records(stream)
         else:
-            yield from _jsonl_records(stream)
+            yield from _jsonl_records(stream, counts)
     except UnicodeDecodeError as exc:
         raw = getattr(stream, "buffer", None)
         where = raw.error_line(exc) if isinstance(raw, CountingReader) else None
         encoding = getattr(stream, "encoding", "utf-8").removesuffix("-sig")
         byte = f"byte 0x{exc.object[exc.start]:02x}" if exc.start < len(exc.object) else "the end"
         hint = "; give the file's --encoding (e.g. cp1252)" if encoding in ("utf-8", "utf8") else ""
+        if hint and where == 1 and exc.object[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            hint = "; it starts like UTF-16 (Excel's 'Unicode Text'): give --encoding utf-16"
         prefix = f"line {where}: " if where is not None else ""
         raise InvalidData(f"{prefix}not valid {encoding} ({byte}){hint}") from None
     except UnicodeError as exc:  # a codec's own refusal: UTF-16 without a byte-order mark
