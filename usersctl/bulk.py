@@ -167,11 +167,16 @@ def _csv_records(
     if header is None:
         return
     # Header names are matched trimmed and case-insensitively (`Name,Email` works).
-    header = [name.strip().lower() for name in header]
+    written = [name.strip() for name in header]  # (quoted back as the file has them)
+    header = [name.lower() for name in written]
     # Columns without a name (Excel writes them for formatted cells right of the data)
     # are dropped, as long as they hold nothing.
     nameless = [i for i, name in enumerate(header) if not name]
-    unknown = [n for n in header if n and n not in IMPORT_COLUMNS and n not in options.ignore]
+    unknown = [
+        shown
+        for n, shown in zip(header, written, strict=True)
+        if n and n not in IMPORT_COLUMNS and n not in options.ignore
+    ]
     if unknown:
         hint = _delimiter_hint(header, delimiter)
         raise InvalidData(
@@ -253,7 +258,7 @@ _decode = _DECODER.decode  # json.loads without its per-call checks
 
 def _loads(line: int, text: str) -> Record:
     try:
-        value = json.loads(text, object_pairs_hook=_unique_keys)
+        value = json.loads(text.rstrip("\r\n"), object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
         return Record(line, None, f"the key {exc.key!r} appears twice")
     except json.JSONDecodeError as exc:
