@@ -67,6 +67,15 @@ elif at == "building":  # Typer is building the command from usersctl's function
 
     typer.main.get_command = building
 
+elif at == "importing":  # Python is importing usersctl's modules, before main() runs
+    class Interrupt:
+        def find_spec(self, name, path=None, target=None):
+            if name == "usersctl.cli.users":
+                os.kill(os.getpid(), signum)
+            return None
+
+    sys.meta_path.insert(0, Interrupt())
+
 sys.argv[0] = "usersctl"
 from usersctl.cli import main
 main()
@@ -153,6 +162,13 @@ def test_a_signal_before_the_command_runs_is_one_line(
     """Ctrl-C while Typer builds the command printed a KeyboardInterrupt traceback."""
     result = run(database, "list", at="building", signal_name=name)
     assert_terminated(result, name, code)
+
+
+def test_a_ctrl_c_while_python_imports_usersctl_is_one_line(database: Path) -> None:
+    """Before main() can catch anything: it printed a KeyboardInterrupt traceback."""
+    result = run(database, "list", at="importing", signal_name="SIGINT")
+    assert result.returncode in (130, -signal.SIGINT), result.returncode
+    assert result.stderr == "error: interrupted; nothing changed\n", result.stderr
 
 
 def test_nohup_keeps_a_command_going_when_the_session_closes(
