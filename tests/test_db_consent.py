@@ -126,7 +126,10 @@ def test_downgrade_to_base_is_not_refused_because_of_roles(cli: Cli, seed: Seede
     cli.ok("db", "upgrade")
     seed([{"name": "Root", "email": "root@example.com", "role": "admin"}])
     assert_error(
-        cli("db", "downgrade", "0001", "--yes", "--discard-audit-trail"), 5, "role other than"
+        cli("db", "downgrade", "0001", "--yes", "--discard-audit-trail"),
+        5,
+        "role other than",
+        "root@example.com (id 1)",  # (it gave only a count)
     )
 
 

@@ -240,6 +240,8 @@ def _clean_rows(bind: sa.Connection, rows: Sequence[Row], hashing: set[int]) -> 
 def downgrade() -> None:
     users = sa.table(
         "users",
+        sa.column("id", sa.Integer),
+        sa.column("email", sa.String),
         sa.column("role", sa.String),
         sa.column("is_active", sa.Boolean),
         sa.column("password_hash", sa.String),
@@ -247,15 +249,19 @@ def downgrade() -> None:
     )
     # Going on to base drops the table anyway: nothing can be silently re-enabled.
     columns = ops.column_names("users")
-    blocked = 0
+    blocked: list[tuple[int, str]] = []
     if {"role", "is_active"} <= columns and not context.config.attributes.get("to_base", False):
         not_plain = sa.or_(users.c.role != "user", users.c.is_active == sa.false())
-        blocked = ops.reader().execute(sa.select(sa.func.count()).where(not_plain)).scalar_one()
+        query = sa.select(users.c.id, users.c.email).where(not_plain).order_by(users.c.id)
+        blocked = [(uid, email) for uid, email in ops.reader().execute(query.limit(11))]
     if blocked:
+        named = ", ".join(f"{email} (id {uid})" for uid, email in blocked[:10])
+        more = " and more" if len(blocked) > 10 else ""
         raise InvalidData(
-            f"cannot downgrade below 0002, nothing changed: {blocked} user(s) have a role "
-            "other than 'user' or are disabled, which revision 0001 cannot represent (the "
-            "accounts would silently become enabled plain users). Change them first."
+            f"cannot downgrade below 0002, nothing changed: these users have a role other "
+            f"than 'user' or are disabled, which revision 0001 cannot represent (the accounts "
+            f"would silently become enabled plain users): {named}{more}. Change them first "
+            "(usersctl update USER --role user; usersctl enable USER)."
         )
 
     with op.batch_alter_table("users") as batch:
