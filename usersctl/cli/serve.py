@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -65,6 +65,11 @@ def _raise_open_files_limit() -> None:
             pass  # (a kernel cap below the hard limit: keep what we have)
 
 
+def _ranged(flag: str, metavar: str, bounds: tuple[int, int, str], help: str) -> Any:  # noqa: A002
+    """A whole-number option checked against (low, high, what it is)."""
+    return typer.Option(flag, metavar=metavar, callback=_within(*bounds), help=help)
+
+
 def free_port(host: str, port: int) -> int:
     """`port` if it can be listened on (0: a free one, so that the banner names it), else a
     usage error (exit 2). uvicorn would log the failure and exit 3, "not found" here."""
@@ -100,39 +105,34 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[
         int,
-        typer.Option(
-            "--port",
-            metavar="PORT",
-            callback=_within(0, 65535, "a TCP port"),
-            help="TCP port (0-65535).",
-        ),
+        _ranged("--port", "PORT", (0, 65535, "a TCP port"), "TCP port (0-65535)."),
     ] = 8000,
     workers: Annotated[
         int,
-        typer.Option(
+        _ranged(
             "--workers",
-            metavar="N",
-            callback=_within(1, 64, "a number of worker processes"),
-            help="Worker processes (1-64).",
+            "N",
+            (1, 64, "a number of worker processes"),
+            "Worker processes (1-64).",
         ),
     ] = 1,
     read_threads: Annotated[
         int,
-        typer.Option(
+        _ranged(
             "--read-threads",
-            metavar="N",
-            callback=_within(1, 256, "a number of threads"),
-            help="Threads per worker for reads (1-256); more help only when the database "
+            "N",
+            (1, 256, "a number of threads"),
+            "Threads per worker for reads (1-256); more help only when the database "
             "is far away (README: Serving the API).",
         ),
     ] = 2,
     request_timeout: Annotated[
         int,
-        typer.Option(
+        _ranged(
             "--request-timeout",
-            metavar="SECONDS",
-            callback=_within(1, 3600, "a number of seconds"),
-            help="Close a connection whose request has not arrived whole this long after it "
+            "SECONDS",
+            (1, 3600, "a number of seconds"),
+            "Close a connection whose request has not arrived whole this long after it "
             "opened or after the previous response (1-3600; slow or idle clients).",
         ),
     ] = 30,
@@ -145,11 +145,11 @@ def serve(
     ] = False,
     token_minutes: Annotated[
         int,
-        typer.Option(
+        _ranged(
             "--token-minutes",
-            metavar="MINUTES",
-            callback=_within(1, 1440, "a number of minutes"),
-            help="Lifetime of the login tokens POST /auth/token issues (1-1440).",
+            "MINUTES",
+            (1, 1440, "a number of minutes"),
+            "Lifetime of the login tokens POST /auth/token issues (1-1440).",
         ),
     ] = 15,
     scim: Annotated[
