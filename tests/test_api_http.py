@@ -572,6 +572,50 @@ def test_failed_logins_are_never_uncounted_while_the_database_is_busy(
     assert entry["changes"]["failed_logins"] == {"before": LOCKOUT - 1, "after": LOCKOUT}
 
 
+@pytest.mark.parametrize("engine_name", ["sqlite"])  # SQLite locks the whole database
+def test_guesses_sent_together_are_not_all_checked_while_the_first_waits(
+    api: Api, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One login of an account is checked at a time: while the first wrong guess waits
+    for a busy database, the others sent with it get 503 without their password being
+    checked (they were all checked first, and uncounted ones told wrong from right)."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy.engine import make_url
+
+    from usersctl import passwords
+
+    api.user("ada@example.com")
+    checked: list[str] = []
+    real = passwords.verify
+
+    def counting(stored_hash: str, password: str) -> tuple[bool, str | None]:
+        checked.append(password)
+        return real(stored_hash, password)
+
+    monkeypatch.setattr(passwords, "verify", counting)
+    settings = dataclasses.replace(
+        load_settings(database_url=db_url), lockout_threshold=LOCKOUT, busy_timeout=0.5
+    )
+    app = create_app(settings)
+    holder = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
+    try:
+        with TestClient(app) as client, ThreadPoolExecutor(4) as pool:
+            holder.execute("BEGIN IMMEDIATE")
+            answers = list(pool.map(
+                lambda n: client.post("/auth/token",
+                                      data={"username": "ada@example.com", "password": f"g{n}"}),
+                range(4),
+            ))  # fmt: skip
+            holder.execute("ROLLBACK")
+        app.state.server.database.dispose()
+    finally:
+        holder.close()
+    assert [a.status_code for a in answers] == [503] * 4
+    assert len(checked) == 1, checked
+
+
 def test_token_commands_are_audited_and_checked(api: Api) -> None:
     cli = api.cli
     cli.ok("--actor", "alice", "token", "create", "ci", "--scope", "read", "--expires", "never")

@@ -177,6 +177,42 @@ def test_a_failure_a_busy_database_cannot_count_is_exit_7(cli: Cli, db_url: str)
     finally:
         holder.close()
     assert verify(cli, "ada@example.com", WRONG)[0] == 6
+    # The right password of a disabled account waits as a wrong one does: it answered at
+    # once, a wrong one only after the timeout, which told them apart.
+    cli.ok("disable", "ada@example.com")
+    holder = sqlite3.connect(make_url(db_url).database or "", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        right = cli("verify-password", "ada@example.com", "--password-stdin",
+                    input=SEED_PASSWORD + "\n", env=quick)  # fmt: skip
+        assert_error(right, 7, "database busy")
+    finally:
+        holder.close()
+
+
+@pytest.mark.parametrize("engine_name", ["postgresql", "mariadb"])  # (SQLite: the test above)
+def test_a_failure_waits_for_a_locked_row_only_the_busy_timeout(cli: Cli, db_url: str) -> None:
+    """On PostgreSQL and MariaDB an import or sync locks the rows of the users it lists;
+    a wrong password for one of them waited until that run ended (no limit). Now as long
+    as the busy timeout, then exit 7."""
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    cli.create("Ada", "ada@example.com")
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as holder:
+            holder.execute(text("SELECT id FROM users WHERE id = 1 FOR UPDATE"))
+            started = time.monotonic()
+            result = cli("verify-password", "ada@example.com", "--password-stdin",
+                         input=WRONG + "\n", env={"USERSCTL_BUSY_TIMEOUT": "1"})  # fmt: skip
+            assert_error(result, 7, "database busy")
+            assert time.monotonic() - started < 8
+            holder.rollback()
+    finally:
+        engine.dispose()
+    assert verify(cli, "ada@example.com", WRONG)[0] == 6
 
 
 def test_must_change_after_an_admin_chosen_password(cli: Cli) -> None:

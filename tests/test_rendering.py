@@ -294,6 +294,8 @@ def test_an_escape_typed_as_text_never_reads_as_a_real_one() -> None:
     assert printable("Mallory\\x1b[2J") == "Mallory\\\\x1b[2J"
     assert printable("a\\u202e b\\U000e0041") == "a\\\\u202e b\\\\U000e0041"
     assert printable("CORP\\ada") == "CORP\\ada"
+    # A real backslash then a real ESC is not the typed text either.
+    assert printable("\\\x1b") == "\\\\\\x1b" != printable("\\x1b")
 
 
 @pytest.mark.parametrize("fmt", [OutputFormat.jsonl, OutputFormat.json])

@@ -516,6 +516,11 @@ def describe_db_error(exc: DBAPIError, engine: Engine, busy_timeout: float) -> s
             )
         if "disk i/o" in text:
             return f"cannot write database {where}: {raw}"
+    if _is_lock_timeout(exc):  # (PostgreSQL and MariaDB lock rows, not the database)
+        return (
+            f"database busy: {display_url(url)}: a row stayed locked by another transaction "
+            "for the whole lock timeout; retry later or raise USERSCTL_BUSY_TIMEOUT"
+        )
     first_line = raw.strip().splitlines()[0] if raw.strip() else type(exc.orig).__name__
     for secret in url_secrets(url):
         first_line = first_line.replace(secret, "***")
@@ -634,7 +639,7 @@ class Database:
         except DBAPIError as exc:  # OperationalError, DatabaseError, InterfaceError
             _raise_if_schema_error(exc)
             message = describe_db_error(exc, self.engine, self.settings.busy_timeout)
-            busy = message.startswith("database busy") or _is_lock_timeout(exc)
+            busy = message.startswith("database busy")
             raise (DatabaseBusy if busy else DatabaseUnavailable)(message) from None
 
     def use_wal(self) -> None:
@@ -719,27 +724,33 @@ class Database:
                 transaction.commit()
 
     @contextmanager
-    def quick_session(self) -> Iterator[Session]:
-        """A write transaction for best-effort work (a login's hash upgrade): it gives up
-        within about a second instead of waiting the busy timeout for another writer's lock
-        (SQLite's busy timeout, PostgreSQL's lock_timeout and MariaDB's lock wait timeouts,
-        set on a connection that is discarded afterwards). Fails like session()."""
+    def quick_session(self, *, wait: float | None = None) -> Iterator[Session]:
+        """A write transaction that waits for another writer's lock at most `wait` seconds
+        (None: about 0.1 s, for best-effort work such as a login's record) on every
+        engine: SQLite's busy timeout, PostgreSQL's lock_timeout and MariaDB's lock wait
+        timeouts (whole seconds, at least 1), set on a connection that is discarded
+        afterwards. (A plain session() waits that long only on SQLite: PostgreSQL and
+        MariaDB wait for a row lock as long as it is held.) Fails like session(); a lock
+        not had in time is DatabaseBusy."""
         backend = self.engine.url.get_backend_name()
+        wait_ms = QUICK_LOCK_WAIT_MS if wait is None else max(1, int(wait * 1000))
         with self.translate_errors(), self.engine.connect() as connection:
             try:
                 if backend == "sqlite":
                     connection.connection.driver_connection.execute(  # type: ignore[union-attr]
-                        f"PRAGMA busy_timeout = {QUICK_LOCK_WAIT_MS}"
+                        f"PRAGMA busy_timeout = {wait_ms}"
                     )
                 elif backend in ("mysql", "mariadb"):
+                    seconds = max(1, -(-wait_ms // 1000))
                     connection.exec_driver_sql(
-                        "SET SESSION innodb_lock_wait_timeout = 1, lock_wait_timeout = 1"
+                        f"SET SESSION innodb_lock_wait_timeout = {seconds}, "
+                        f"lock_wait_timeout = {seconds}"
                     )
                     connection.commit()
                 with Session(connection, expire_on_commit=False) as session, session.begin():
                     if backend == "postgresql":
                         session.connection().exec_driver_sql(
-                            f"SET LOCAL lock_timeout = '{QUICK_LOCK_WAIT_MS}ms'"
+                            f"SET LOCAL lock_timeout = '{wait_ms}ms'"
                         )
                     self._check_head(session.connection(), write=True)
                     yield session

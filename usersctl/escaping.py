@@ -27,7 +27,9 @@ FORMAT_CHARACTERS = (
 )
 _CONTROLS = f"[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029{FORMAT_CHARACTERS}]"
 _UNSAFE = re.compile(_CONTROLS)
-_UNSAFE_OR_ESCAPE_LIKE = re.compile(f"{_CONTROLS}|\\\\(?=[xuU])")
+# (A backslash before one of those is doubled too: a real backslash then ESC must not
+# read as the typed text `\\x1b`.)
+_UNSAFE_OR_ESCAPE_LIKE = re.compile(f"{_CONTROLS}|\\\\(?=[xuU]|{_CONTROLS})")
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -166,74 +167,124 @@ def login(
     checked with no transaction open (inside `hashing`, the server's bound on hashes at
     once); then the outcome is written.
 
-    A success (last login, counter reset, a hash upgrade) is written in a quick write
-    transaction that waits at most about a second for a lock, best effort: a database that
-    cannot be written now (read-only file or folder, a SELECT-only role, a busy writer)
-    does not change the answer, which stands on what was read (`not_recorded` says why).
+    A successful login (last login, counter reset, a hash upgrade) is written in a quick
+    write transaction that waits at most about a second for a lock, best effort: a
+    database that cannot be written now (read-only file or folder, a SELECT-only role, a
+    busy writer) does not change the answer (`not_recorded` says why).
 
-    A failure is what the lockout counts, so it waits for the lock like any write (the
-    busy timeout): when another writer holds the database that long (a long import), the
-    attempt raises DatabaseBusy (exit 7, 503) instead of going uncounted, and nothing
-    tells a wrong guess from a right one meanwhile but that. Only a database that cannot
-    be written at all (read-only) answers a failure without counting it."""
-    from sqlalchemy.exc import SQLAlchemyError
-
+    Every other answer waits for the lock as long as any write does (the busy timeout, on
+    every engine): a wrong password is what the lockout counts, and a right one on a
+    locked, disabled or expired account must not answer sooner than a wrong one. When
+    another writer holds the database that long (a long import), the attempt raises
+    DatabaseBusy (exit 7, 503) instead of going uncounted; the failure is remembered and
+    counted before that account's next check. Within one process, one login of an account
+    is checked at a time, so guesses sent together cannot all be checked before the first
+    is counted. Only a database that cannot be written at all (read-only) answers a
+    failure without counting it."""
     from usersctl import crud
 
     moment = moment or now()
     with database.session(write=False) as session:
         credentials = crud.read_credentials(session=session, ref=ref)
-    if credentials is not None and _uncounted(database).get(credentials.user_id):
-        # Earlier failures a busy database kept waiting: counted first (they may lock the
-        # account), else this attempt is busy too, and no password is checked meanwhile.
-        _count_uncounted(database, settings, credentials.user_id, moment)
-        with database.session(write=False) as session:
-            credentials = crud.read_credentials(session=session, ref=ref)
-    with hashing or nullcontext():
-        check = crud.check_password(credentials=credentials, password=password, moment=moment)
-    if check.user_id is None:
-        _wait_as_a_failure_would(database)
+    if credentials is None:
+        with hashing or nullcontext():  # the same argon2 work as for an account
+            crud.check_password(credentials=None, password=password, moment=moment)
+        _wait_as_a_failure_would(database, settings)
+        return LoginResult(verified=False)
+    user_id = credentials.user_id
+    with _one_login_at_a_time(database, user_id, settings.busy_timeout):
+        if _uncounted(database).get(user_id):
+            # Failures a busy database kept waiting: counted first (they may lock the
+            # account); while they cannot be, no password of this account is checked.
+            _count_uncounted(database, settings, user_id, moment)
+            with database.session(write=False) as session:
+                credentials = crud.read_credentials(session=session, ref=ref)
+        with hashing or nullcontext():
+            check = crud.check_password(credentials=credentials, password=password, moment=moment)
+        return _record(database, settings, check, moment)
+
+
+def _record(
+    database: Database, settings: Settings, check: PasswordCheck, moment: datetime
+) -> LoginResult:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if check.user_id is None:  # deleted meanwhile
         return LoginResult(verified=False)
     verified = check.matches and check.may_log_in
     read_answer = LoginResult(verified, verified and check.must_change_password)
     try:
         return record_attempt(database=database, settings=settings, check=check, moment=moment)
     except DatabaseBusy:
+        if verified:
+            return _unrecorded(read_answer, check, "database busy")
         if not check.matches:
             waiting = _uncounted(database)
-            with _UNCOUNTED_LOCK:
+            with _LOCK:
                 waiting[check.user_id] = waiting.get(check.user_id, 0) + 1
-            raise
-        return _unrecorded(read_answer, check, "database busy")
+        raise
     except (UsersctlError, SQLAlchemyError) as exc:
         return _unrecorded(read_answer, check, _reason(exc))
 
 
-# Failed logins this process could not record (the database stayed busy past the busy
-# timeout), by database and user id: the next login of that user records them before
-# checking anything.
+# Per database, this process's failed logins that a busy database kept from being
+# recorded (by user id), and the lock each account's login holds while it is checked.
 _UNCOUNTED: weakref.WeakKeyDictionary[Database, dict[int, int]] = weakref.WeakKeyDictionary()
-_UNCOUNTED_LOCK = threading.Lock()
+_ACCOUNTS: weakref.WeakKeyDictionary[Database, weakref.WeakValueDictionary[int, _Gate]] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCK = threading.Lock()
+
+
+class _Gate:
+    """One account's login lock (a class: a bare lock cannot be weakly referenced)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
 
 
 def _uncounted(database: Database) -> dict[int, int]:
-    with _UNCOUNTED_LOCK:
+    with _LOCK:
         return _UNCOUNTED.setdefault(database, {})
+
+
+@contextmanager
+def _one_login_at_a_time(database: Database, user_id: int, wait: float) -> Iterator[None]:
+    with _LOCK:
+        gates = _ACCOUNTS.setdefault(database, weakref.WeakValueDictionary())
+        gate = gates.get(user_id)
+        if gate is None:
+            gate = gates[user_id] = _Gate()
+    if not gate.lock.acquire(timeout=wait):
+        raise DatabaseBusy(
+            "database busy: another login of this account is still being checked or "
+            "recorded; retry later"
+        )
+    try:
+        yield
+    finally:
+        gate.lock.release()
 
 
 def _count_uncounted(
     database: Database, settings: Settings, user_id: int, moment: datetime
 ) -> None:
+    """Write the failures remembered for `user_id`. Busy again: they stay remembered and
+    DatabaseBusy is raised. Any other failure (the database became read-only): they are
+    dropped, as a failure on such a database is."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from usersctl import crud
     from usersctl.audit import Trail
 
     pending = _uncounted(database)
-    with _UNCOUNTED_LOCK:
+    with _LOCK:
         waiting = pending.pop(user_id, 0)
     if not waiting:
         return
     try:
-        with database.session(write=True) as session:
+        database.check_writable()
+        with database.quick_session(wait=settings.busy_timeout) as session:
             crud.record_login(
                 session=session,
                 check=crud.PasswordCheck(user_id=user_id),
@@ -243,19 +294,22 @@ def _count_uncounted(
                 trail=Trail(actor=settings.actor),
                 failures=waiting,
             )
-    except BaseException:
-        with _UNCOUNTED_LOCK:
+    except DatabaseBusy:
+        with _LOCK:
             pending[user_id] = pending.get(user_id, 0) + waiting
         raise
+    except (UsersctlError, SQLAlchemyError):
+        pass
 
 
-def _wait_as_a_failure_would(database: Database) -> None:
-    """An unknown user's login waits for the write lock as a wrong password's does (and is
-    busy when that one would be), so that a busy database does not tell which accounts
-    exist. Writes nothing."""
+def _wait_as_a_failure_would(database: Database, settings: Settings) -> None:
+    """An unknown account's login waits for the write lock as a wrong password's does (and
+    is busy when that one would be), so that a busy SQLite database does not tell which
+    accounts exist. Writes nothing. (On PostgreSQL and MariaDB a failure waits only when
+    its own row is locked, by an import or sync that lists the user.)"""
     try:
         database.check_writable()
-        with database.session(write=True):
+        with database.quick_session(wait=settings.busy_timeout):
             pass
     except DatabaseBusy:
         raise
@@ -277,14 +331,16 @@ def _unrecorded(answer: LoginResult, check: PasswordCheck, why: str) -> LoginRes
 def record_attempt(
     *, database: Database, settings: Settings, check: PasswordCheck, moment: datetime
 ) -> LoginResult:
-    """The write half of a login (crud.record_login): a success in a quick transaction,
-    a failure in one that waits the busy timeout (see login). Also how
+    """The write half of a login (crud.record_login): a successful login in a quick
+    transaction, anything else in one that waits the busy timeout (see login). Also how
     `PUT /users/me/password` counts a wrong current password toward the lockout."""
     from usersctl import crud
     from usersctl.audit import Trail
 
     database.check_writable()
-    with database.quick_session() if check.matches else database.session(write=True) as session:
+    succeeded = check.matches and check.may_log_in
+    wait = None if succeeded else settings.busy_timeout
+    with database.quick_session(wait=wait) as session:
         return crud.record_login(
             session=session,
             check=check,

@@ -18,7 +18,8 @@ def _interrupted_while_starting(
     _python_hook(kind, value, tb)  # type: ignore[arg-type]
 
 
-sys.excepthook = _interrupted_while_starting
+if sys.argv and sys.argv[0].endswith("usersctl"):  # the console script (main() restores it)
+    sys.excepthook = _interrupted_while_starting
 
 from usersctl.cli import audit, bulk, db, lifecycle, serve, sync, token, users  # noqa: E402
 from usersctl.cli.app import app, main  # noqa: E402

@@ -395,6 +395,7 @@ def main() -> None:
         if signal.getsignal(terminating) is signal.SIG_DFL:
             signal.signal(terminating, _terminate)
     guard_standard_streams()
+    sys.excepthook = sys.__excepthook__  # (see usersctl.cli: only while starting up)
     global _console_script
     _console_script = True
     try:
