@@ -616,6 +616,35 @@ def test_guesses_sent_together_are_not_all_checked_while_the_first_waits(
     assert len(checked) == 1, checked
 
 
+def test_logins_waiting_for_the_database_are_bounded(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each login waiting for a lock holds a connection: past WAITING_LOGINS the answer
+    is 503 at once (wrong passwords for the users a sync holds took every pooled
+    connection, and every other request got 503). Such a failure is still counted later."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    from usersctl import lifecycle
+
+    api.user("ada@example.com")
+    full = threading.BoundedSemaphore(1)
+    full.acquire()  # every waiting place taken
+    monkeypatch.setattr(lifecycle, "_WAITING", full)
+    login = {"username": "ada@example.com", "password": "a wrong one"}
+    assert_detail(api.client.post("/auth/token", data=login), 503, "logins are already waiting")
+    right = {"username": "ada@example.com", "password": PASSWORD}
+    assert api.client.post("/auth/token", data=right).status_code == 503  # (counted first)
+    full.release()
+    assert api.client.post("/auth/token", data=login).status_code == 401
+    engine = create_engine(api.cli.url)
+    with engine.connect() as connection:
+        failures = connection.execute(text("SELECT failed_logins FROM users")).scalar_one()
+    engine.dispose()
+    assert failures == 2  # the remembered one, then this one
+
+
 def test_token_commands_are_audited_and_checked(api: Api) -> None:
     cli = api.cli
     cli.ok("--actor", "alice", "token", "create", "ci", "--scope", "read", "--expires", "never")

@@ -22,6 +22,7 @@ from usersctl.timestamps import iso_utc
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
+    from sqlalchemy.orm import Session
 
     from usersctl.config import Settings
     from usersctl.crud import PasswordCheck
@@ -284,7 +285,10 @@ def _count_uncounted(
         return
     try:
         database.check_writable()
-        with database.quick_session(wait=settings.busy_timeout) as session:
+        with (
+            _waiting_for_the_database(),
+            database.quick_session(wait=settings.busy_timeout) as session,
+        ):
             crud.record_login(
                 session=session,
                 check=crud.PasswordCheck(user_id=user_id),
@@ -309,7 +313,7 @@ def _wait_as_a_failure_would(database: Database, settings: Settings) -> None:
     its own row is locked, by an import or sync that lists the user.)"""
     try:
         database.check_writable()
-        with database.quick_session(wait=settings.busy_timeout):
+        with _waiting_for_the_database(), database.quick_session(wait=settings.busy_timeout):
             pass
     except DatabaseBusy:
         raise
@@ -334,21 +338,47 @@ def record_attempt(
     """The write half of a login (crud.record_login): a successful login in a quick
     transaction, anything else in one that waits the busy timeout (see login). Also how
     `PUT /users/me/password` counts a wrong current password toward the lockout."""
+    database.check_writable()
+    if check.matches and check.may_log_in:
+        with database.quick_session() as session:
+            return _record_login(session, settings, check, moment)
+    with _waiting_for_the_database(), database.quick_session(wait=settings.busy_timeout) as session:
+        return _record_login(session, settings, check, moment)
+
+
+# At most this many logins of one process wait for the database's lock at once (each holds
+# a connection meanwhile): wrong passwords for many users whose rows a sync holds must not
+# take every pooled connection from the other requests. Past it, "busy" at once.
+WAITING_LOGINS = 8
+_WAITING = threading.BoundedSemaphore(WAITING_LOGINS)
+
+
+@contextmanager
+def _waiting_for_the_database() -> Iterator[None]:
+    if not _WAITING.acquire(blocking=False):
+        raise DatabaseBusy(
+            f"database busy: {WAITING_LOGINS} logins are already waiting for it; retry later"
+        )
+    try:
+        yield
+    finally:
+        _WAITING.release()
+
+
+def _record_login(
+    session: Session, settings: Settings, check: PasswordCheck, moment: datetime
+) -> LoginResult:
     from usersctl import crud
     from usersctl.audit import Trail
 
-    database.check_writable()
-    succeeded = check.matches and check.may_log_in
-    wait = None if succeeded else settings.busy_timeout
-    with database.quick_session(wait=wait) as session:
-        return crud.record_login(
-            session=session,
-            check=check,
-            threshold=settings.lockout_threshold,
-            lock_for=timedelta(minutes=settings.lockout_minutes),
-            moment=moment,
-            trail=Trail(actor=settings.actor),
-        )
+    return crud.record_login(
+        session=session,
+        check=check,
+        threshold=settings.lockout_threshold,
+        lock_for=timedelta(minutes=settings.lockout_minutes),
+        moment=moment,
+        trail=Trail(actor=settings.actor),
+    )
 
 
 def _reason(exc: BaseException) -> str:
