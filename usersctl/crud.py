@@ -48,7 +48,14 @@ from usersctl.audit import (
 )
 from usersctl.database import driver_value, insert_many
 from usersctl.errors import Conflict, InvalidData, NotFound, UsageError
-from usersctl.models import EMAIL_LENGTH, User, UTCDateTime, users_table, utcnow
+from usersctl.models import (
+    EMAIL_LENGTH,
+    PAD_SPACE_DIALECTS,
+    User,
+    UTCDateTime,
+    users_table,
+    utcnow,
+)
 from usersctl.revision import MIGRATION_LOCK_KEY, REVISION_QUERY
 from usersctl.timestamps import iso_from_sqlite_text, iso_utc
 
@@ -534,9 +541,9 @@ def existing_users(
         rows = connection.execute(query).tuples().all()  # fetchall: not a row at a time
         for email, uid, name, role, active, hashed, expires, owner, external in rows:
             found[email] = Existing(uid, name, role, bool(active), hashed, expires, owner, external)
-    if connection.dialect.name in ("mysql", "mariadb") and found:
-        # PAD SPACE: "a@example.com" found "a@example.com " (stored by another program),
-        # which is that email's user to the unique index: found under the email asked for.
+    if connection.dialect.name in PAD_SPACE_DIALECTS and found:
+        # "a@example.com" found "a@example.com " (stored by another program), which is
+        # that email's user to the unique index: found under the email asked for.
         padded = {email.rstrip(" "): user for email, user in found.items()}
         found = {e: padded[e.rstrip(" ")] for e in emails if e.rstrip(" ") in padded}
     return found

@@ -276,7 +276,6 @@ def _count_uncounted(
     from sqlalchemy.exc import SQLAlchemyError
 
     from usersctl import crud
-    from usersctl.audit import Trail
 
     pending = _uncounted(database)
     with _LOCK:
@@ -284,19 +283,9 @@ def _count_uncounted(
     if not waiting:
         return
     try:
-        database.check_writable()
-        with (
-            _waiting_for_the_database(),
-            database.quick_session(wait=settings.busy_timeout) as session,
-        ):
-            crud.record_login(
-                session=session,
-                check=crud.PasswordCheck(user_id=user_id),
-                threshold=settings.lockout_threshold,
-                lock_for=timedelta(minutes=settings.lockout_minutes),
-                moment=moment,
-                trail=Trail(actor=settings.actor),
-                failures=waiting,
+        with _waiting_write(database, settings) as session:
+            _record_login(
+                session, settings, crud.PasswordCheck(user_id=user_id), moment, failures=waiting
             )
     except DatabaseBusy:
         with _LOCK:
@@ -312,8 +301,7 @@ def _wait_as_a_failure_would(database: Database, settings: Settings) -> None:
     accounts exist. Writes nothing. (On PostgreSQL and MariaDB a failure waits only when
     its own row is locked, by an import or sync that lists the user.)"""
     try:
-        database.check_writable()
-        with _waiting_for_the_database(), database.quick_session(wait=settings.busy_timeout):
+        with _waiting_write(database, settings):
             pass
     except DatabaseBusy:
         raise
@@ -338,11 +326,11 @@ def record_attempt(
     """The write half of a login (crud.record_login): a successful login in a quick
     transaction, anything else in one that waits the busy timeout (see login). Also how
     `PUT /users/me/password` counts a wrong current password toward the lockout."""
-    database.check_writable()
     if check.matches and check.may_log_in:
+        database.check_writable()
         with database.quick_session() as session:
             return _record_login(session, settings, check, moment)
-    with _waiting_for_the_database(), database.quick_session(wait=settings.busy_timeout) as session:
+    with _waiting_write(database, settings) as session:
         return _record_login(session, settings, check, moment)
 
 
@@ -354,19 +342,27 @@ _WAITING = threading.BoundedSemaphore(WAITING_LOGINS)
 
 
 @contextmanager
-def _waiting_for_the_database() -> Iterator[None]:
+def _waiting_write(database: Database, settings: Settings) -> Iterator[Session]:
+    """A login's write that waits for the lock the busy timeout, as one of at most
+    WAITING_LOGINS."""
+    database.check_writable()
     if not _WAITING.acquire(blocking=False):
         raise DatabaseBusy(
             f"database busy: {WAITING_LOGINS} logins are already waiting for it; retry later"
         )
     try:
-        yield
+        with database.quick_session(wait=settings.busy_timeout) as session:
+            yield session
     finally:
         _WAITING.release()
 
 
 def _record_login(
-    session: Session, settings: Settings, check: PasswordCheck, moment: datetime
+    session: Session,
+    settings: Settings,
+    check: PasswordCheck,
+    moment: datetime,
+    failures: int = 1,
 ) -> LoginResult:
     from usersctl import crud
     from usersctl.audit import Trail
@@ -378,6 +374,7 @@ def _record_login(
         lock_for=timedelta(minutes=settings.lockout_minutes),
         moment=moment,
         trail=Trail(actor=settings.actor),
+        failures=failures,
     )
 
 

@@ -445,7 +445,7 @@ def upgrade(
         try:
             db.check_writable()
         except DatabaseUnavailable:
-            # A read-only file (a replica, a read-only mount) already at the target: there
+            # A read-only file (a replica's, chmod 0400) already at the target: there
             # is nothing to write, so nothing to refuse ("make sure the schema is current").
             if target is None or not _already_at(db, target):
                 raise

@@ -88,6 +88,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 # binary collation for exact comparisons as on SQLite and PostgreSQL (the migrations use the
 # same options, usersctl.migration_ops.MYSQL_TABLE_OPTIONS).
 MYSQL_TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+# Whose collations PAD SPACE: "a@example.com " is "a@example.com" to the unique email index
+# (only another program can store the first; a restore keeps it).
+PAD_SPACE_DIALECTS = frozenset({"mysql", "mariadb"})
 
 
 class Base(DeclarativeBase):

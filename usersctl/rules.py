@@ -58,29 +58,16 @@ FIELD_RULES = {
     "is_active": "invalid active: must be true or false",
     "password_hash": PASSWORD_HASH_INVALID,
     "id": f"invalid id: must be a whole number from 1 to {ID_MAX}",
-    "created_at": (
-        "invalid created_at: must be an ISO-8601 time with a time zone, e.g. 2026-01-31T09:00:00Z"
-    ),
-    "updated_at": (
-        "invalid updated_at: must be an ISO-8601 time with a time zone, e.g. 2026-01-31T09:00:00Z"
-    ),
-    "last_login_at": (
-        "invalid last_login_at: must be an ISO-8601 time with a time zone, e.g. "
+    **{
+        name: f"invalid {name}: must be an ISO-8601 time with a time zone, e.g. "
         "2026-01-31T09:00:00Z"
-    ),
-    "password_changed_at": (
-        "invalid password_changed_at: must be an ISO-8601 time with a time zone, e.g. "
-        "2026-01-31T09:00:00Z"
-    ),
+        for name in ("created_at", "updated_at", "last_login_at", "password_changed_at")
+    },
     "expires_at": (
-        "invalid expires_at: must be a date (2027-06-30: its midnight UTC) or an ISO-8601 "
-        "time (2027-06-30T12:00:00Z; without an offset, UTC)"
+        "invalid expires_at: give a date (2027-06-30: its midnight UTC), an ISO-8601 time "
+        "(2027-06-30T12:00:00Z; without an offset, UTC) or never"
     ),
 }
-EXPIRES_IN_A_FILE = (
-    "invalid expires_at: give a date (2027-06-30: its midnight UTC), an ISO-8601 time "
-    "(2027-06-30T12:00:00Z; without an offset, UTC) or never"
-)
 STORED_NUL = "invalid {}: must not contain NUL (U+0000), which no database engine stores"
 # A lone surrogate (U+D800-U+DFFF, e.g. JSON's "\ud800") is not text: no database stores it
 # and argon2 cannot hash it.

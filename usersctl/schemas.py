@@ -52,6 +52,21 @@ _FILLERS = frozenset("\u115f\u1160\u3164\uffa0")
 _FILLER = re.compile("[\u115f\u1160\u3164\uffa0]")
 
 
+def first_invisible(value: str) -> str | None:
+    """The first control or invisible format character in `value` (the joiners aside), or
+    None: what a name, or an identity provider's id, may not hold."""
+    if value.isprintable():
+        return None
+    return next(
+        (
+            c
+            for c in value
+            if c not in _JOINERS and unicodedata.category(c) in _FORBIDDEN_CATEGORIES
+        ),
+        None,
+    )
+
+
 def clean_name(value: str) -> str:
     """Trim; 1-200 characters; no control or invisible format characters (they would
     corrupt terminals and files, or hide what a name really says); something visible."""
@@ -254,7 +269,7 @@ def _expiry_as_written(value: Any) -> Any:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(rules.EXPIRES_IN_A_FILE) from None
+        raise ValueError(rules.FIELD_RULES["expires_at"]) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 

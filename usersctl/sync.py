@@ -40,7 +40,7 @@ from usersctl.crud import (
     take_bulk_lock,
 )
 from usersctl.errors import Conflict, InvalidData, SafetyLimit, UsageError
-from usersctl.models import User, utcnow
+from usersctl.models import PAD_SPACE_DIALECTS, User, utcnow
 from usersctl.timestamps import iso_utc
 
 if TYPE_CHECKING:
@@ -204,9 +204,8 @@ def _created_fields(row: UserImport) -> dict[str, Any]:
 
 def email_key(dialect: str) -> Callable[[str], str]:
     """What makes two emails one address to the database's unique index, and to usersctl:
-    case never counts; on MariaDB trailing spaces do not either (its collations PAD SPACE).
-    Only another program can store such an email, and a restore keeps it."""
-    if dialect in ("mysql", "mariadb"):
+    case never counts; on MariaDB trailing spaces do not either (PAD_SPACE_DIALECTS)."""
+    if dialect in PAD_SPACE_DIALECTS:
         return lambda email: email.lower().rstrip(" ")
     return str.lower
 

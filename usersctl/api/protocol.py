@@ -4,7 +4,8 @@ uvicorn (0.55) times out only an idle keep-alive connection, and any byte receiv
 even that: a client that opens connections and sends half a request head, or a byte now
 and then, holds each one for ever. About a thousand of them use up a process's file
 descriptors, and then nobody is served. Here every request must arrive whole (its head
-and its body, at most 1 MiB) within `REQUEST_TIMEOUT` seconds of the connection opening or
+and its body, at most 1 MiB) within the request timeout (DEFAULT_REQUEST_TIMEOUT seconds)
+of the connection opening or
 of the previous response; a connection that has not is closed. A request being handled,
 however long it takes (a login waiting for the database), is never cut.
 

@@ -335,23 +335,21 @@ def create_user(request: Request, body: JsonBody, server: ServerDep, caller: Cal
 def _external_id(value: str | None) -> str | None:
     from usersctl import rules
     from usersctl.models import EXTERNAL_ID_LENGTH
+    from usersctl.schemas import first_invisible
 
     if value is not None and (len(value) > EXTERNAL_ID_LENGTH or "\x00" in value):
         raise InvalidData(f"invalid externalId: at most {EXTERNAL_ID_LENGTH} characters")
     surrogate = None if value is None else rules.lone_surrogate(value)
     if surrogate is not None:
         raise InvalidData(rules.NOT_UNICODE.format("externalId", surrogate))
-    if value is not None and not value.isprintable():  # an identity provider's id: no
-        # control or invisible character (they came out raw in a piped CSV export)
-        import unicodedata
-
-        invisible = ("Cc", "Cf", "Zl", "Zp")
-        bad = next((c for c in value if unicodedata.category(c) in invisible), None)
-        if bad is not None:
-            raise InvalidData(
-                "invalid externalId: must not contain control or invisible characters "
-                f"(found U+{ord(bad):04X})"
-            )
+    # No control or invisible character, as in a name (they came out raw in a piped CSV
+    # export).
+    bad = None if value is None else first_invisible(value)
+    if bad is not None:
+        raise InvalidData(
+            "invalid externalId: must not contain control or invisible characters "
+            f"(found U+{ord(bad):04X})"
+        )
     return value
 
 
