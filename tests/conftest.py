@@ -314,8 +314,33 @@ class Cli:
         )  # fmt: skip
 
 
+# Their commands run twice: with validation in this process (inputs under 1 MiB), and
+# forked into a child process (usersctl.bulk_worker, what bigger inputs take).
+BOTH_VALIDATIONS = {"test_bulk", "test_sync", "test_import_edge_cases", "test_bulk_worker"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    chosen = any(
+        "validation" in marker.args[0] for marker in metafunc.definition.iter_markers("parametrize")
+    )
+    if "cli" in metafunc.fixturenames and metafunc.module.__name__ in BOTH_VALIDATIONS:
+        if not chosen:
+            metafunc.parametrize("validation", ["here", "forked"], indirect=True)
+
+
 @pytest.fixture
-def cli(db_url: str) -> Cli:
+def validation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where an import validates its input: "here", or "forked" (every input forks)."""
+    mode = str(getattr(request, "param", "here"))
+    if mode == "forked":
+        from usersctl import bulk_worker
+
+        monkeypatch.setattr(bulk_worker, "FORK_MIN_BYTES", 0)
+    return mode
+
+
+@pytest.fixture
+def cli(db_url: str, validation: str) -> Cli:
     return Cli(url=db_url, runner=CliRunner())
 
 

@@ -391,6 +391,33 @@ def test_the_split_check_is_the_whole_string_check(value: str) -> None:
         )
 
 
+_NEVER = re.compile("(?!)")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(_PHC_PIECES, max_size=16).map("".join)
+    | st.builds(lambda tail: "$argon2id$v=19$m=65536,t=3,p=4$" + tail, st.text(max_size=260))
+)
+def test_the_fast_path_gives_the_full_checks_verdict(value: str) -> None:
+    """hash_problem's one-match fast path (what a bulk file's hashes take) says what the
+    full check says, word for word, also past 255 characters and for non-ASCII tails."""
+    fast = passwords.hash_problem(value)
+    whole, passwords._ARGON2_WHOLE = passwords._ARGON2_WHOLE, _NEVER
+    try:
+        assert fast == passwords.hash_problem(value)
+    finally:
+        passwords._ARGON2_WHOLE = whole
+
+
+def test_the_fast_path_is_taken_and_bounded() -> None:
+    good = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$aGFzaGhhc2hoYXNo"
+    assert passwords._ARGON2_WHOLE.fullmatch(good)
+    assert passwords.hash_problem(good) is None
+    assert passwords.hash_problem(good + "A" * 200) == passwords.MALFORMED_HASH  # > 255
+    assert passwords.hash_problem(good.replace("t=3", "t=99")) is not None
+
+
 @pytest.mark.parametrize("kind", [argon2.Type.ID, argon2.Type.I, argon2.Type.D])
 @pytest.mark.parametrize(("t", "m", "p"), [(1, 8, 1), (3, 65536, 4), (2, 2**20, 16)])
 def test_hashes_argon2_writes_are_accepted(kind: argon2.Type, t: int, m: int, p: int) -> None:

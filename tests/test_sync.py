@@ -458,8 +458,8 @@ def test_progress_line_shows_counts_rates_and_an_eta_only_once_known(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from usersctl.bulk import Validated
+    from usersctl.bulk_job import Outcome
     from usersctl.cli import progress
-    from usersctl.sync import Outcome
 
     clock = [100.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])

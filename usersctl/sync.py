@@ -16,21 +16,15 @@ owned users absent from the input are reported, disabled or deleted (`prune`), w
 
 from __future__ import annotations
 
-import itertools
-import json
-import sqlite3
-import tempfile
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from fractions import Fraction
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 
-from usersctl import rules
 from usersctl.audit import PASSWORD_SET, Trail, diff, last_to_change, snapshot
 from usersctl.bulk import Problems
+from usersctl.bulk_job import Job, Outcome, PlanWriter, PruneRefused, Seen
 from usersctl.crud import (
     Existing,
     ImportPlan,
@@ -39,7 +33,7 @@ from usersctl.crud import (
     import_changes,
     take_bulk_lock,
 )
-from usersctl.errors import Conflict, InvalidData, SafetyLimit, UsageError
+from usersctl.errors import Conflict, InvalidData
 from usersctl.models import PAD_SPACE_DIALECTS, User, utcnow
 from usersctl.timestamps import iso_utc
 
@@ -47,150 +41,6 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from usersctl.schemas import UserImport
-
-PRUNE_MODES = ("none", "disable", "delete")
-RESERVED_SOURCES = ("scim",)  # owned by the SCIM API; a file must not prune its users
-
-
-class PruneRefused(SafetyLimit):
-    """More users to prune than `--max-prune` allows (exit 9); nothing changed."""
-
-    def __init__(self, outcome: Outcome, message: str) -> None:
-        super().__init__(message)
-        self.outcome = outcome  # what the run would have done
-
-
-@dataclass(frozen=True)
-class Limit:
-    """`--max-prune N` (users) or `P%` (of the users the source owned before the run)."""
-
-    text: str
-    count: int | None = None
-    percent: Fraction | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Limit:
-        value = text.strip()
-        try:
-            if value.endswith("%"):
-                percent = Fraction(value[:-1].strip())
-                if not 0 <= percent <= 100:
-                    raise ValueError
-                return cls(text=value, percent=percent)
-            count = int(value)
-            if count < 0:
-                raise ValueError
-            return cls(text=value, count=count)
-        except (ValueError, ZeroDivisionError):
-            raise UsageError(
-                f"invalid --max-prune {rules.cut(text)!r}: give a number of users (10) or a "
-                "percentage of the users the source owns, 0% to 100% (10%)"
-            ) from None
-
-    def allowed(self, owned: int) -> int:
-        """How many of `owned` users may be pruned."""
-        if self.count is not None:
-            return self.count
-        assert self.percent is not None
-        return int(owned * self.percent / 100)  # exactly 10% of 10 is 1; of 9 it is 0
-
-
-@dataclass
-class Job:
-    """What to do with the rows: an import (`source` None) or a sync of `source`."""
-
-    on_conflict: str = "update"  # import: error | skip | update
-    update_passwords: bool = False
-    restore: bool = False
-    source: str | None = None
-    prune: str = "none"
-    max_prune: Limit = field(default_factory=lambda: Limit("10%", percent=Fraction(10)))
-    adopt: bool = False
-    dry_run: bool = False
-
-    @property
-    def action(self) -> str:
-        return "import" if self.source is None else "sync"
-
-
-@dataclass
-class Outcome:
-    """Counts so far (the summary, and the progress display)."""
-
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    skipped: int = 0
-    owned: int = 0  # users the source owned before the run
-    absent: int = 0  # of those, not in the input
-    disabled: int = 0
-    deleted: int = 0
-    hashed: int = 0
-    to_hash: int = 0
-    # A restore's rows that say has_password true but carry no hash (an export made without
-    # --include-hashes): those users come back without a password.
-    passwords_missing: int = 0
-    conflicts: Problems = field(default_factory=Problems)
-
-
-class Seen:
-    """Every email (and, for a restore, id) of the input so far, with its line: a private
-    temporary SQLite database, paged to disk past a few MiB (never the users' database)."""
-
-    _CHUNK = 499  # rows, 998 parameters: under the 999 of SQLite before 3.32
-
-    def __init__(self) -> None:
-        # "": a private temporary file, deleted when closed.
-        self.db = sqlite3.connect("", isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("PRAGMA cache_size=-4096")  # KiB
-        self.db.execute("CREATE TABLE emails (email TEXT PRIMARY KEY, line INT) WITHOUT ROWID")
-        self.db.execute("CREATE TABLE ids (id INTEGER PRIMARY KEY, line INT)")
-        self.db.execute("BEGIN")
-
-    def first_lines(self, table: str, keys: Sequence[Any]) -> dict[Any, int]:
-        """Which of `keys` were seen before, and on which line."""
-        found: dict[Any, int] = {}
-        column = "email" if table == "emails" else "id"
-        for start in range(0, len(keys), self._CHUNK):
-            chunk = keys[start : start + self._CHUNK]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT {column}, line FROM {table} WHERE {column} IN ({marks})"  # noqa: S608
-            found.update(self.db.execute(query, chunk))
-        return found
-
-    def add(self, table: str, pairs: Iterable[tuple[Any, int]]) -> None:
-        # Many rows a statement (as database.insert_many): faster than executemany.
-        rows = list(pairs)
-        for start in range(0, len(rows), self._CHUNK):
-            chunk = rows[start : start + self._CHUNK]
-            values = ", ".join(["(?, ?)"] * len(chunk))
-            flat = tuple(itertools.chain.from_iterable(chunk))
-            self.db.execute(f"INSERT INTO {table} VALUES {values}", flat)  # noqa: S608
-
-    def close(self) -> None:
-        self.db.close()
-
-
-class PlanWriter:
-    """The plan of a dry run, one JSON object per change, in a temporary file (a sync of a
-    million new users plans a million lines without holding them)."""
-
-    def __init__(self) -> None:
-        self.file: IO[str] = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
-
-    def write(self, entry: dict[str, Any]) -> None:
-        self.file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-
-    def entries(self) -> Iterator[dict[str, Any]]:
-        self.file.flush()
-        self.file.seek(0)
-        for line in self.file:
-            yield json.loads(line)
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def _created_fields(row: UserImport) -> dict[str, Any]:
@@ -523,21 +373,6 @@ class Run:
         self.session.expunge_all()
         self.session.execute(delete(User).where(User.id.in_(ids)))
         self.trail.record_many(self.session, "sync", gone)
-
-
-def check_source(name: str) -> str:
-    """A sync source's name, as stored in users.source."""
-    import re
-
-    from usersctl import rules
-    from usersctl.schemas import SOURCE_PATTERN
-
-    if not re.fullmatch(SOURCE_PATTERN, name):
-        wording = rules.SOURCE_INVALID.replace("invalid source", f"invalid --source {name!r}")
-        raise UsageError(wording)
-    if name in RESERVED_SOURCES:
-        raise UsageError(f"--source {name} is reserved: its users are managed through SCIM")
-    return name
 
 
 def _percent(part: int, whole: int) -> str:

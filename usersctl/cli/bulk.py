@@ -162,49 +162,59 @@ def run_rows(
     return the outcome; blank rows go to `counts` (bulk.ReadCounts), a dry run's changes
     to `plan` (sync.PlanWriter). Raises as the run ends badly; the transaction is then
     rolled back."""
-    from usersctl import bulk
+    from usersctl import bulk, bulk_worker
     from usersctl.cli.progress import RowProgress
-    from usersctl.sync import Run
 
     chosen = bulk.guess_format(source, fmt.value if fmt else None)
     options = csv_options(chosen, delimiter, ignore_columns)
     state = get_state(ctx)
     row_check = _row_check(state.settings, job.restore)
-    database = state.ready_database(write=True, dry_run=job.dry_run)
     seen = bulk.Validated()
-    with (
-        bulk.open_input(source, encoding) as (stream, counting),
-        RowProgress(seen, counting) as progress,
-    ):
+    with bulk.open_input(source, encoding) as (stream, counting):
         records = bulk.read_records(stream, chosen, options, counts)
-        # A dry run reads in a read transaction and collects its trail and plan; a real run
-        # writes in the command's write transaction and hashes as it goes.
-        scope: Any
-        if job.dry_run:
-            scope = _dry_run_scope(database, state.settings.actor)
-            extra: dict[str, Any] = {"plan": plan}
-        else:
-            scope = state.change()
-            extra = {"hasher": progress.hasher()}
-        with scope as (session, trail):
-            run = Run(session, trail, job, seen.bad, **extra)
-            progress.follow(run.outcome)
-            try:
-                for batch in bulk.validate(records, row_check, restore=job.restore, seen=seen):
-                    run.add(batch)
-                    progress.update()
-                if job.source is not None and seen.read == 0:
-                    # A failed export, surely (nothing, a byte-order mark, blank lines, a
-                    # header alone): a sync of no users would report (or prune) every
-                    # user the source owns.
-                    what = "is empty (0 bytes)" if counting.consumed == 0 else "lists no users"
-                    raise InvalidData(
-                        f"{'standard input' if source == '-' else source} {what}: a "
-                        "source's export always lists some; nothing changed"
-                    )
-                outcome = run.finish()
-            finally:
-                run.close()
+        batches = bulk_worker.validated(
+            lambda: bulk.validate(records, row_check, restore=job.restore, seen=seen),
+            seen,
+            counting,
+            counts,
+        )
+        # The worker first: it may fork, which copies only this thread (not the progress's).
+        with batches as validated:
+            # (Forked before the database's libraries load: the worker starts validating
+            # while they do.)
+            database = state.ready_database(write=True, dry_run=job.dry_run)
+            from usersctl.sync import Run
+
+            with RowProgress(seen, counting) as progress:
+                # A dry run reads in a read transaction and collects its trail and plan; a real
+                # run writes in the command's write transaction and hashes as it goes.
+                scope: Any
+                if job.dry_run:
+                    scope = _dry_run_scope(database, state.settings.actor)
+                    extra: dict[str, Any] = {"plan": plan}
+                else:
+                    scope = state.change()
+                    extra = {"hasher": progress.hasher()}
+                with scope as (session, trail):
+                    run = Run(session, trail, job, seen.bad, **extra)
+                    progress.follow(run.outcome)
+                    try:
+                        for batch in validated:
+                            run.add(batch)
+                            progress.update()
+                        if job.source is not None and seen.read == 0:
+                            # A failed export, surely (nothing, a byte-order mark, blank lines,
+                            # a header alone): a sync of no users would report (or prune) every
+                            # user the source owns.
+                            empty = counting.consumed == 0
+                            what = "is empty (0 bytes)" if empty else "lists no users"
+                            raise InvalidData(
+                                f"{'standard input' if source == '-' else source} {what}: a "
+                                "source's export always lists some; nothing changed"
+                            )
+                        outcome = run.finish()
+                    finally:
+                        run.close()
     return outcome
 
 
@@ -251,7 +261,7 @@ def import_(
       usersctl import hr-onboarding.csv --on-conflict skip --dry-run
     """
     from usersctl.bulk import ReadCounts
-    from usersctl.sync import Job
+    from usersctl.bulk_job import Job
 
     counts = ReadCounts()
     job = Job(

@@ -150,7 +150,7 @@ def sync(
       usersctl sync /srv/hr/users.csv --source hr --prune disable --dry-run
     """
     from usersctl.bulk import ReadCounts
-    from usersctl.sync import Job, Limit, PlanWriter, PruneRefused, check_source
+    from usersctl.bulk_job import Job, Limit, PlanWriter, PruneRefused, check_source
 
     job = Job(
         source=check_source(source),
