@@ -547,11 +547,16 @@ class Problems:
 
 @dataclass
 class Validated:
-    """What validation has seen so far (for progress), and the bad rows."""
+    """What validation has seen so far (for progress), and the bad rows: invalid ones, and
+    (bulk_job.unique) those repeating an earlier row's email or id."""
 
     read: int = 0
     valid: int = 0
     bad: Problems = field(default_factory=Problems)
+    duplicates: Problems = field(default_factory=Problems)
+    # A restore's rows that say has_password true but carry no hash (an export made without
+    # --include-hashes): those users come back without a password.
+    passwords_missing: int = 0
 
 
 def validate(

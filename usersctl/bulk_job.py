@@ -9,14 +9,19 @@ import itertools
 import json
 import sqlite3
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from usersctl import rules
-from usersctl.bulk import Problems
+from usersctl.bulk import Problems, Validated
 from usersctl.errors import SafetyLimit, UsageError
+
+if TYPE_CHECKING:
+    from usersctl.schemas import UserImport
+
+Rows = list[tuple[int, "UserImport"]]
 
 PRUNE_MODES = ("none", "disable", "delete")
 RESERVED_SOURCES = ("scim",)  # owned by the SCIM API; a file must not prune its users
@@ -97,9 +102,7 @@ class Outcome:
     deleted: int = 0
     hashed: int = 0
     to_hash: int = 0
-    # A restore's rows that say has_password true but carry no hash (an export made without
-    # --include-hashes): those users come back without a password.
-    passwords_missing: int = 0
+    passwords_missing: int = 0  # (see bulk.Validated)
     conflicts: Problems = field(default_factory=Problems)
 
 
@@ -176,3 +179,92 @@ def check_source(name: str) -> str:
     if name in RESERVED_SOURCES:
         raise UsageError(f"--source {name} is reserved: its users are managed through SCIM")
     return name
+
+
+# Whose collations PAD SPACE: "a@example.com " is "a@example.com" to the unique email index
+# (only another program can store the first; a restore keeps it).
+PAD_SPACE_DIALECTS = frozenset({"mysql", "mariadb"})
+
+
+def dialect_of(url: str) -> str:
+    """The name of the SQLAlchemy dialect a database URL names (`mariadb+mariadbconnector://`
+    is mariadb), without loading SQLAlchemy."""
+    return url.partition(":")[0].partition("+")[0].lower()
+
+
+def email_key(dialect: str) -> Callable[[str], str]:
+    """What makes two emails one address to the database's unique index, and to usersctl:
+    case never counts; on MariaDB trailing spaces do not either (PAD_SPACE_DIALECTS)."""
+    if dialect in PAD_SPACE_DIALECTS:
+        return lambda email: email.lower().rstrip(" ")
+    return str.lower
+
+
+def unique(
+    batches: Iterator[Rows], *, key: Callable[[str], str], restore: bool, validated: Validated
+) -> Iterator[Rows]:
+    """The batches without the rows whose email (or id, in a restore) an earlier row had:
+    those are bad rows (`validated.duplicates`), with the line of the first. Emails compare
+    as the database's unique index does (`key`): a restore keeps an email's case as the
+    backup has it, but two that differ only in case are one address. Runs where validation
+    runs (a forked child: usersctl.bulk_worker), on a scratch index of its own."""
+    seen = Seen()
+    try:
+        dedupe = _Dedupe(seen, key, restore, validated)
+        for rows in batches:
+            yield dedupe.rows(rows)
+    finally:
+        seen.close()
+
+
+class _Dedupe:
+    def __init__(
+        self, seen: Seen, key: Callable[[str], str], restore: bool, validated: Validated
+    ) -> None:
+        self.seen, self.key, self.restore, self.validated = seen, key, restore, validated
+        self.duplicates = validated.duplicates
+        self.drawing = False  # a restore: a row without an id was seen (ids drawn from here)
+
+    def rows(self, rows: Rows) -> Rows:
+        key_of, restore = self.key, self.restore
+        earlier = self.seen.first_lines("emails", [key_of(row.email) for _, row in rows])
+        ids = [row.id for _, row in rows if row.id is not None] if restore else []
+        earlier_ids = self.seen.first_lines("ids", ids) if ids else {}
+        kept: Rows = []
+        for line, row in rows:
+            if restore and not self._restorable(line, row):
+                continue
+            key = key_of(row.email)
+            first = earlier.get(key)
+            if first is not None:
+                self.duplicates.add(line, f"duplicate email {row.email} (first on line {first})")
+                continue
+            if restore and row.id is not None:
+                first = earlier_ids.get(row.id)
+                if first is not None:
+                    self.duplicates.add(line, f"duplicate id {row.id} (first on line {first})")
+                    continue
+                earlier_ids[row.id] = line
+            earlier[key] = line
+            kept.append((line, row))
+        self.seen.add("emails", ((key_of(row.email), line) for line, row in kept))
+        if ids:
+            self.seen.add("ids", ((row.id, line) for line, row in kept if row.id is not None))
+        return kept
+
+    def _restorable(self, line: int, row: UserImport) -> bool:
+        """In a restore, no row with an id after one without: the rows without are given the
+        next free ids as they are written, which a later row's id could then collide with.
+        Also counts the rows that lose their password."""
+        if row.id is None:
+            self.drawing = True
+        elif self.drawing:
+            self.duplicates.add(
+                line,
+                "--restore: this row has an id but an earlier row has none (rows without an "
+                "id are given the next free ones): put the rows with ids first",
+            )
+            return False
+        if row.has_password and "has_password" in row.given and not row.gives_password:
+            self.validated.passwords_missing += 1
+        return True

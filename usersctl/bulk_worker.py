@@ -142,13 +142,17 @@ def _send_all(
     counts: ReadCounts,
     pipe: BinaryIO,
 ) -> None:
-    reported = 0  # bad rows' messages sent so far
+    reported = [0, 0]  # messages of bad rows and of duplicates sent so far
 
     def send(kind: str, payload: Any) -> None:
-        nonlocal reported
-        news = seen.bad.messages[reported:]
-        reported = len(seen.bad.messages)
-        state = (seen.read, seen.valid, seen.bad.count, news, counting.consumed, counts.blank_rows)
+        news = []
+        for index, problems in enumerate((seen.bad, seen.duplicates)):
+            news.append((problems.count, problems.messages[reported[index] :]))
+            reported[index] = len(problems.messages)
+        state = (
+            seen.read, seen.valid, news, seen.passwords_missing, counting.consumed,
+            counts.blank_rows,
+        )  # fmt: skip
         pickle.dump((kind, payload, state), pipe, protocol=pickle.HIGHEST_PROTOCOL)
 
     try:
@@ -207,12 +211,13 @@ class _Receiver:
                 f"{payload.strip().splitlines()[-1]}\n(in the child process) {payload}"
             )
 
-    def _update(self, state: tuple[int, int, int, list[tuple[int, str]], int, int]) -> None:
-        read, valid, bad_count, news, consumed, blank_rows = state
+    def _update(self, state: tuple[Any, ...]) -> None:
+        """The child's counters and new problems, copied here."""
         seen = self.seen
-        seen.read, seen.valid = read, valid
-        seen.bad.count = bad_count
-        seen.bad.messages.extend(news)
+        seen.read, seen.valid, news, seen.passwords_missing, consumed, blank_rows = state
+        for problems, (count, messages) in zip((seen.bad, seen.duplicates), news, strict=True):
+            problems.count = count
+            problems.messages.extend(messages)
         self.counting.consumed = consumed
         self.counts.blank_rows = blank_rows
 

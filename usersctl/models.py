@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from usersctl.bulk_job import PAD_SPACE_DIALECTS as PAD_SPACE_DIALECTS
 from usersctl.errors import unreadable_time
 
 NAME_LENGTH = 200
@@ -88,9 +89,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 # binary collation for exact comparisons as on SQLite and PostgreSQL (the migrations use the
 # same options, usersctl.migration_ops.MYSQL_TABLE_OPTIONS).
 MYSQL_TABLE_ARGS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
-# Whose collations PAD SPACE: "a@example.com " is "a@example.com" to the unique email index
-# (only another program can store the first; a restore keeps it).
-PAD_SPACE_DIALECTS = frozenset({"mysql", "mariadb"})
 
 
 class Base(DeclarativeBase):

@@ -104,14 +104,13 @@ _SIMPLE_EMAIL = re.compile(
 
 
 def _simple_email(value: str) -> str | None:
-    local, _, domain = value.partition("@")
-    if len(value) > 254 or len(local) > 64 or len(domain) > 253 or "--" in domain:
-        return None
-    if not _SIMPLE_EMAIL.fullmatch(value):
+    if len(value) > 254 or not _SIMPLE_EMAIL.fullmatch(value):
         return None
     lowered = value.lower()
-    domain = lowered.rpartition("@")[2]
-    single_labels, suffixes = _special_use_domains()
+    local, _, domain = lowered.partition("@")  # (the pattern allows one @ only)
+    if len(local) > 64 or len(domain) > 253 or "--" in domain:
+        return None
+    single_labels, suffixes = _REFUSED or _special_use_domains()
     if domain.rpartition(".")[2] in single_labels or domain.endswith(suffixes):
         return None
     return lowered
@@ -126,9 +125,13 @@ ACCEPTED_SPECIAL_USE = ("arpa", "local", "localhost", "test")
 _SINGLE_LABEL = "localhost"
 
 
+_REFUSED: tuple[frozenset[str], tuple[str, ...]] | None = None  # _special_use_domains()
+
+
 @functools.cache
 def _special_use_domains() -> tuple[frozenset[str], tuple[str, ...]]:
     """The special-use domains still refused: single labels, and multi-label suffixes."""
+    global _REFUSED
     import email_validator
 
     refused = list(email_validator.SPECIAL_USE_DOMAIN_NAMES)
@@ -139,7 +142,8 @@ def _special_use_domains() -> tuple[frozenset[str], tuple[str, ...]]:
             refused.remove(name)
     single = frozenset(name for name in refused if "." not in name)
     multi = tuple(f".{name}" for name in refused if "." in name)
-    return single, multi
+    _REFUSED = single, multi
+    return _REFUSED
 
 
 def normalize_email(value: str) -> str:
@@ -205,10 +209,17 @@ class UserUpdate(BaseModel):
     source: Source | None = None  # given as None: managed by hand (external_id cleared too)
 
 
-def check_password_hash(value: str) -> str:
-    from usersctl.passwords import hash_problem
+_hash_problem: Callable[[str], str | None] | None = None  # passwords.hash_problem, once loaded
 
-    problem = hash_problem(value)
+
+def check_password_hash(value: str) -> str:
+    # (An import statement here would cost more than the check itself, once a row.)
+    global _hash_problem
+    if _hash_problem is None:
+        from usersctl.passwords import hash_problem
+
+        _hash_problem = hash_problem
+    problem = _hash_problem(value)
     if problem is not None:
         raise ValueError(f"invalid password_hash: {problem}")
     return value
@@ -359,7 +370,9 @@ def _import_row(fields: dict[str, Any]) -> UserImport:
         raise ValueError(rules.ONE_PASSWORD)
     if not fields.get("has_password", True) and (password is not None or password_hash):
         raise ValueError("has_password is false but a password is given")
-    return UserImport.of(fields)
+    row = object.__new__(UserImport)  # (UserImport.of, without a call: once a row)
+    row.__dict__ = fields
+    return row
 
 
 @functools.cache

@@ -6,7 +6,9 @@ One engine serves both commands. Each batch of valid rows is compared with the d
 and audit entries go out at once. Nothing is written once any row was bad: the rest of the
 input is still read and checked so that every bad row is reported, and the caller's
 transaction is then rolled back (`finish` raises). Duplicate emails across the whole input
-are found with a scratch index in a private temporary SQLite file (bounded memory, exact).
+are dropped before (bulk_job.unique, with validation), found with a scratch index in a
+private temporary SQLite file (bounded memory, exact); a sync keeps one of its own of the
+emails listed, for what it prunes.
 
 A sync (`Job.source`) makes the users that source owns match the input: rows create or
 update only users it owns (another owner's email is a conflict unless `adopt`), and the
@@ -23,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select, update
 
 from usersctl.audit import PASSWORD_SET, Trail, diff, last_to_change, snapshot
-from usersctl.bulk import Problems
-from usersctl.bulk_job import Job, Outcome, PlanWriter, PruneRefused, Seen
+from usersctl.bulk import Problems, Validated
+from usersctl.bulk_job import Job, Outcome, PlanWriter, PruneRefused, Seen, email_key
 from usersctl.crud import (
     Existing,
     ImportPlan,
@@ -34,7 +36,7 @@ from usersctl.crud import (
     take_bulk_lock,
 )
 from usersctl.errors import Conflict, InvalidData
-from usersctl.models import PAD_SPACE_DIALECTS, User, utcnow
+from usersctl.models import User, utcnow
 from usersctl.timestamps import iso_utc
 
 if TYPE_CHECKING:
@@ -52,14 +54,6 @@ def _created_fields(row: UserImport) -> dict[str, Any]:
     return fields
 
 
-def email_key(dialect: str) -> Callable[[str], str]:
-    """What makes two emails one address to the database's unique index, and to usersctl:
-    case never counts; on MariaDB trailing spaces do not either (PAD_SPACE_DIALECTS)."""
-    if dialect in PAD_SPACE_DIALECTS:
-        return lambda email: email.lower().rstrip(" ")
-    return str.lower
-
-
 class Run:
     """One import or sync in the caller's transaction (`session`, `trail`). Feed it batches
     of validated rows (`add`), then `finish` (raises if anything was bad: the caller's
@@ -70,7 +64,7 @@ class Run:
         session: Session,
         trail: Trail,
         job: Job,
-        bad: Problems,
+        validated: Validated,
         *,
         hasher: Callable[[Sequence[str]], list[str]] | None = None,
         plan: PlanWriter | None = None,
@@ -78,13 +72,14 @@ class Run:
         self.session = session
         self.trail = trail
         self.job = job
-        self.bad = bad  # invalid rows (exit 5), counted by validation (another thread)
-        self.duplicates = Problems()  # exit 5 too, counted here
+        # Bad rows (exit 5), invalid or repeating an earlier row, counted by validation
+        # (bulk.validate, bulk_job.unique; maybe in a child process: bulk_worker).
+        self.validated = validated
         self.hasher = hasher
         self.plan = plan
         self.outcome = Outcome()
-        self.seen = Seen()
-        self.drawing = False  # a restore: a row without an id was seen (ids drawn from here)
+        # A sync's emails so far, for what it prunes (the users it owns that none names).
+        self.listed = Seen() if job.source is not None else None
         self.key = email_key(session.get_bind().dialect.name)
         take_bulk_lock(session)
         # Into an empty table (a first load) no row can meet an existing user: only one
@@ -98,57 +93,14 @@ class Run:
 
     @property
     def clean(self) -> bool:
-        return not (self.bad.count or self.duplicates.count or self.outcome.conflicts.count)
+        validated = self.validated
+        return not (
+            validated.bad.count or validated.duplicates.count or self.outcome.conflicts.count
+        )
 
     def close(self) -> None:
-        self.seen.close()
-
-    def _unique(self, rows: list[tuple[int, UserImport]]) -> list[tuple[int, UserImport]]:
-        """The rows whose email (and id, in a restore) no earlier row had. Emails compare
-        case-insensitively: a restore keeps an email's case as the backup has it, but two
-        that differ only in case are one address (and one on MariaDB's unique index)."""
-        key_of = self.key
-        earlier = self.seen.first_lines("emails", [key_of(row.email) for _, row in rows])
-        ids = [row.id for _, row in rows if row.id is not None] if self.job.restore else []
-        earlier_ids = self.seen.first_lines("ids", ids) if ids else {}
-        kept: list[tuple[int, UserImport]] = []
-        for line, row in rows:
-            if self.job.restore and not self._restorable(line, row):
-                continue
-            key = key_of(row.email)
-            first = earlier.get(key)
-            if first is not None:
-                self.duplicates.add(line, f"duplicate email {row.email} (first on line {first})")
-                continue
-            if self.job.restore and row.id is not None:
-                first = earlier_ids.get(row.id)
-                if first is not None:
-                    self.duplicates.add(line, f"duplicate id {row.id} (first on line {first})")
-                    continue
-                earlier_ids[row.id] = line
-            earlier[key] = line
-            kept.append((line, row))
-        self.seen.add("emails", ((key_of(row.email), line) for line, row in kept))
-        if ids:
-            self.seen.add("ids", ((row.id, line) for line, row in kept if row.id is not None))
-        return kept
-
-    def _restorable(self, line: int, row: UserImport) -> bool:
-        """In a restore, no row with an id after one without: the rows without are given the
-        next free ids as they are written, which a later row's id could then collide with.
-        Also counts the rows that lose their password."""
-        if row.id is None:
-            self.drawing = True
-        elif self.drawing:
-            self.duplicates.add(
-                line,
-                "--restore: this row has an id but an earlier row has none (rows without an "
-                "id are given the next free ones): put the rows with ids first",
-            )
-            return False
-        if row.has_password and "has_password" in row.given and not row.gives_password:
-            self.outcome.passwords_missing += 1
-        return True
+        if self.listed is not None:
+            self.listed.close()
 
     def _pruned_before(
         self, rows: list[tuple[int, UserImport]], existing: dict[str, Existing]
@@ -174,7 +126,9 @@ class Run:
     def add(self, rows: list[tuple[int, UserImport]]) -> None:
         """Plan one batch and, while every row so far was good, write it."""
         job, outcome = self.job, self.outcome
-        rows = self._unique(rows)
+        if self.listed is not None:
+            key = self.key
+            self.listed.add("emails", ((key(row.email), line) for line, row in rows))
         existing = (
             {}
             if self.empty
@@ -275,13 +229,15 @@ class Run:
     def finish(self) -> Outcome:
         """Prune (a sync), then raise if anything was bad or a safety limit is exceeded."""
         job, outcome = self.job, self.outcome
-        self.bad.extend(self.duplicates)  # (validation has finished)
-        self.duplicates = Problems()
-        if self.bad.count:
+        outcome.passwords_missing = self.validated.passwords_missing
+        bad = Problems()  # (validation has finished)
+        bad.extend(self.validated.bad)
+        bad.extend(self.validated.duplicates)
+        if bad.count:
             raise InvalidData(
-                f"{self.bad.count} bad row(s); nothing "
+                f"{bad.count} bad row(s); nothing "
                 f"{'changed' if job.source else 'imported'}, the database is unchanged",
-                self.bad.details(),
+                bad.details(),
             )
         if outcome.conflicts.count:
             if job.source is not None:
@@ -315,7 +271,8 @@ class Run:
             if not page:
                 return
             last = page[-1][0]
-            listed = self.seen.first_lines("emails", [self.key(email) for _, email, _ in page])
+            assert self.listed is not None  # (a sync)
+            listed = self.listed.first_lines("emails", [self.key(email) for _, email, _ in page])
             yield [user for user in page if self.key(user[1]) not in listed]
 
     def _prune(self) -> None:

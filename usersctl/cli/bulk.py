@@ -163,6 +163,7 @@ def run_rows(
     to `plan` (sync.PlanWriter). Raises as the run ends badly; the transaction is then
     rolled back."""
     from usersctl import bulk, bulk_worker
+    from usersctl.bulk_job import dialect_of, email_key, unique
     from usersctl.cli.progress import RowProgress
 
     chosen = bulk.guess_format(source, fmt.value if fmt else None)
@@ -172,12 +173,13 @@ def run_rows(
     seen = bulk.Validated()
     with bulk.open_input(source, encoding) as (stream, counting):
         records = bulk.read_records(stream, chosen, options, counts)
-        batches = bulk_worker.validated(
-            lambda: bulk.validate(records, row_check, restore=job.restore, seen=seen),
-            seen,
-            counting,
-            counts,
-        )
+        key = email_key(dialect_of(state.settings.database_url))
+
+        def produce() -> Iterator[Any]:
+            rows = bulk.validate(records, row_check, restore=job.restore, seen=seen)
+            return unique(rows, key=key, restore=job.restore, validated=seen)
+
+        batches = bulk_worker.validated(produce, seen, counting, counts)
         # The worker first: it may fork, which copies only this thread (not the progress's).
         with batches as validated:
             # (Forked before the database's libraries load: the worker starts validating
@@ -196,7 +198,7 @@ def run_rows(
                     scope = state.change()
                     extra = {"hasher": progress.hasher()}
                 with scope as (session, trail):
-                    run = Run(session, trail, job, seen.bad, **extra)
+                    run = Run(session, trail, job, seen, **extra)
                     progress.follow(run.outcome)
                     try:
                         for batch in validated:
