@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from conftest import Cli, assert_error, prehashed_rows
@@ -122,7 +124,9 @@ def _failing_validation(monkeypatch: pytest.MonkeyPatch, failure: str) -> Any:
             if number == 1:
                 if failure == "bug":
                     raise ZeroDivisionError("division by zero")
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(
+                    os.getpid(), signal.SIGRTMIN + 6 if failure == "nameless" else signal.SIGKILL
+                )
             yield batch
 
     monkeypatch.setattr(bulk, "validate", failing)
@@ -149,17 +153,26 @@ def test_a_bug_in_the_child_is_reported_as_a_bug(
 
 @pytest.mark.parametrize("engine_name", ["sqlite"])
 @pytest.mark.parametrize("validation", ["forked"], indirect=True)
+@pytest.mark.parametrize(
+    ("failure", "how"),
+    [("killed", "killed by SIGKILL"), ("nameless", f"killed by signal {signal.SIGRTMIN + 6}")],
+)
 def test_a_child_that_dies_is_one_line_and_nothing_written(
-    cli: Cli, tmp_path: Path, seed_hash: str, monkeypatch: pytest.MonkeyPatch
+    cli: Cli,
+    tmp_path: Path,
+    seed_hash: str,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: str,
+    how: str,
 ) -> None:
     from usersctl import bulk
 
-    validate = _failing_validation(monkeypatch, "killed")
+    validate = _failing_validation(monkeypatch, failure)
     source = prehashed_rows(tmp_path / "users.jsonl", 4_500, seed_hash)
     assert_error(
         cli("import", str(source)),
         1,
-        "error: the process validating the input ended unexpectedly (killed by SIGKILL); the "
+        f"error: the process validating the input ended unexpectedly ({how}); the "
         "database is unchanged",
     )
     assert count(cli.url, "users") == 0
@@ -167,13 +180,62 @@ def test_a_child_that_dies_is_one_line_and_nothing_written(
     assert cli.json("import", str(source))["created"] == 4_500  # no lock or journal left over
 
 
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+@pytest.mark.parametrize("validation", ["forked"], indirect=True)
+def test_a_child_killed_in_the_middle_of_a_batch_is_one_line(
+    cli: Cli, tmp_path: Path, seed_hash: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half a message in the pipe (the out-of-memory killer strikes while it is written)."""
+    import pickle
+
+    from usersctl import bulk_worker
+
+    def half(value: Any, file: Any, protocol: int) -> None:
+        data = pickle.dumps(value, protocol)
+        file.write(data[: len(data) // 2])
+        file.flush()
+        os._exit(3)
+
+    monkeypatch.setattr(bulk_worker.pickle, "dump", half)
+    source = prehashed_rows(tmp_path / "users.jsonl", 4_500, seed_hash)
+    assert_error(
+        cli("import", str(source)),
+        1,
+        "error: the process validating the input ended unexpectedly (exit status 3); the "
+        "database is unchanged",
+    )
+    assert count(cli.url, "users") == 0
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+@pytest.mark.parametrize("validation", ["forked"], indirect=True)
+def test_when_no_process_can_be_forked_validation_runs_here(
+    cli: Cli, tmp_path: Path, seed_hash: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def refused() -> int:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refused)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    source = prehashed_rows(tmp_path / "users.jsonl", 4_500, seed_hash)
+    assert cli.json("import", str(source))["created"] == 4_500
+    assert cli.json("import", "-", "--format", "jsonl", "--on-conflict", "skip",
+                    input=source.read_text())["skipped"] == 4_500  # fmt: skip
+    assert len(os.listdir("/proc/self/fd")) == descriptors  # the pipes were closed
+
+
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
-def _waits_on_a_pipe(pid: int) -> bool:
-    return "pipe_read" in Path(f"/proc/{pid}/wchan").read_text()
+def _waits_on_a_pipe(pid: int, since: float) -> bool:
+    """Blocked reading a pipe (pipe_read, anon_pipe_read; pipe_wait before Linux 5.5); where
+    the kernel hides the wait channel ("0"), a second after the child appeared."""
+    channel = Path(f"/proc/{pid}/wchan").read_text()
+    return "pipe" in channel or (channel in ("", "0") and time.monotonic() - since > 1)
 
 
 def _gone(pid: int) -> bool:
@@ -215,8 +277,9 @@ def test_no_child_outlives_its_command(db_url: str, seed_hash: str, how: str) ->
     process.stdin.flush()
     (child,) = _wait_for(lambda: _children(process.pid), "the child process")
     # Both wait on a pipe: the command for the child's rows, the child for more input.
+    since = time.monotonic()
     for pid in (process.pid, child):
-        _wait_for(lambda pid=pid: _waits_on_a_pipe(pid), f"process {pid} to wait on a pipe")
+        _wait_for(lambda pid=pid: _waits_on_a_pipe(pid, since), f"process {pid} to wait")
     process.send_signal(getattr(signal, how))
     _, stderr = process.communicate(timeout=60)
     if how == "SIGTERM":
@@ -226,3 +289,97 @@ def test_no_child_outlives_its_command(db_url: str, seed_hash: str, how: str) ->
         assert process.returncode == -signal.SIGKILL
     _wait_for(lambda: _gone(child), "the child to end")
     assert count(db_url, "users") == 0
+
+
+_KEYS = st.sampled_from(["name", "email", "a:b", ":", "role", "x"])
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet=':a"\\\n\u00e9 ', max_size=8),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(_KEYS, inner, max_size=2),
+    max_leaves=4,
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.tuples(_KEYS, _VALUES), max_size=6), st.sampled_from([":", ": ", " : "]))
+def test_the_fast_jsonl_decode_never_misses_a_key_given_twice(
+    pairs: list[tuple[str, Any]], colon: str
+) -> None:
+    """bulk._no_key_twice, which lets a JSONL row skip the exact (slower) decode, says yes
+    only when no key of the object came twice: colons in keys and values, escapes, nesting."""
+    from usersctl import bulk
+
+    line = "{" + ", ".join(json.dumps(k) + colon + json.dumps(v) for k, v in pairs) + "}\n"
+    twice = len({k for k, _ in pairs}) < len(pairs)
+    if bulk._no_key_twice(line, json.loads(line)):
+        assert not twice, line
+    if (
+        not twice
+        and "\\" not in line
+        and colon == ":"
+        and not any(isinstance(v, dict | list) for _, v in pairs)
+    ):
+        assert bulk._no_key_twice(line, json.loads(line)), line  # an export's rows: fast
+
+
+def _ignoring(*names: str) -> Any:
+    def ignore() -> None:
+        for name in names:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+    return ignore
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+@pytest.mark.parametrize("ignored", ["SIGHUP", "SIGINT"])
+def test_a_signal_the_command_ignores_its_child_ignores_too(
+    db_url: str, seed_hash: str, ignored: str
+) -> None:
+    """`nohup usersctl import -` (SIGHUP ignored) and a script's `usersctl import - &`
+    (SIGINT ignored): the session's hang-up, or a Ctrl-C meant for the script, leaves the
+    import going, as it did in one process."""
+    process = subprocess.Popen(
+        [USERSCTL, "import", "-", "--format", "jsonl", "-o", "json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "USERSCTL_DATABASE_URL": db_url},
+        start_new_session=True,
+        preexec_fn=_ignoring(ignored),  # noqa: PLW1509 - only signal dispositions
+    )
+    assert process.stdin is not None
+    rows = [
+        json.dumps({"name": f"U{n}", "email": f"u{n}@example.com", "password_hash": seed_hash})
+        for n in range(3)
+    ]
+    process.stdin.write((rows[0] + "\n").encode())
+    process.stdin.flush()
+    (child,) = _wait_for(lambda: _children(process.pid), "the child process")
+    since = time.monotonic()
+    _wait_for(lambda: _waits_on_a_pipe(child, since), "the child to wait for input")
+    os.killpg(process.pid, getattr(signal, ignored))
+    stdout, stderr = process.communicate(("\n".join(rows[1:]) + "\n").encode(), timeout=60)
+    assert process.returncode == 0, stderr
+    assert json.loads(stdout)["created"] == 3
+    assert count(db_url, "users") == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_name", ["sqlite"])
+def test_a_command_started_with_sigchld_ignored_reports_its_import(
+    db_url: str, tmp_path: Path, seed_hash: str
+) -> None:
+    """With SIGCHLD ignored the kernel reaps the child itself: the import still reports
+    what it committed, never "a bug"."""
+    source = prehashed_rows(tmp_path / "users.jsonl", 7_000, seed_hash)
+    done = subprocess.run(
+        [USERSCTL, "import", str(source), "-o", "json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "USERSCTL_DATABASE_URL": db_url},
+        preexec_fn=_ignoring("SIGCHLD"),  # noqa: PLW1509 - only signal dispositions
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["created"] == 7_000
+    assert done.stderr == ""

@@ -276,6 +276,27 @@ def _loads(line: int, text: str) -> Record:
     return _object(line, value, lines=True)
 
 
+def _no_key_twice(text: str, value: dict[str, Any]) -> bool:
+    """True only if the object `text` decoded into `value` gave no key twice. Every key is
+    followed by a colon: with no more colons than keys, none came twice. Colons inside the
+    strings (an export's times) are counted too, when the text has no escapes (so that its
+    strings are the decoded ones) and nothing nested: a key given twice then brings one
+    more colon than those. Otherwise False (the caller decodes again, exactly)."""
+    colons = text.count(":")
+    if colons <= len(value):
+        return True
+    if "\\" in text:
+        return False
+    inside = 0
+    for key, item in value.items():
+        inside += key.count(":")
+        if type(item) is str:
+            inside += item.count(":")
+        elif type(item) is dict or type(item) is list:
+            return False
+    return colons <= len(value) + inside
+
+
 def _jsonl_records(stream: TextIO, counts: ReadCounts | None = None) -> Iterator[Record]:
     # One record a line: the _Lines rules, in one loop (this runs for every row).
     readline = stream.readline
@@ -293,11 +314,9 @@ def _jsonl_records(stream: TextIO, counts: ReadCounts | None = None) -> Iterator
         except (ValueError, RecursionError):
             yield _loads(number, text)  # again, for json.loads's wording of the error
             continue
-        # Every key is followed by a colon: with no more colons than keys, no key came twice
-        # (which the fast decoder would hide, keeping the last). Else decode it again, exactly.
-        if type(value) is dict and text.count(":") <= len(value):
+        if type(value) is dict and _no_key_twice(text, value):
             yield Record(number, value)
-        else:
+        else:  # decoded again, exactly (json.loads would keep a key's last value silently)
             yield _loads(number, text)
 
 

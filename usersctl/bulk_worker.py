@@ -46,13 +46,17 @@ def validated(
     """The batches `produce()` yields, validated in a child process when that helps. Enter it
     before any thread starts (the progress line's): a fork copies only the forking thread."""
     with _few_collections():
-        if not hasattr(os, "fork") or (
-            counting.size is not None and counting.size < FORK_MIN_BYTES
-        ):
+        small = counting.size is not None and counting.size < FORK_MIN_BYTES
+        receiver = (
+            None if small or not hasattr(os, "fork") else _fork(produce, seen, counting, counts)
+        )
+        if receiver is None:  # (also when the fork failed: out of processes or memory)
             yield produce()
-        else:
-            with _forked(produce, seen, counting, counts) as batches:
-                yield batches
+            return
+        try:
+            yield receiver.batches()
+        finally:
+            receiver.close()
 
 
 @contextmanager
@@ -72,36 +76,43 @@ def _few_collections() -> Iterator[None]:
         gc.unfreeze()
 
 
-@contextmanager
-def _forked(
+def _fork(
     produce: Callable[[], Batches],
     seen: Validated,
     counting: CountingReader,
     counts: ReadCounts,
-) -> Iterator[Batches]:
-    read_end, write_end = os.pipe()
+) -> _Receiver | None:
+    """The child started, and what receives from it; None if it could not be."""
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:  # out of file descriptors: validate here
+        return None
     _widen(write_end)
     parent = os.getpid()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return None
     if pid == 0:  # the child: validate, send, and leave without running this process's exits
         code = 1
         try:
             _die_with(parent)
             os.close(read_end)
-            for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # die quietly with the parent's job
-                if hasattr(signal, name):
-                    signal.signal(getattr(signal, name), signal.SIG_DFL)
+            for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+                # Die quietly with the command's job, not by its handlers; but a signal the
+                # command ignores (nohup, a script's `&`) the child ignores too.
+                number = getattr(signal, name, None)
+                if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+                    signal.signal(number, signal.SIG_DFL)
             with open(write_end, "wb") as pipe:
                 _send_all(produce, seen, counting, counts, pipe)
             code = 0
         finally:
             os._exit(code)
     os.close(write_end)
-    receiver = _Receiver(pid, read_end, seen, counting, counts)
-    try:
-        yield receiver.batches()
-    finally:
-        receiver.close()
+    return _Receiver(pid, read_end, seen, counting, counts)
 
 
 def _die_with(parent: int) -> None:
@@ -190,8 +201,8 @@ class _Receiver:
         while True:
             try:
                 kind, payload, state = pickle.load(self.pipe)
-            except EOFError:  # killed (out of memory, a signal of its own) or a libc crash
-                self.finished = True
+            except (EOFError, pickle.UnpicklingError):  # killed (out of memory...), maybe
+                self.finished = True  # in the middle of a message
                 raise UsersctlError(
                     f"the process validating the input ended unexpectedly ({self._reap()}); "
                     "the database is unchanged"
@@ -201,6 +212,7 @@ class _Receiver:
                 yield [(line, of(fields)) for line, fields in payload]
                 continue
             self.finished = True
+            self._reap()  # (its last message: it is ending; before anything is committed)
             if kind == _END:
                 return
             if kind == _ERROR:
@@ -224,9 +236,18 @@ class _Receiver:
     def _reap(self) -> str:
         """Wait for the child to end; how it ended, in words."""
         if self.status is None:
-            self.status = os.waitpid(self.pid, 0)[1]
+            try:
+                self.status = os.waitpid(self.pid, 0)[1]
+            except ChildProcessError:  # SIGCHLD ignored: the kernel reaped it already
+                self.status = -1
+        if self.status == -1:
+            return "its exit status is unknown"
         if os.WIFSIGNALED(self.status):
-            return f"killed by {signal.Signals(os.WTERMSIG(self.status)).name}"
+            number = os.WTERMSIG(self.status)
+            try:
+                return f"killed by {signal.Signals(number).name}"
+            except ValueError:  # a real-time signal, which has no name
+                return f"killed by signal {number}"
         return f"exit status {os.waitstatus_to_exitcode(self.status)}"
 
     def close(self) -> None:

@@ -49,7 +49,6 @@ from usersctl.audit import (
 from usersctl.database import driver_value, insert_many
 from usersctl.errors import Conflict, InvalidData, NotFound, UsageError
 from usersctl.models import (
-    EMAIL_LENGTH,
     PAD_SPACE_DIALECTS,
     User,
     UTCDateTime,
@@ -57,6 +56,7 @@ from usersctl.models import (
     utcnow,
 )
 from usersctl.revision import MIGRATION_LOCK_KEY, REVISION_QUERY
+from usersctl.rules import EMAIL_LENGTH
 from usersctl.timestamps import iso_from_sqlite_text, iso_utc
 
 if TYPE_CHECKING:

@@ -23,16 +23,16 @@ from sqlalchemy.types import TypeDecorator
 
 from usersctl.bulk_job import PAD_SPACE_DIALECTS as PAD_SPACE_DIALECTS
 from usersctl.errors import unreadable_time
-
-NAME_LENGTH = 200
-EMAIL_LENGTH = 320
-ROLE_LENGTH = 32
-HASH_LENGTH = 255
-SOURCE_LENGTH = 64
-EXTERNAL_ID_LENGTH = 255
-ACTOR_LENGTH = 200
-ACTION_LENGTH = 32
-
+from usersctl.rules import (  # the columns' sizes, shared with validation
+    ACTION_LENGTH,
+    ACTOR_LENGTH,
+    EMAIL_LENGTH,
+    EXTERNAL_ID_LENGTH,
+    HASH_LENGTH,
+    NAME_LENGTH,
+    ROLE_LENGTH,
+    SOURCE_LENGTH,
+)
 
 _NAIVE_DIALECTS = {"sqlite", "mysql", "mariadb"}
 

@@ -10,7 +10,17 @@ from __future__ import annotations
 PASSWORD_MIN_LENGTH_FLOOR = 8  # config password_min_length may lower the minimum to this
 PASSWORD_MIN_LENGTH = 15  # the default minimum (NIST SP 800-63B-4, single-factor)
 PASSWORD_MAX_LENGTH = 1024
-NAME_MAX_LENGTH = 200  # = models.NAME_LENGTH (a test keeps them equal)
+# The columns' sizes (usersctl.models), here where validation reads them without loading
+# SQLAlchemy (an import's validating child process never needs it).
+NAME_LENGTH = 200
+EMAIL_LENGTH = 320
+ROLE_LENGTH = 32
+HASH_LENGTH = 255
+SOURCE_LENGTH = 64
+EXTERNAL_ID_LENGTH = 255
+ACTOR_LENGTH = 200
+ACTION_LENGTH = 32
+NAME_MAX_LENGTH = NAME_LENGTH
 ID_MAX = 2**31 - 1
 
 QUOTED_MAX = 40  # characters of a refused name or key a message quotes (not the value)

@@ -31,7 +31,7 @@ from typing_extensions import TypedDict
 
 from usersctl import rules
 from usersctl.errors import InvalidData
-from usersctl.models import (
+from usersctl.rules import (
     EMAIL_LENGTH,
     EXTERNAL_ID_LENGTH,
     NAME_LENGTH,

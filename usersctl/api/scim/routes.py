@@ -334,7 +334,7 @@ def create_user(request: Request, body: JsonBody, server: ServerDep, caller: Cal
 
 def _external_id(value: str | None) -> str | None:
     from usersctl import rules
-    from usersctl.models import EXTERNAL_ID_LENGTH
+    from usersctl.rules import EXTERNAL_ID_LENGTH
     from usersctl.schemas import first_invisible
 
     if value is not None and (len(value) > EXTERNAL_ID_LENGTH or "\x00" in value):
