@@ -89,7 +89,7 @@ class _Lines:
         if not line:
             raise StopIteration
         self.number += 1
-        if len(line.rstrip("\r\n")) > MAX_RECORD:
+        if len(line) > MAX_RECORD and len(line.rstrip("\r\n")) > MAX_RECORD:
             raise InvalidData(
                 f"line {self.number}: longer than {_LIMIT_TEXT}, the limit for a line"
             )
@@ -196,7 +196,7 @@ def _csv_records(
     every = len(kept) == len(header)
     line = reader.line_num + 1
     while True:
-        lines.mark()
+        lines.start, lines.pending = lines.number + 1, 0  # (lines.mark(), without a call)
         try:
             values = next(reader, None)
         except csv.Error as exc:
@@ -217,7 +217,7 @@ def _csv_records(
             )
             yield Record(start, None, f"expected {len(header)} fields, found {len(values)}{spans}")
             continue
-        filled = [i + 1 for i in nameless if values[i].strip()]
+        filled = [i + 1 for i in nameless if values[i].strip()] if nameless else None
         if filled:
             yield Record(start, None, f"a value in column {filled[0]}, which has no name")
             continue
