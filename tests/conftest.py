@@ -315,7 +315,8 @@ class Cli:
 
 
 # Their commands run twice: with validation in this process (inputs under 1 MiB), and
-# forked into a child process (usersctl.bulk_worker, what bigger inputs take).
+# forked into a child process (usersctl.bulk_worker, what bigger inputs and standard input
+# take). Elsewhere validation forks as it would for a user ("default").
 BOTH_VALIDATIONS = {"test_bulk", "test_sync", "test_import_edge_cases", "test_bulk_worker"}
 
 
@@ -330,12 +331,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def validation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Where an import validates its input: "here", or "forked" (every input forks)."""
-    mode = str(getattr(request, "param", "here"))
-    if mode == "forked":
-        from usersctl import bulk_worker
+    """Where an import validates its input: "here" (never forked, as on Windows), "forked"
+    (every input forks), or "default" (1 MiB or more and standard input fork)."""
+    from usersctl import bulk_worker
 
+    mode = str(getattr(request, "param", "default"))
+    if mode == "forked":
         monkeypatch.setattr(bulk_worker, "FORK_MIN_BYTES", 0)
+    elif mode == "here":
+        monkeypatch.setattr(bulk_worker, "_fork", lambda *_: None)
     return mode
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import bcrypt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 from conftest import SEED_PASSWORD, Cli, Seeder, assert_error
@@ -409,3 +411,35 @@ def test_import_progress_is_silent_off_a_terminal(cli: Cli, tmp_path: Path) -> N
         stored = connection.execute(text("SELECT password_hash FROM users")).scalars().all()
     engine.dispose()
     assert all(h.startswith("$argon2id$") for h in stored)
+
+
+_KEYS = st.sampled_from(["name", "email", "a:b", ":", "role", "x"])
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet=':a"\\\n\u00e9 ', max_size=8),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(_KEYS, inner, max_size=2),
+    max_leaves=4,
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.tuples(_KEYS, _VALUES), max_size=6),
+    st.sampled_from([":", ": ", " : "]),
+    st.booleans(),
+)
+def test_the_fast_jsonl_decode_never_misses_a_key_given_twice(
+    pairs: list[tuple[str, Any]], colon: str, ascii: bool
+) -> None:
+    """bulk._no_key_twice, which lets a JSONL row skip the exact (slower) decode, says yes
+    only when no key of the object came twice: colons in keys and values, escapes, nesting."""
+    from usersctl import bulk
+
+    text = "{" + ", ".join(
+        json.dumps(k) + colon + json.dumps(v, ensure_ascii=ascii) for k, v in pairs
+    )
+    line = text + "}\n"
+    twice = len({k for k, _ in pairs}) < len(pairs)
+    if bulk._no_key_twice(line, json.loads(line)):
+        assert not twice, line
+    if not twice and "\\" not in line and not any(isinstance(v, dict | list) for _, v in pairs):
+        assert bulk._no_key_twice(line, json.loads(line)), line  # an export's rows: fast

@@ -418,8 +418,7 @@ def test_an_endless_config_file_is_a_usage_error(cli: Cli) -> None:
 
 
 def test_the_rule_table_agrees_with_the_schema_limits() -> None:
-    from usersctl import models, passwords, rules
+    from usersctl import passwords, rules
 
-    assert rules.NAME_MAX_LENGTH == models.NAME_LENGTH
     assert (passwords.MIN_LENGTH, passwords.MAX_LENGTH) == (8, 1024)
     assert rules.ID_MAX == 2**31 - 1

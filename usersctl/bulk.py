@@ -72,8 +72,9 @@ def csv_value(cell: str) -> str:
 
 
 class _Lines:
-    """The lines of a stream, none longer than MAX_RECORD; `mark()` starts a record, and
-    no record may span more than MAX_RECORD characters either."""
+    """The lines of a stream, none longer than MAX_RECORD; a record starts where `start` and
+    `pending` are reset (the CSV reader does so before each row), and no record may span
+    more than MAX_RECORD characters either."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
@@ -99,9 +100,6 @@ class _Lines:
                 f"line {self.start}: record longer than {_LIMIT_TEXT}, the limit for a record"
             )
         return line
-
-    def mark(self) -> None:
-        self.start, self.pending = self.number + 1, 0
 
 
 @dataclass
@@ -196,7 +194,7 @@ def _csv_records(
     every = len(kept) == len(header)
     line = reader.line_num + 1
     while True:
-        lines.start, lines.pending = lines.number + 1, 0  # (lines.mark(), without a call)
+        lines.start, lines.pending = lines.number + 1, 0  # a record starts
         try:
             values = next(reader, None)
         except csv.Error as exc:

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 Rows = list[tuple[int, "UserImport"]]
 
-PRUNE_MODES = ("none", "disable", "delete")
 RESERVED_SOURCES = ("scim",)  # owned by the SCIM API; a file must not prune its users
 
 
@@ -170,7 +169,6 @@ def check_source(name: str) -> str:
     """A sync source's name, as stored in users.source."""
     import re
 
-    from usersctl import rules
     from usersctl.schemas import SOURCE_PATTERN
 
     if not re.fullmatch(SOURCE_PATTERN, name):
@@ -179,25 +177,6 @@ def check_source(name: str) -> str:
     if name in RESERVED_SOURCES:
         raise UsageError(f"--source {name} is reserved: its users are managed through SCIM")
     return name
-
-
-# Whose collations PAD SPACE: "a@example.com " is "a@example.com" to the unique email index
-# (only another program can store the first; a restore keeps it).
-PAD_SPACE_DIALECTS = frozenset({"mysql", "mariadb"})
-
-
-def dialect_of(url: str) -> str:
-    """The name of the SQLAlchemy dialect a database URL names (`mariadb+mariadbconnector://`
-    is mariadb), without loading SQLAlchemy."""
-    return url.partition(":")[0].partition("+")[0].lower()
-
-
-def email_key(dialect: str) -> Callable[[str], str]:
-    """What makes two emails one address to the database's unique index, and to usersctl:
-    case never counts; on MariaDB trailing spaces do not either (PAD_SPACE_DIALECTS)."""
-    if dialect in PAD_SPACE_DIALECTS:
-        return lambda email: email.lower().rstrip(" ")
-    return str.lower
 
 
 def unique(

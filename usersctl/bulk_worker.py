@@ -2,12 +2,13 @@
 and writes the rows the child has already sent: on two cores the two halves of an import
 run side by side instead of one after the other (README, "Performance").
 
-The child runs exactly what this process would (usersctl.bulk.validate over read_records)
-and sends each batch through a pipe, with the counters that the progress line and the
-summary read; `validated` yields the same batches, and keeps the same counters and bad rows,
-as running the validation here would. Memory stays flat: the pipe holds about one batch, and
-the child waits while this process writes. The child never touches the database, and ends
-with os._exit (nothing of this process's is flushed or closed twice).
+The child runs exactly what this process would (the `produce` it is given: bulk.validate
+over read_records, then bulk_job.unique) and sends each batch through a pipe, with the
+counters that the progress line and the summary read; `validated_batches` yields the same
+batches, and keeps the same counters and bad rows, as running the validation here would.
+Memory stays flat: the pipe holds two or three batches, and the child waits while this
+process writes. The child never touches the database, and ends with os._exit (nothing of
+this process's is flushed or closed twice).
 
 Without os.fork (Windows), or for an input under FORK_MIN_BYTES, validation runs here.
 """
@@ -34,10 +35,13 @@ FORK_MIN_BYTES = 1 << 20
 start would cost more than it saves. Standard input, whose size is unknown, forks."""
 
 _ROWS, _END, _ERROR, _CRASH = "rows", "end", "error", "crash"
+_PIPE_BYTES = 1 << 20  # room for two or three batches (Linux's default is 64 KiB)
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+_dump = pickle.dump  # (what the child sends with; tests replace it)
 
 
 @contextmanager
-def validated(
+def validated_batches(
     produce: Callable[[], Batches],
     seen: Validated,
     counting: CountingReader,
@@ -51,7 +55,13 @@ def validated(
             None if small or not hasattr(os, "fork") else _fork(produce, seen, counting, counts)
         )
         if receiver is None:  # (also when the fork failed: out of processes or memory)
-            yield produce()
+            batches = produce()
+            try:
+                yield batches
+            finally:
+                close = getattr(batches, "close", None)
+                if close is not None:  # a generator: its scratch index closes now
+                    close()
             return
         try:
             yield receiver.batches()
@@ -129,9 +139,6 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-_PR_SET_PDEATHSIG = 1
-
-
 def _widen(pipe: int) -> None:
     """Room in the pipe for a whole batch (Linux: 64 KiB by default, a batch is ~400 KiB):
     the child then validates the next batch while this process still reads the last."""
@@ -143,9 +150,6 @@ def _widen(pipe: int) -> None:
         pass
 
 
-_PIPE_BYTES = 1 << 20
-
-
 def _send_all(
     produce: Callable[[], Batches],
     seen: Validated,
@@ -153,6 +157,8 @@ def _send_all(
     counts: ReadCounts,
     pipe: BinaryIO,
 ) -> None:
+    """In the child: every batch, then how the input ended (its end, a UsersctlError to
+    raise, or a bug's traceback), each with the counters so far."""
     reported = [0, 0]  # messages of bad rows and of duplicates sent so far
 
     def send(kind: str, payload: Any) -> None:
@@ -164,7 +170,7 @@ def _send_all(
             seen.read, seen.valid, news, seen.passwords_missing, counting.consumed,
             counts.blank_rows,
         )  # fmt: skip
-        pickle.dump((kind, payload, state), pipe, protocol=pickle.HIGHEST_PROTOCOL)
+        _dump((kind, payload, state), pipe, pickle.HIGHEST_PROTOCOL)
 
     try:
         for batch in produce():  # (a row's columns pickle faster than the row object)
@@ -180,6 +186,9 @@ def _send_all(
 
 
 class _Receiver:
+    """In this process: the child's batches, its counters copied into `seen`, `counting` and
+    `counts`, and the child stopped and reaped at the end."""
+
     def __init__(
         self,
         pid: int,

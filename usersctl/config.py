@@ -32,7 +32,6 @@ MAX_LOCKOUT_THRESHOLD = 100  # NIST SP 800-63B-4: at most 100 consecutive failur
 DEFAULT_LOCKOUT_MINUTES = 15
 DEFAULT_PASSWORD_MIN_LENGTH = rules.PASSWORD_MIN_LENGTH  # NIST SP 800-63B-4, single-factor
 LOWEST_PASSWORD_MIN_LENGTH = rules.PASSWORD_MIN_LENGTH_FLOOR
-ACTOR_LENGTH = 200
 MAX_CONFIG_SIZE = 1 << 20  # bytes
 
 
@@ -125,9 +124,9 @@ def _as_actor(value: object, where: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"{where}: actor must be a string")
     actor = value.strip()
-    if not actor or len(actor) > ACTOR_LENGTH or not actor.isprintable():
+    if not actor or len(actor) > rules.ACTOR_LENGTH or not actor.isprintable():
         raise UsageError(
-            f"{where}: actor must be 1-{ACTOR_LENGTH} printable characters (e.g. alice or "
+            f"{where}: actor must be 1-{rules.ACTOR_LENGTH} printable characters (e.g. alice or "
             "cron:hr-sync)"
         )
     return actor

@@ -131,9 +131,9 @@ def hash_problem(value: str) -> str | None:
     argon2 PHC string or a well-formed bcrypt hash, no longer than the column, with
     parameters inside the bounds above."""
     whole = _ARGON2_WHOLE.fullmatch(value)
-    if whole is not None and len(value) <= 255:
+    if whole is not None and len(value) <= rules.HASH_LENGTH:
         return _argon2_parameters_problem(whole[1])
-    if len(value) > 255 or not value.isascii() or not value.isprintable():
+    if len(value) > rules.HASH_LENGTH or not value.isascii() or not value.isprintable():
         return MALFORMED_HASH
     if is_bcrypt_hash(value):
         bcrypt_match = _BCRYPT.fullmatch(value)

@@ -20,7 +20,6 @@ SOURCE_LENGTH = 64
 EXTERNAL_ID_LENGTH = 255
 ACTOR_LENGTH = 200
 ACTION_LENGTH = 32
-NAME_MAX_LENGTH = NAME_LENGTH
 ID_MAX = 2**31 - 1
 
 QUOTED_MAX = 40  # characters of a refused name or key a message quotes (not the value)
@@ -33,7 +32,7 @@ def cut(text: str) -> str:
 
 
 NAME_EMPTY = "invalid name: must not be empty"
-NAME_TOO_LONG = f"invalid name: at most {NAME_MAX_LENGTH} characters are allowed"
+NAME_TOO_LONG = f"invalid name: at most {NAME_LENGTH} characters are allowed"
 NAME_INVISIBLE = "invalid name: must not contain control or invisible characters (found U+{:04X})"
 NAME_ONLY_INVISIBLE = "invalid name: must contain a visible character"
 EMAIL_INVALID = "invalid email: {}"

@@ -128,10 +128,12 @@ _SINGLE_LABEL = "localhost"
 _REFUSED: tuple[frozenset[str], tuple[str, ...]] | None = None  # _special_use_domains()
 
 
-@functools.cache
 def _special_use_domains() -> tuple[frozenset[str], tuple[str, ...]]:
-    """The special-use domains still refused: single labels, and multi-label suffixes."""
+    """The special-use domains still refused: single labels, and multi-label suffixes;
+    worked out (and email-validator configured) once, then kept in _REFUSED."""
     global _REFUSED
+    if _REFUSED is not None:
+        return _REFUSED
     import email_validator
 
     refused = list(email_validator.SPECIAL_USE_DOMAIN_NAMES)

@@ -26,7 +26,7 @@ from sqlalchemy import delete, func, select, update
 
 from usersctl.audit import PASSWORD_SET, Trail, diff, last_to_change, snapshot
 from usersctl.bulk import Problems, Validated
-from usersctl.bulk_job import Job, Outcome, PlanWriter, PruneRefused, Seen, email_key
+from usersctl.bulk_job import Job, Outcome, PlanWriter, PruneRefused, Seen
 from usersctl.crud import (
     Existing,
     ImportPlan,
@@ -56,7 +56,8 @@ def _created_fields(row: UserImport) -> dict[str, Any]:
 
 class Run:
     """One import or sync in the caller's transaction (`session`, `trail`). Feed it batches
-    of validated rows (`add`), then `finish` (raises if anything was bad: the caller's
+    of validated rows (`add`), each email once (bulk_job.unique drops the rows that repeat
+    one, by the same `key`), then `finish` (raises if anything was bad: the caller's
     transaction then rolls back; in a dry run nothing is written anyway)."""
 
     def __init__(
@@ -66,6 +67,7 @@ class Run:
         job: Job,
         validated: Validated,
         *,
+        key: Callable[[str], str],
         hasher: Callable[[Sequence[str]], list[str]] | None = None,
         plan: PlanWriter | None = None,
     ) -> None:
@@ -80,10 +82,11 @@ class Run:
         self.outcome = Outcome()
         # A sync's emails so far, for what it prunes (the users it owns that none names).
         self.listed = Seen() if job.source is not None else None
-        self.key = email_key(session.get_bind().dialect.name)
+        self.key = key  # what makes two emails one (dialects.email_key)
         take_bulk_lock(session)
         # Into an empty table (a first load) no row can meet an existing user: only one
-        # created by an earlier row, which is a duplicate (Seen). No lookups then.
+        # created by an earlier row, which is a duplicate (dropped before: bulk_job.unique).
+        # No lookups then.
         self.empty = session.scalar(select(User.id).limit(1)) is None
         if job.restore and not self.empty:
             raise Conflict("--restore needs an empty users table (it keeps ids and timestamps)")

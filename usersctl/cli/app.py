@@ -404,6 +404,7 @@ def main() -> None:
     except KeyboardInterrupt:
         _interrupted()
     finally:
-        # The process ends: Python's last collection would visit every object still alive
-        # (a tenth of a second after an import) only to free what exiting frees anyway.
-        gc.freeze()
+        if "usersctl.bulk_worker" in sys.modules:  # an import or a sync ran
+            # The process ends: Python's last collection would visit every object still
+            # alive (a tenth of a second after an import) only to free what exiting frees.
+            gc.freeze()

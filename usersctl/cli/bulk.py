@@ -160,11 +160,12 @@ def run_rows(
 ) -> Any:
     """Read, validate and apply `source` in batches in one transaction (usersctl.sync), and
     return the outcome; blank rows go to `counts` (bulk.ReadCounts), a dry run's changes
-    to `plan` (sync.PlanWriter). Raises as the run ends badly; the transaction is then
+    to `plan` (bulk_job.PlanWriter). Raises as the run ends badly; the transaction is then
     rolled back."""
     from usersctl import bulk, bulk_worker
-    from usersctl.bulk_job import dialect_of, email_key, unique
+    from usersctl.bulk_job import unique
     from usersctl.cli.progress import RowProgress
+    from usersctl.dialects import dialect_of, email_key
 
     chosen = bulk.guess_format(source, fmt.value if fmt else None)
     options = csv_options(chosen, delimiter, ignore_columns)
@@ -179,9 +180,9 @@ def run_rows(
             rows = bulk.validate(records, row_check, restore=job.restore, seen=seen)
             return unique(rows, key=key, restore=job.restore, validated=seen)
 
-        batches = bulk_worker.validated(produce, seen, counting, counts)
+        batches = bulk_worker.validated_batches(produce, seen, counting, counts)
         # The worker first: it may fork, which copies only this thread (not the progress's).
-        with batches as validated:
+        with batches as valid_rows:
             # (Forked before the database's libraries load: the worker starts validating
             # while they do.)
             database = state.ready_database(write=True, dry_run=job.dry_run)
@@ -198,10 +199,10 @@ def run_rows(
                     scope = state.change()
                     extra = {"hasher": progress.hasher()}
                 with scope as (session, trail):
-                    run = Run(session, trail, job, seen, **extra)
+                    run = Run(session, trail, job, seen, key=key, **extra)
                     progress.follow(run.outcome)
                     try:
-                        for batch in validated:
+                        for batch in valid_rows:
                             run.add(batch)
                             progress.update()
                         if job.source is not None and seen.read == 0:

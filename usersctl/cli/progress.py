@@ -46,7 +46,7 @@ def duration(seconds: float) -> str:
 class RowProgress:
     """import's and sync's progress line. `seen` (usersctl.bulk.Validated) counts rows read
     and valid, `counting` (bulk.CountingReader) how far through the input the reading is,
-    the followed outcome (usersctl.sync.Outcome) the passwords hashed. Off a terminal it
+    the followed outcome (usersctl.bulk_job.Outcome) the passwords hashed. Off a terminal it
     shows nothing, and `hasher` is plain hash_many."""
 
     def __init__(self, seen: Any, counting: Any, *, enabled: bool | None = None) -> None:
