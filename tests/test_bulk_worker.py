@@ -26,6 +26,17 @@ USERSCTL = str(Path(sys.executable).parent / "usersctl")
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and /proc")
 
 
+def forked_on_sqlite(test: Any) -> Any:
+    """The test's imports validate in a child, whatever their size (on SQLite, on Linux)."""
+    for mark in (
+        linux,
+        pytest.mark.parametrize("validation", ["forked"], indirect=True),
+        pytest.mark.parametrize("engine_name", ["sqlite"]),
+    ):
+        test = mark(test)
+    return test
+
+
 def count(url: str, table: str) -> int:
     engine = create_engine(url)
     with engine.connect() as connection:
@@ -136,9 +147,7 @@ def _failing_validation(monkeypatch: pytest.MonkeyPatch, failure: str) -> Any:
     return validate
 
 
-@pytest.mark.parametrize("engine_name", ["sqlite"])
-@pytest.mark.parametrize("validation", ["forked"], indirect=True)
-@linux
+@forked_on_sqlite
 def test_a_bug_in_the_child_is_reported_as_a_bug(
     cli: Cli, tmp_path: Path, seed_hash: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,9 +194,7 @@ def test_a_child_that_dies_is_one_line_and_nothing_written(
     assert cli.json("import", str(source))["created"] == 4_500  # no lock or journal left over
 
 
-@pytest.mark.parametrize("engine_name", ["sqlite"])
-@pytest.mark.parametrize("validation", ["forked"], indirect=True)
-@linux
+@forked_on_sqlite
 def test_a_child_killed_in_the_middle_of_a_batch_is_one_line(
     cli: Cli, tmp_path: Path, seed_hash: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,9 +224,7 @@ def test_a_child_killed_in_the_middle_of_a_batch_is_one_line(
     assert count(cli.url, "users") == 0
 
 
-@pytest.mark.parametrize("engine_name", ["sqlite"])
-@pytest.mark.parametrize("validation", ["forked"], indirect=True)
-@linux
+@forked_on_sqlite
 def test_when_no_process_can_be_forked_validation_runs_here(
     cli: Cli, tmp_path: Path, seed_hash: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,7 @@ import itertools
 import json
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import IO, TYPE_CHECKING, Any
@@ -181,7 +181,7 @@ def check_source(name: str) -> str:
 
 def unique(
     batches: Iterator[Rows], *, key: Callable[[str], str], restore: bool, validated: Validated
-) -> Iterator[Rows]:
+) -> Generator[Rows, None, None]:
     """The batches without the rows whose email (or id, in a restore) an earlier row had:
     those are bad rows (`validated.duplicates`), with the line of the first. Emails compare
     as the database's unique index does (`key`): a restore keeps an email's case as the

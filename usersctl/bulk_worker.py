@@ -21,14 +21,14 @@ import pickle
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing, contextmanager
 from typing import Any, BinaryIO
 
 from usersctl.bulk import CountingReader, ReadCounts, Validated
 from usersctl.errors import UsersctlError
 
-Batches = Iterator[list[tuple[int, Any]]]
+Batches = Generator[list[tuple[int, Any]], None, None]
 
 FORK_MIN_BYTES = 1 << 20
 """Inputs smaller than this (about 5,000 rows) are validated in this process: the child's
@@ -55,18 +55,11 @@ def validated_batches(
             None if small or not hasattr(os, "fork") else _fork(produce, seen, counting, counts)
         )
         if receiver is None:  # (also when the fork failed: out of processes or memory)
-            batches = produce()
-            try:
+            with closing(produce()) as batches:  # (a failed run closes its scratch index)
                 yield batches
-            finally:
-                close = getattr(batches, "close", None)
-                if close is not None:  # a generator: its scratch index closes now
-                    close()
             return
-        try:
+        with closing(receiver):
             yield receiver.batches()
-        finally:
-            receiver.close()
 
 
 @contextmanager

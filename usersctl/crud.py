@@ -47,9 +47,9 @@ from usersctl.audit import (
     snapshot,
 )
 from usersctl.database import driver_value, insert_many
+from usersctl.dialects import PAD_SPACE_DIALECTS
 from usersctl.errors import Conflict, InvalidData, NotFound, UsageError
 from usersctl.models import (
-    PAD_SPACE_DIALECTS,
     User,
     UTCDateTime,
     users_table,

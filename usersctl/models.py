@@ -21,7 +21,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from usersctl.dialects import PAD_SPACE_DIALECTS as PAD_SPACE_DIALECTS
 from usersctl.errors import unreadable_time
 from usersctl.rules import (  # the columns' sizes, shared with validation
     ACTION_LENGTH,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator
+from contextlib import ExitStack, contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any
@@ -172,53 +172,49 @@ def run_rows(
     state = get_state(ctx)
     row_check = _row_check(state.settings, job.restore)
     seen = bulk.Validated()
-    with bulk.open_input(source, encoding) as (stream, counting):
+    with ExitStack() as stack:  # (left in reverse: the run, its transaction, the progress...)
+        stream, counting = stack.enter_context(bulk.open_input(source, encoding))
         records = bulk.read_records(stream, chosen, options, counts)
         key = email_key(dialect_of(state.settings.database_url))
 
-        def produce() -> Iterator[Any]:
+        def produce() -> Generator[Any, None, None]:
             rows = bulk.validate(records, row_check, restore=job.restore, seen=seen)
             return unique(rows, key=key, restore=job.restore, validated=seen)
 
-        batches = bulk_worker.validated_batches(produce, seen, counting, counts)
-        # The worker first: it may fork, which copies only this thread (not the progress's).
-        with batches as valid_rows:
-            # (Forked before the database's libraries load: the worker starts validating
-            # while they do.)
-            database = state.ready_database(write=True, dry_run=job.dry_run)
-            from usersctl.sync import Run
+        # The worker first: it may fork, which copies only this thread (not the progress
+        # line's), and before the database's libraries load: the child validates meanwhile.
+        valid_rows = stack.enter_context(
+            bulk_worker.validated_batches(produce, seen, counting, counts)
+        )
+        database = state.ready_database(write=True, dry_run=job.dry_run)
+        from usersctl.sync import Run
 
-            with RowProgress(seen, counting) as progress:
-                # A dry run reads in a read transaction and collects its trail and plan; a real
-                # run writes in the command's write transaction and hashes as it goes.
-                scope: Any
-                if job.dry_run:
-                    scope = _dry_run_scope(database, state.settings.actor)
-                    extra: dict[str, Any] = {"plan": plan}
-                else:
-                    scope = state.change()
-                    extra = {"hasher": progress.hasher()}
-                with scope as (session, trail):
-                    run = Run(session, trail, job, seen, key=key, **extra)
-                    progress.follow(run.outcome)
-                    try:
-                        for batch in valid_rows:
-                            run.add(batch)
-                            progress.update()
-                        if job.source is not None and seen.read == 0:
-                            # A failed export, surely (nothing, a byte-order mark, blank lines,
-                            # a header alone): a sync of no users would report (or prune) every
-                            # user the source owns.
-                            empty = counting.consumed == 0
-                            what = "is empty (0 bytes)" if empty else "lists no users"
-                            raise InvalidData(
-                                f"{'standard input' if source == '-' else source} {what}: a "
-                                "source's export always lists some; nothing changed"
-                            )
-                        outcome = run.finish()
-                    finally:
-                        run.close()
-    return outcome
+        progress = stack.enter_context(RowProgress(seen, counting))
+        # A dry run reads in a read transaction and collects its trail and plan; a real run
+        # writes in the command's write transaction and hashes as it goes.
+        extra: dict[str, Any]
+        if job.dry_run:
+            scope = _dry_run_scope(database, state.settings.actor)
+            extra = {"plan": plan}
+        else:
+            scope = state.change()
+            extra = {"hasher": progress.hasher()}
+        session, trail = stack.enter_context(scope)
+        run = Run(session, trail, job, seen, key=key, **extra)
+        stack.callback(run.close)
+        progress.follow(run.outcome)
+        for batch in valid_rows:
+            run.add(batch)
+            progress.update()
+        if job.source is not None and seen.read == 0:
+            # A failed export, surely (nothing, a byte-order mark, blank lines, a header
+            # alone): a sync of no users would report (or prune) every user the source owns.
+            what = "is empty (0 bytes)" if counting.consumed == 0 else "lists no users"
+            raise InvalidData(
+                f"{'standard input' if source == '-' else source} {what}: a "
+                "source's export always lists some; nothing changed"
+            )
+        return run.finish()
 
 
 def import_(

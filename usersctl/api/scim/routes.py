@@ -334,11 +334,10 @@ def create_user(request: Request, body: JsonBody, server: ServerDep, caller: Cal
 
 def _external_id(value: str | None) -> str | None:
     from usersctl import rules
-    from usersctl.rules import EXTERNAL_ID_LENGTH
     from usersctl.schemas import first_invisible
 
-    if value is not None and (len(value) > EXTERNAL_ID_LENGTH or "\x00" in value):
-        raise InvalidData(f"invalid externalId: at most {EXTERNAL_ID_LENGTH} characters")
+    if value is not None and (len(value) > rules.EXTERNAL_ID_LENGTH or "\x00" in value):
+        raise InvalidData(f"invalid externalId: at most {rules.EXTERNAL_ID_LENGTH} characters")
     surrogate = None if value is None else rules.lone_surrogate(value)
     if surrogate is not None:
         raise InvalidData(rules.NOT_UNICODE.format("externalId", surrogate))
